@@ -1,0 +1,262 @@
+//! The RabbitMQ link of a role: one connection kept alive by a supervisor
+//! that reconnects with backoff and re-declares the topology, a small set of
+//! confirm-mode channels for publishing, and consumers opened on request.
+
+mod publish;
+mod topology;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use publish::{Outgoing, PublishError};
+pub use topology::{INBOUND_DELIVERY_LIMIT, Topology};
+
+use crate::SecretUrl;
+use crate::telemetry::error_chain;
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub url: SecretUrl,
+    /// Channels in confirm mode that publishes are spread over.
+    pub publish_channels: usize,
+    /// How long a publish may wait for the broker's confirm.
+    pub confirm_timeout: Duration,
+    /// How long one connection attempt (TCP, handshake, topology) may take.
+    pub connect_timeout: Duration,
+    /// Shown in the management UI.
+    pub connection_name: String,
+}
+
+impl BrokerConfig {
+    pub fn new(url: SecretUrl, connection_name: impl Into<String>) -> Self {
+        Self {
+            url,
+            publish_channels: 4,
+            confirm_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            connection_name: connection_name.into(),
+        }
+    }
+}
+
+/// A handle on the supervised connection; cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    topology: Topology,
+    session: watch::Sender<Option<Arc<Session>>>,
+}
+
+/// One live connection. When it breaks, the supervisor drops it and builds a
+/// new one; holders of the old one see their operations fail.
+pub struct Session {
+    connection: Connection,
+    publishers: Vec<Channel>,
+    next_publisher: AtomicUsize,
+    broken: CancellationToken,
+}
+
+impl Session {
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Resolves when this connection is gone.
+    pub async fn broken(&self) {
+        self.broken.cancelled().await;
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_cancelled()
+    }
+
+    /// Tells the supervisor to replace this connection.
+    pub fn mark_broken(&self) {
+        self.broken.cancel();
+    }
+
+    fn publisher(&self) -> &Channel {
+        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
+        &self.publishers[index]
+    }
+}
+
+impl Broker {
+    /// Starts the supervisor. It connects in the background, so a role can
+    /// start (and answer `/readyz` with 503) before the broker is up.
+    pub fn start(config: BrokerConfig, topology: Topology, shutdown: CancellationToken) -> Self {
+        let (session, _) = watch::channel(None);
+        let broker = Self {
+            inner: Arc::new(Inner {
+                config,
+                topology,
+                session,
+            }),
+        };
+        tokio::spawn(broker.clone().supervise(shutdown));
+        broker
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// The live session, if there is one now.
+    pub fn current(&self) -> Option<Arc<Session>> {
+        self.inner
+            .session
+            .borrow()
+            .as_ref()
+            .filter(|s| !s.is_broken())
+            .cloned()
+    }
+
+    /// Waits for a live session; `None` once `cancel` fires.
+    pub async fn connected(&self, cancel: &CancellationToken) -> Option<Arc<Session>> {
+        let mut changes = self.inner.session.subscribe();
+        loop {
+            if let Some(session) = self.current() {
+                return Some(session);
+            }
+            tokio::select! {
+                changed = changes.changed() => changed.ok()?,
+                () = cancel.cancelled() => return None,
+            }
+        }
+    }
+
+    async fn supervise(self, shutdown: CancellationToken) {
+        let mut delays = reconnect_backoff();
+        loop {
+            let attempt = tokio::time::timeout(self.inner.config.connect_timeout, self.open());
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                () = shutdown.cancelled() => break,
+            };
+            match outcome {
+                Ok(Ok(session)) => {
+                    delays = reconnect_backoff();
+                    tracing::info!(
+                        connection = %self.inner.config.connection_name,
+                        "connected to RabbitMQ"
+                    );
+                    let session = Arc::new(session);
+                    self.inner.session.send_replace(Some(session.clone()));
+                    tokio::select! {
+                        () = session.broken() => {}
+                        () = shutdown.cancelled() => {
+                            self.inner.session.send_replace(None);
+                            let _ = session.connection.close(200, "shutdown".into()).await;
+                            break;
+                        }
+                    }
+                    self.inner.session.send_replace(None);
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                    let _ = session.connection.close(320, "reconnecting".into()).await;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error_chain(&error), "cannot connect to RabbitMQ");
+                }
+                Err(_) => tracing::warn!("connecting to RabbitMQ timed out"),
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.inner.session.send_replace(None);
+    }
+
+    async fn open(&self) -> lapin::Result<Session> {
+        let config = &self.inner.config;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(config.connection_name.as_str().into());
+        let connection = Connection::connect(&with_heartbeat(&config.url), properties).await?;
+        let broken = CancellationToken::new();
+        watch_connection(&connection, broken.clone());
+
+        let setup = connection.create_channel().await?;
+        self.inner.topology.declare(&setup).await?;
+        let _ = setup.close(200, "topology declared".into()).await;
+
+        let mut publishers = Vec::with_capacity(config.publish_channels.max(1));
+        for _ in 0..config.publish_channels.max(1) {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            publishers.push(channel);
+        }
+        Ok(Session {
+            connection,
+            publishers,
+            next_publisher: AtomicUsize::new(0),
+            broken,
+        })
+    }
+}
+
+/// Marks the session broken on the first connection error, and polls the
+/// status too: a dead peer shows up as missed heartbeats, not always as an event.
+fn watch_connection(connection: &Connection, broken: CancellationToken) {
+    let mut events = connection.events_listener();
+    let status = connection.status().clone();
+    tokio::spawn(async move {
+        let mut poll = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(error)) => {
+                        tracing::warn!(error = %error_chain(&error), "RabbitMQ connection error");
+                        break;
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = poll.tick() => {
+                    if !status.connected() && !status.connecting() {
+                        break;
+                    }
+                }
+                () = broken.cancelled() => return,
+            }
+        }
+        broken.cancel();
+    });
+}
+
+/// Heartbeats every 10 s unless the URL sets its own: without them a broker
+/// that vanished without closing the socket goes unnoticed for minutes.
+fn with_heartbeat(url: &SecretUrl) -> String {
+    let mut url = url.url().clone();
+    if !url.query_pairs().any(|(key, _)| key == "heartbeat") {
+        url.query_pairs_mut().append_pair("heartbeat", "10");
+    }
+    url.to_string()
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -1,0 +1,202 @@
+//! Configuration values that are validated once, at start, and that never
+//! print a secret.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Prefix of every exchange, queue and Redis key of one deployment, so that
+/// several deployments or test runs share one broker and one Redis.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `{ns}.{suffix}`: the name of an exchange or queue.
+    pub fn amqp(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.0)
+    }
+
+    /// `{ns}:{suffix}`: a Redis key.
+    pub fn redis(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.0)
+    }
+}
+
+impl FromStr for Namespace {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let valid = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+        if valid {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(format!(
+                "{value:?} is not a namespace: use 1 to 64 ASCII letters, digits, '-' or '_'"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Namespace({})", self.0)
+    }
+}
+
+/// A connection URL whose password is shown as `***` by `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(url::Url);
+
+impl SecretUrl {
+    /// The full URL, password included: only for handing to a client library.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
+
+    fn redacted(&self) -> String {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        shown.to_string()
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        // The parse error never echoes the input: it may hold a password.
+        url::Url::parse(value)
+            .map(Self)
+            .map_err(|e| format!("not a valid URL ({e})"))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({})", self.redacted())
+    }
+}
+
+/// A secret string (app secret, verify token) that prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SecretString {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.is_empty() {
+            Err("must not be empty".to_owned())
+        } else {
+            Ok(Self(value.to_owned()))
+        }
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Parses `"5s"`, `"250ms"`, `"2m"`, `"1h"` or plain seconds (`"30"`).
+pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        _ => return Err(format!("{value:?} has an unknown unit (use ms, s, m or h)")),
+    };
+    Ok(duration)
+}
+
+/// The shortest exact text for a duration, for queue names: `5s`, `250ms`, `2m`.
+pub fn format_duration(duration: std::time::Duration) -> String {
+    let ms = duration.as_millis();
+    if ms % 3_600_000 == 0 && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_never_print_their_password() {
+        let url: SecretUrl = "amqp://guest:hunter2@127.0.0.1:5672/%2f".parse().unwrap();
+        assert!(!format!("{url}").contains("hunter2"));
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.expose().contains("hunter2"));
+        assert!(!format!("{:?}", SecretString::new("s3cret")).contains("s3cret"));
+    }
+
+    #[test]
+    fn namespaces_are_plain_names() {
+        assert!("wa".parse::<Namespace>().is_ok());
+        assert!("test_1-a".parse::<Namespace>().is_ok());
+        for bad in ["", "a.b", "a b", "a:b", &"x".repeat(65)] {
+            assert!(bad.parse::<Namespace>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for text in ["250ms", "5s", "30s", "2m", "10m", "1h"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+}

@@ -1,0 +1,78 @@
+//! The operator endpoints every role serves: `/healthz` (the process runs),
+//! `/readyz` (its dependencies answer) and `/metrics` (Prometheus text).
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets in seconds, from 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// The process-wide Prometheus recorder, installed on first use.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Suffix("_size".into()),
+                        SIZE_BUCKETS,
+                    )
+                })
+                .expect("static bucket lists are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a test harness): keep it.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Something that can say whether a role may take traffic.
+pub trait Readiness: Send + Sync + 'static {
+    /// `Err` carries a short reason shown in the `/readyz` body.
+    fn ready(&self) -> Result<(), String>;
+}
+
+impl<F> Readiness for F
+where
+    F: Fn() -> Result<(), String> + Send + Sync + 'static,
+{
+    fn ready(&self) -> Result<(), String> {
+        self()
+    }
+}
+
+/// `/healthz`, `/readyz` and `/metrics`, to merge into a role's router or to
+/// serve on their own.
+pub fn router(readiness: Arc<dyn Readiness>) -> Router {
+    let handle = metrics_handle();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move {
+                    match readiness.ready() {
+                        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || std::future::ready(handle.render())))
+}

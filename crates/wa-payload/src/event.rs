@@ -1,0 +1,150 @@
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// One item of one change of one entry: the unit that is claimed, stored and
+/// deduplicated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Message(MessageEvent),
+    Status(StatusEvent),
+    Other(OtherEvent),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Message,
+    Echo,
+    Status,
+    Other,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Echo => "echo",
+            EventKind::Status => "status",
+            EventKind::Other => "other",
+        }
+    }
+}
+
+impl Event {
+    /// The idempotency key (`msg:{wamid}`, `echo:{wamid}`,
+    /// `status:{wamid}:{status}`, `event:{sha256}`).
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Message(m) => &m.key,
+            Event::Status(s) => &s.key,
+            Event::Other(o) => &o.key,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Message(m) if m.direction == Direction::Echo => EventKind::Echo,
+            Event::Message(_) => EventKind::Message,
+            Event::Status(_) => EventKind::Status,
+            Event::Other(_) => EventKind::Other,
+        }
+    }
+
+    /// The wamid a message or status is about, for logs and DLQ listings.
+    pub fn wamid(&self) -> Option<&str> {
+        match self {
+            Event::Message(m) => Some(&m.wamid),
+            Event::Status(s) => Some(&s.wamid),
+            Event::Other(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A WhatsApp user wrote to the business (`value.messages[]`).
+    Inbound,
+    /// The business wrote from the WhatsApp Business app (`value.message_echoes[]`).
+    Echo,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Echo => "echo",
+        }
+    }
+}
+
+/// Who a message or status is about. `user_id` is the business-scoped user id
+/// that may come without a phone number (`wa_id`) from 2026 on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Contact {
+    pub wa_id: Option<String>,
+    pub user_id: Option<String>,
+    pub profile_name: Option<String>,
+}
+
+impl Contact {
+    /// `user_id` when present, else `wa_id`; `None` for items with neither
+    /// (some system messages).
+    pub fn key(&self) -> Option<&str> {
+        self.user_id.as_deref().or(self.wa_id.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageEvent {
+    pub key: String,
+    pub wamid: String,
+    pub direction: Direction,
+    /// The WhatsApp user: the sender of an inbound message, the recipient of an echo.
+    pub contact: Contact,
+    pub phone_number_id: Option<String>,
+    pub display_phone_number: Option<String>,
+    /// `type` as Meta sent it (`text`, `image`, ..., or one we have never seen).
+    pub message_type: String,
+    pub timestamp: Option<DateTime<Utc>>,
+    /// The whole item as received.
+    pub raw: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusEvent {
+    pub key: String,
+    pub wamid: String,
+    pub status: String,
+    pub contact: Contact,
+    pub phone_number_id: Option<String>,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub errors: Option<Value>,
+    pub conversation: Option<Value>,
+    pub pricing: Option<Value>,
+    pub raw: Value,
+}
+
+/// Anything that is neither a message nor a status: template and account
+/// updates, value-level `errors`, fields wa-ingest does not know yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtherEvent {
+    pub key: String,
+    pub field: String,
+    /// `entry.id`: the WhatsApp Business Account id.
+    pub account_id: Option<String>,
+    pub raw: Value,
+}
+
+/// Where a status sits in a message's life. Higher never yields to lower:
+/// `sent < delivered < read < played`, and `failed` is terminal (it ranks above
+/// all, so a late `sent` cannot revive a failed message). Statuses we do not
+/// know rank 0: stored, but they never move the latest state.
+pub fn status_rank(status: &str) -> i16 {
+    match status {
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "played" => 4,
+        "failed" => 5,
+        _ => 0,
+    }
+}
