@@ -1,1 +1,75 @@
-fn main() {}
+//! `wa-ingest`: one binary, one subcommand per role. Every option is also an
+//! environment variable (see `wa-ingest <command> --help`).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use wa_core::telemetry::{LogFormat, init_logging};
+
+mod migrate;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wa-ingest",
+    version,
+    about = "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once"
+)]
+struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "json",
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive Meta's webhooks: verify, enqueue with a confirm, answer 200.
+    Receiver(wa_receiver::ReceiverConfig),
+    /// Store every event of every enqueued webhook exactly once.
+    Worker(wa_worker::WorkerConfig),
+    /// Create the database if needed and apply the schema migrations.
+    Migrate(migrate::MigrateArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "wa-ingest failed");
+            eprintln!("wa-ingest: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        Command::Receiver(config) => {
+            let listener = TcpListener::bind(config.listen_addr)
+                .await
+                .with_context(|| format!("cannot listen on LISTEN_ADDR {}", config.listen_addr))?;
+            wa_receiver::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
+        Command::Worker(config) => {
+            let listener = TcpListener::bind(config.metrics_addr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on METRICS_ADDR {}", config.metrics_addr)
+                })?;
+            wa_worker::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
+        Command::Migrate(args) => migrate::run(args).await,
+    }
+}

@@ -131,6 +131,8 @@ pub struct OtherEvent {
     pub field: String,
     /// `entry.id`: the WhatsApp Business Account id.
     pub account_id: Option<String>,
+    /// `entry.time`, when it could be read.
+    pub timestamp: Option<DateTime<Utc>>,
     pub raw: Value,
 }
 

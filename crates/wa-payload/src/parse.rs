@@ -41,54 +41,66 @@ pub fn parse_payload(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
     let mut events = Vec::new();
     for entry in entries {
         let Value::Object(entry) = entry else {
-            events.push(other("entry", None, entry.clone()));
+            events.push(other("entry", &EntryContext::default(), entry.clone()));
             continue;
         };
-        let account_id = string_field(entry, "id");
+        let context = EntryContext {
+            account_id: string_field(entry, "id"),
+            time: entry.get("time").cloned().unwrap_or(Value::Null),
+        };
         let Some(Value::Array(changes)) = entry.get("changes") else {
             continue;
         };
         for change in changes {
-            parse_change(change, account_id.as_deref(), &mut events);
+            parse_change(change, &context, &mut events);
         }
     }
     Ok(events)
 }
 
-fn parse_change(change: &Value, account_id: Option<&str>, events: &mut Vec<Event>) {
+/// What the items of one `entry` share: the WhatsApp Business Account and
+/// the time Meta gives the notification. Both tell apart notifications
+/// whose `value` is the same: an update for two accounts, a template approved
+/// twice.
+#[derive(Default)]
+struct EntryContext {
+    account_id: Option<String>,
+    time: Value,
+}
+
+fn parse_change(change: &Value, entry: &EntryContext, events: &mut Vec<Event>) {
     let field = change
         .get("field")
         .and_then(Value::as_str)
         .unwrap_or("unknown");
     let Some(Value::Object(value)) = change.get("value") else {
-        events.push(other(field, account_id, change.clone()));
+        events.push(other(field, entry, change.clone()));
         return;
     };
     let before = events.len();
     let context = ChangeContext::new(value);
 
     for item in array(value, "messages") {
-        events.push(message(item, Direction::Inbound, &context, field, account_id));
+        events.push(message(item, Direction::Inbound, &context, field, entry));
     }
     for item in array(value, "message_echoes") {
-        events.push(message(item, Direction::Echo, &context, field, account_id));
+        events.push(message(item, Direction::Echo, &context, field, entry));
     }
     for item in array(value, "statuses") {
-        events.push(status(item, &context, field, account_id));
+        events.push(status(item, &context, field, entry));
     }
     for error in array(value, "errors") {
         let raw = serde_json::json!({
-            "account_id": account_id,
             "metadata": value.get("metadata"),
             "error": error,
         });
-        events.push(other(&format!("{field}.errors"), account_id, raw));
+        events.push(other(&format!("{field}.errors"), entry, raw));
     }
 
     // A change we extracted nothing from (a template update, an account
     // update, a field we have never seen) is stored whole.
     if events.len() == before {
-        events.push(other(field, account_id, Value::Object(value.clone())));
+        events.push(other(field, entry, Value::Object(value.clone())));
     }
 }
 
@@ -126,7 +138,7 @@ impl<'a> ChangeContext<'a> {
             .iter()
             .find(matches)
             .or_else(|| match self.contacts.as_slice() {
-                [only] if wa_id.is_none() && user_id.is_none() => Some(only),
+                [only] if !conflicts(only, wa_id.as_deref(), user_id.as_deref()) => Some(only),
                 _ => None,
             })
             .copied();
@@ -143,15 +155,25 @@ impl<'a> ChangeContext<'a> {
     }
 }
 
+/// The only `contacts` entry names the item's user unless one of its ids
+/// says otherwise.
+fn conflicts(contact: &Map<String, Value>, wa_id: Option<&str>, user_id: Option<&str>) -> bool {
+    let differs = |key: &str, ours: Option<&str>| match (string_field(contact, key), ours) {
+        (Some(theirs), Some(ours)) => theirs != ours,
+        _ => false,
+    };
+    differs("wa_id", wa_id) || differs("user_id", user_id)
+}
+
 fn message(
     item: &Value,
     direction: Direction,
     context: &ChangeContext<'_>,
     field: &str,
-    account_id: Option<&str>,
+    entry: &EntryContext,
 ) -> Event {
     let Some((object, wamid)) = object_with_id(item) else {
-        return other(&format!("{field}.invalid_message"), account_id, item.clone());
+        return other(&format!("{field}.invalid_message"), entry, item.clone());
     };
     // The user is the sender of an inbound message and the recipient of an echo.
     let (wa_key, user_key) = match direction {
@@ -176,18 +198,13 @@ fn message(
     })
 }
 
-fn status(
-    item: &Value,
-    context: &ChangeContext<'_>,
-    field: &str,
-    account_id: Option<&str>,
-) -> Event {
+fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryContext) -> Event {
     let parsed = object_with_id(item).and_then(|(object, wamid)| {
         let status = string_field(object, "status").filter(|s| s.len() <= MAX_ID_LEN)?;
         Some((object, wamid, status))
     });
     let Some((object, wamid, status)) = parsed else {
-        return other(&format!("{field}.invalid_status"), account_id, item.clone());
+        return other(&format!("{field}.invalid_status"), entry, item.clone());
     };
     let contact = context.contact(
         string_field(object, "recipient_id"),
@@ -208,11 +225,19 @@ fn status(
     })
 }
 
-fn other(field: &str, account_id: Option<&str>, raw: Value) -> Event {
+/// Keyed by the hash of the field and the canonical content, with the entry's
+/// account and time: a redelivery hashes the same, a new notification does not.
+fn other(field: &str, entry: &EntryContext, raw: Value) -> Event {
+    let identity = serde_json::json!({
+        "account_id": entry.account_id,
+        "time": entry.time,
+        "value": raw,
+    });
     Event::Other(OtherEvent {
-        key: format!("event:{}", content_hash(field, &raw)),
+        key: format!("event:{}", content_hash(field, &identity)),
         field: field.to_owned(),
-        account_id: account_id.map(str::to_owned),
+        account_id: entry.account_id.clone(),
+        timestamp: meta_timestamp(Some(&entry.time)),
         raw,
     })
 }

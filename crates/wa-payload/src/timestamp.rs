@@ -39,7 +39,13 @@ mod tests {
 
     #[test]
     fn junk_is_none() {
-        for junk in [json!("yesterday"), json!(null), json!({}), json!(-5), json!("")] {
+        for junk in [
+            json!("yesterday"),
+            json!(null),
+            json!({}),
+            json!(-5),
+            json!(""),
+        ] {
             assert_eq!(meta_timestamp(Some(&junk)), None, "{junk}");
         }
         assert_eq!(meta_timestamp(None), None);

@@ -1,0 +1,128 @@
+//! The worker: consumes webhook bodies from `{ns}.inbound` and stores every
+//! event in them exactly once, however often and however concurrently Meta
+//! delivered them.
+
+pub mod claim;
+mod config;
+mod consumer;
+pub mod failure;
+pub mod pipeline;
+pub mod retry;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wa_core::broker::{Broker, Topology};
+
+pub use config::WorkerConfig;
+
+use crate::claim::{ClaimConfig, Claims};
+use crate::consumer::ConsumeSettings;
+use crate::pipeline::{Health, Processor};
+use crate::retry::RetryPolicy;
+
+/// Runs until `shutdown` fires, then stops consuming, finishes and acks the
+/// batches in flight (for at most the grace period) and returns.
+/// `ops_listener` serves `/healthz`, `/readyz` and `/metrics`.
+pub async fn run(
+    ops_listener: TcpListener,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let namespace = config.namespace.namespace.clone();
+    let worker_id = config.worker_id();
+    let topology = Topology::new(namespace.clone()).with_retry_tiers(&config.retry_tiers);
+
+    // The broker link outlives the consumer: batches finishing after the
+    // shutdown signal still publish retries and ack.
+    let broker_stop = CancellationToken::new();
+    let broker = Broker::start(
+        config
+            .amqp
+            .broker_config(&format!("wa-ingest worker {worker_id}")),
+        topology.clone(),
+        broker_stop.clone(),
+    );
+    let pool = config.database.pool()?;
+    let claims = Claims::new(
+        config.redis.redis_url.clone(),
+        namespace,
+        ClaimConfig {
+            lease: config.claim_lease,
+            done_ttl: config.claim_done_ttl,
+            fail_mode: config.claim_fail_mode,
+            timeout: config.redis.redis_timeout,
+        },
+    );
+    let health = Arc::new(Health::default());
+    let processor = Arc::new(Processor::new(
+        claims,
+        wa_store::Store::new(pool.clone()),
+        usize::from(config.quick_retries),
+        health.clone(),
+        shutdown.clone(),
+    ));
+
+    let ops_stop = CancellationToken::new();
+    let ops = tokio::spawn(serve_ops(
+        ops_listener,
+        broker.clone(),
+        health,
+        ops_stop.clone(),
+    ));
+
+    let settings = ConsumeSettings {
+        prefetch: config.prefetch,
+        batch_size: usize::from(config.batch_size),
+        batch_linger: config.batch_linger,
+        concurrency: usize::from(config.concurrency),
+        consumer_tag: format!("wa-ingest-{worker_id}"),
+    };
+    tracing::info!(%worker_id, ?settings, "worker starting");
+    let consuming = consumer::consume(
+        broker,
+        processor,
+        RetryPolicy::new(topology, worker_id),
+        settings,
+        shutdown.clone(),
+    );
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    tokio::select! {
+        () = consuming => tracing::info!("worker drained"),
+        () = grace => tracing::warn!(
+            grace = ?config.shutdown_grace,
+            "shutdown grace period over; unacked deliveries will be redelivered"
+        ),
+    }
+    broker_stop.cancel();
+    ops_stop.cancel();
+    let _ = ops.await;
+    pool.close().await;
+    Ok(())
+}
+
+async fn serve_ops(
+    listener: TcpListener,
+    broker: Broker,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let readiness = move || {
+        if !broker.is_connected() {
+            return Err("not connected to RabbitMQ".to_owned());
+        }
+        health.check()
+    };
+    let app = wa_core::ops::router(Arc::new(readiness));
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(%error, "ops server failed");
+    }
+}

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -20,6 +19,7 @@ pub use publish::{Outgoing, PublishError};
 pub use topology::{INBOUND_DELIVERY_LIMIT, Topology};
 
 use crate::SecretUrl;
+use crate::backoff::full_jitter;
 use crate::telemetry::error_chain;
 
 #[derive(Debug, Clone)]
@@ -253,10 +253,5 @@ fn with_heartbeat(url: &SecretUrl) -> String {
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    full_jitter(Duration::from_millis(100), Duration::from_secs(5), None)
 }

@@ -75,7 +75,10 @@ impl Topology {
             .await?;
 
         let mut inbound_args = quorum();
-        inbound_args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(INBOUND_DELIVERY_LIMIT));
+        inbound_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(INBOUND_DELIVERY_LIMIT),
+        );
         dead_letter_to(&mut inbound_args, "", &self.dlq());
         declare_queue(channel, &inbound, inbound_args).await?;
         channel
@@ -114,7 +117,10 @@ fn dead_letter_to(args: &mut FieldTable, exchange: &str, routing_key: &str) {
     if !routing_key.is_empty() {
         args.insert("x-dead-letter-routing-key".into(), long_string(routing_key));
     }
-    args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
     args.insert("x-overflow".into(), long_string("reject-publish"));
 }
 

@@ -1,0 +1,83 @@
+//! Command-line and environment options shared by several roles. Each role
+//! flattens the groups it needs, so every option has one name everywhere.
+
+use std::time::Duration;
+
+use crate::config::parse_duration;
+use crate::{Namespace, SecretUrl};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NamespaceArgs {
+    /// Prefix of exchanges, queues and Redis keys.
+    #[arg(long = "namespace", env = "WA_NAMESPACE", default_value = "wa")]
+    pub namespace: Namespace,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL.
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: SecretUrl,
+    /// How long a publish waits for the broker's confirm.
+    #[arg(long, env = "WA_CONFIRM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub confirm_timeout: Duration,
+    /// Confirm-mode channels that publishes are spread over.
+    #[arg(long, env = "WA_PUBLISH_CHANNELS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub publish_channels: u16,
+}
+
+impl AmqpArgs {
+    pub fn broker_config(&self, connection_name: &str) -> crate::broker::BrokerConfig {
+        let mut config = crate::broker::BrokerConfig::new(self.amqp_url.clone(), connection_name);
+        config.confirm_timeout = self.confirm_timeout;
+        config.publish_channels = usize::from(self.publish_channels);
+        config
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL.
+    #[arg(
+        long = "redis-url",
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: SecretUrl,
+    /// Time limit of every Redis command.
+    #[arg(long, env = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/wa_ingest"
+    )]
+    pub database_url: SecretUrl,
+    /// Connections in the pool.
+    #[arg(long, env = "WA_DB_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_pool_size: u32,
+    /// How long to wait for a pooled connection before calling the database unreachable.
+    #[arg(long, env = "WA_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// A lazily connecting pool: a role starts (and reports not ready) while
+    /// PostgreSQL is down, instead of failing at start.
+    pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        let options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.db_pool_size)
+            .acquire_timeout(self.db_acquire_timeout)
+            .connect_lazy_with(options))
+    }
+}

@@ -1,0 +1,85 @@
+/// A failed write, classified by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct StoreError {
+    #[source]
+    source: sqlx::Error,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(source: sqlx::Error) -> Self {
+        Self { source }
+    }
+}
+
+impl StoreError {
+    /// True when the same write may succeed later: the database is
+    /// unreachable, busy, restarting, or the transaction lost a race
+    /// (serialization failure, deadlock). False when these rows will fail
+    /// the same way every time (a check, a value the database refuses).
+    pub fn is_transient(&self) -> bool {
+        match &self.source {
+            sqlx::Error::Database(db) => match db.code() {
+                Some(code) => is_transient_sqlstate(&code),
+                None => true,
+            },
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
+    }
+
+    /// True when the database cannot be reached at all (as opposed to one
+    /// statement failing): workers pause instead of failing deliveries.
+    pub fn is_unreachable(&self) -> bool {
+        match &self.source {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || code.starts_with("57P") || code == "53300"
+            }),
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE, when the database answered with one.
+    pub fn sqlstate(&self) -> Option<String> {
+        match &self.source {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// SQLSTATE classes that name a condition, not a bad row: 08 connection
+/// exception, 40 transaction rollback (serialization failure, deadlock), 53
+/// insufficient resources, 55P03 lock not available, 57 operator
+/// intervention (shutdown, cancel), 58 system error.
+fn is_transient_sqlstate(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        for transient in ["08006", "40001", "40P01", "53300", "57P01", "55P03"] {
+            assert!(is_transient_sqlstate(transient), "{transient}");
+        }
+        for permanent in ["23514", "23502", "22P05", "22021", "42P01"] {
+            assert!(!is_transient_sqlstate(permanent), "{permanent}");
+        }
+    }
+}

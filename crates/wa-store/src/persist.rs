@@ -1,0 +1,306 @@
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use wa_payload::{Direction, Event, MessageEvent, OtherEvent, StatusEvent, status_rank};
+
+use crate::StoreError;
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+/// The events of one write that were new; the others were already stored.
+#[derive(Debug, Default)]
+pub struct Persisted {
+    pub inserted: HashSet<String>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Stores `events` (unique by key) in one transaction, one multi-row
+    /// statement per table. Rows are sorted by key so that concurrent
+    /// writers lock them in the same order and cannot deadlock each other.
+    pub async fn persist(&self, events: &[&Event]) -> Result<Persisted, StoreError> {
+        let mut messages: Vec<&MessageEvent> = Vec::new();
+        let mut statuses: Vec<&StatusEvent> = Vec::new();
+        let mut others: Vec<&OtherEvent> = Vec::new();
+        for event in events {
+            match event {
+                Event::Message(m) => messages.push(m),
+                Event::Status(s) => statuses.push(s),
+                Event::Other(o) => others.push(o),
+            }
+        }
+        messages.sort_by(|a, b| a.wamid.cmp(&b.wamid));
+        statuses.sort_by(|a, b| (&a.wamid, &a.status).cmp(&(&b.wamid, &b.status)));
+        others.sort_by(|a, b| a.key.cmp(&b.key));
+
+        let mut tx = self.pool.begin().await?;
+        let mut persisted = Persisted::default();
+        if !messages.is_empty() {
+            let new = insert_messages(&mut tx, &messages).await?;
+            let new_messages: Vec<&MessageEvent> = messages
+                .iter()
+                .copied()
+                .filter(|m| new.contains(&m.wamid))
+                .collect();
+            upsert_contacts(&mut tx, &new_messages).await?;
+            persisted
+                .inserted
+                .extend(new_messages.iter().map(|m| m.key.clone()));
+        }
+        if !statuses.is_empty() {
+            let new = insert_statuses(&mut tx, &statuses).await?;
+            let new_statuses: Vec<&StatusEvent> = statuses
+                .iter()
+                .copied()
+                .filter(|s| new.contains(&(s.wamid.clone(), s.status.clone())))
+                .collect();
+            advance_latest_status(&mut tx, &new_statuses).await?;
+            persisted
+                .inserted
+                .extend(new_statuses.iter().map(|s| s.key.clone()));
+        }
+        if !others.is_empty() {
+            let new = insert_others(&mut tx, &others).await?;
+            persisted.inserted.extend(new);
+        }
+        tx.commit().await?;
+        Ok(persisted)
+    }
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+async fn insert_messages(
+    tx: &mut Tx,
+    messages: &[&MessageEvent],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let column = |f: fn(&MessageEvent) -> Option<String>| -> Vec<Option<String>> {
+        messages.iter().map(|m| f(m)).collect()
+    };
+    let wamids: Vec<&str> = messages.iter().map(|m| m.wamid.as_str()).collect();
+    let directions: Vec<&str> = messages.iter().map(|m| m.direction.as_str()).collect();
+    let types: Vec<&str> = messages.iter().map(|m| m.message_type.as_str()).collect();
+    let timestamps: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.timestamp).collect();
+    let raws: Vec<&Value> = messages.iter().map(|m| &m.raw).collect();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO messages (wamid, direction, contact_key, wa_id, user_id, phone_number_id,
+                               display_phone_number, message_type, meta_timestamp, raw)
+         SELECT t.wamid, t.direction, t.contact_key, t.wa_id, t.user_id, t.phone_number_id,
+                t.display_phone_number, t.message_type, t.ts, $10::jsonb -> (t.ord - 1)::int
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::timestamptz[])
+              WITH ORDINALITY AS t(wamid, direction, contact_key, wa_id, user_id, phone_number_id,
+                                   display_phone_number, message_type, ts, ord)
+         ORDER BY t.ord
+         ON CONFLICT (wamid) DO NOTHING
+         RETURNING wamid",
+    )
+    .bind(&wamids)
+    .bind(&directions)
+    .bind(column(|m| m.contact.key().map(str::to_owned)))
+    .bind(column(|m| m.contact.wa_id.clone()))
+    .bind(column(|m| m.contact.user_id.clone()))
+    .bind(column(|m| m.phone_number_id.clone()))
+    .bind(column(|m| m.display_phone_number.clone()))
+    .bind(&types)
+    .bind(&timestamps)
+    .bind(sqlx::types::Json(&raws))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(wamid,)| wamid).collect())
+}
+
+/// One row per contact: the earliest and latest sighting in this batch and
+/// the profile name of the latest. `last_seen_at` only moves forward, and the
+/// name is replaced only by a newer message's.
+async fn upsert_contacts(tx: &mut Tx, messages: &[&MessageEvent]) -> Result<(), sqlx::Error> {
+    struct Sighting<'a> {
+        wa_id: Option<&'a str>,
+        user_id: Option<&'a str>,
+        profile_name: Option<&'a str>,
+        first: Option<DateTime<Utc>>,
+        last: Option<DateTime<Utc>>,
+    }
+    let mut contacts: BTreeMap<&str, Sighting<'_>> = BTreeMap::new();
+    for message in messages
+        .iter()
+        .filter(|m| m.direction == Direction::Inbound)
+    {
+        let Some(key) = message.contact.key() else {
+            continue;
+        };
+        let contact = &message.contact;
+        let sighting = contacts.entry(key).or_insert(Sighting {
+            wa_id: None,
+            user_id: None,
+            profile_name: None,
+            first: message.timestamp,
+            last: message.timestamp,
+        });
+        sighting.wa_id = sighting.wa_id.or(contact.wa_id.as_deref());
+        sighting.user_id = sighting.user_id.or(contact.user_id.as_deref());
+        sighting.first = sighting.first.min(message.timestamp).or(message.timestamp);
+        if message.timestamp >= sighting.last {
+            sighting.last = message.timestamp;
+            sighting.profile_name = contact.profile_name.as_deref().or(sighting.profile_name);
+        }
+    }
+    if contacts.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = contacts.keys().copied().collect();
+    let values = contacts.values();
+    let wa_ids: Vec<Option<&str>> = values.clone().map(|s| s.wa_id).collect();
+    let user_ids: Vec<Option<&str>> = values.clone().map(|s| s.user_id).collect();
+    let names: Vec<Option<&str>> = values.clone().map(|s| s.profile_name).collect();
+    let firsts: Vec<Option<DateTime<Utc>>> = values.clone().map(|s| s.first).collect();
+    let lasts: Vec<Option<DateTime<Utc>>> = values.map(|s| s.last).collect();
+    sqlx::query(
+        "INSERT INTO contacts AS c (contact_key, wa_id, user_id, profile_name, first_seen_at, last_seen_at)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                              $5::timestamptz[], $6::timestamptz[])
+         ON CONFLICT (contact_key) DO UPDATE SET
+             wa_id = COALESCE(c.wa_id, EXCLUDED.wa_id),
+             user_id = COALESCE(c.user_id, EXCLUDED.user_id),
+             profile_name = CASE
+                 WHEN EXCLUDED.last_seen_at >= c.last_seen_at OR c.last_seen_at IS NULL
+                 THEN COALESCE(EXCLUDED.profile_name, c.profile_name)
+                 ELSE c.profile_name END,
+             first_seen_at = LEAST(c.first_seen_at, EXCLUDED.first_seen_at),
+             last_seen_at = GREATEST(c.last_seen_at, EXCLUDED.last_seen_at),
+             updated_at = now()",
+    )
+    .bind(&keys)
+    .bind(&wa_ids)
+    .bind(&user_ids)
+    .bind(&names)
+    .bind(&firsts)
+    .bind(&lasts)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_statuses(
+    tx: &mut Tx,
+    statuses: &[&StatusEvent],
+) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    let text = |f: fn(&StatusEvent) -> Option<&str>| -> Vec<Option<&str>> {
+        statuses.iter().map(|s| f(s)).collect()
+    };
+    let json = |f: fn(&StatusEvent) -> Option<&Value>| -> sqlx::types::Json<Vec<Option<&Value>>> {
+        sqlx::types::Json(statuses.iter().map(|s| f(s)).collect())
+    };
+    let wamids: Vec<&str> = statuses.iter().map(|s| s.wamid.as_str()).collect();
+    let names: Vec<&str> = statuses.iter().map(|s| s.status.as_str()).collect();
+    let timestamps: Vec<Option<DateTime<Utc>>> = statuses.iter().map(|s| s.timestamp).collect();
+    let raws: Vec<&Value> = statuses.iter().map(|s| &s.raw).collect();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "INSERT INTO message_statuses (wamid, status, meta_timestamp, recipient_id,
+                                       recipient_user_id, contact_key, phone_number_id,
+                                       errors, conversation, pricing, raw)
+         SELECT u.wamid, u.status, u.ts, u.recipient_id, u.recipient_user_id, u.contact_key,
+                u.phone_number_id, u.errors->u.i, u.conversation->u.i, u.pricing->u.i, u.raw->u.i
+         FROM (SELECT t.*, (t.ord - 1)::int AS i, $8::jsonb AS errors, $9::jsonb AS conversation,
+                      $10::jsonb AS pricing, $11::jsonb AS raw
+               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                           $6::text[], $7::text[])
+                    WITH ORDINALITY AS t(wamid, status, ts, recipient_id, recipient_user_id,
+                                         contact_key, phone_number_id, ord)) u
+         ORDER BY u.ord
+         ON CONFLICT (wamid, status) DO NOTHING
+         RETURNING wamid, status",
+    )
+    .bind(&wamids)
+    .bind(&names)
+    .bind(&timestamps)
+    .bind(text(|s| s.contact.wa_id.as_deref()))
+    .bind(text(|s| s.contact.user_id.as_deref()))
+    .bind(text(|s| s.contact.key()))
+    .bind(text(|s| s.phone_number_id.as_deref()))
+    .bind(json(|s| s.errors.as_ref()))
+    .bind(json(|s| s.conversation.as_ref()))
+    .bind(json(|s| s.pricing.as_ref()))
+    .bind(sqlx::types::Json(&raws))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Moves each wamid's latest status forward to the highest-ranked status
+/// that was newly stored; a lower or equal rank never replaces a higher one,
+/// whatever the arrival order.
+async fn advance_latest_status(tx: &mut Tx, statuses: &[&StatusEvent]) -> Result<(), sqlx::Error> {
+    let mut best: BTreeMap<&str, &StatusEvent> = BTreeMap::new();
+    for status in statuses {
+        let rank = status_rank(&status.status);
+        best.entry(&status.wamid)
+            .and_modify(|current| {
+                if rank > status_rank(&current.status) {
+                    *current = status;
+                }
+            })
+            .or_insert(status);
+    }
+    if best.is_empty() {
+        return Ok(());
+    }
+    let wamids: Vec<&str> = best.keys().copied().collect();
+    let names: Vec<&str> = best.values().map(|s| s.status.as_str()).collect();
+    let ranks: Vec<i16> = best.values().map(|s| status_rank(&s.status)).collect();
+    let timestamps: Vec<Option<DateTime<Utc>>> = best.values().map(|s| s.timestamp).collect();
+    sqlx::query(
+        "INSERT INTO message_latest_status AS l (wamid, status, status_rank, meta_timestamp)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::timestamptz[])
+         ON CONFLICT (wamid) DO UPDATE SET
+             status = EXCLUDED.status,
+             status_rank = EXCLUDED.status_rank,
+             meta_timestamp = EXCLUDED.meta_timestamp,
+             updated_at = now()
+         WHERE l.status_rank < EXCLUDED.status_rank",
+    )
+    .bind(&wamids)
+    .bind(&names)
+    .bind(&ranks)
+    .bind(&timestamps)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_others(tx: &mut Tx, others: &[&OtherEvent]) -> Result<Vec<String>, sqlx::Error> {
+    let keys: Vec<&str> = others.iter().map(|o| o.key.as_str()).collect();
+    let fields: Vec<&str> = others.iter().map(|o| o.field.as_str()).collect();
+    let accounts: Vec<Option<&str>> = others.iter().map(|o| o.account_id.as_deref()).collect();
+    let timestamps: Vec<Option<DateTime<Utc>>> = others.iter().map(|o| o.timestamp).collect();
+    let raws: Vec<&Value> = others.iter().map(|o| &o.raw).collect();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO webhook_events (event_key, field, account_id, meta_timestamp, raw)
+         SELECT t.key, t.field, t.account_id, t.ts, $5::jsonb -> (t.ord - 1)::int
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+              WITH ORDINALITY AS t(key, field, account_id, ts, ord)
+         ORDER BY t.ord
+         ON CONFLICT (event_key) DO NOTHING
+         RETURNING event_key",
+    )
+    .bind(&keys)
+    .bind(&fields)
+    .bind(&accounts)
+    .bind(&timestamps)
+    .bind(sqlx::types::Json(&raws))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows.into_iter().map(|(key,)| key).collect())
+}

@@ -1,0 +1,171 @@
+//! Where a delivery goes when it is not acked: the next retry tier (a TTL
+//! queue that dead-letters back to `{ns}.inbound`), or the DLQ with the
+//! reason. Headers carry the history, so any worker can continue it.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use wa_core::broker::Topology;
+
+use crate::failure::Failure;
+
+pub const ATTEMPTS: &str = "x-wa-attempts";
+pub const DEFERRALS: &str = "x-wa-deferrals";
+pub const ERROR_CLASS: &str = "x-wa-error-class";
+pub const ERROR: &str = "x-wa-error";
+pub const FIRST_FAILURE_AT: &str = "x-wa-first-failure-at";
+pub const LAST_FAILURE_AT: &str = "x-wa-last-failure-at";
+pub const ORIGINAL_EXCHANGE: &str = "x-wa-original-exchange";
+pub const ORIGINAL_ROUTING_KEY: &str = "x-wa-original-routing-key";
+pub const DEAD_LETTERED_BY: &str = "x-wa-dead-lettered-by";
+
+/// Error texts are cut to this many bytes in headers.
+const MAX_ERROR_LEN: usize = 1024;
+
+/// A queue to publish to (through the default exchange) and the properties
+/// to publish with.
+pub struct Hop {
+    pub queue: String,
+    pub properties: BasicProperties,
+}
+
+/// Where the deliveries of one delivery's failure go.
+pub struct RetryPolicy {
+    topology: Topology,
+    worker_id: String,
+}
+
+/// What we know of a delivery when it leaves the main queue.
+pub struct Origin<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub properties: &'a BasicProperties,
+}
+
+impl RetryPolicy {
+    pub fn new(topology: Topology, worker_id: String) -> Self {
+        Self {
+            topology,
+            worker_id,
+        }
+    }
+
+    /// A transient failure: the next tier, or the DLQ once every tier was tried.
+    pub fn retry(&self, origin: &Origin<'_>, failure: &Failure) -> Hop {
+        let attempts = header_int(origin.properties, ATTEMPTS) + 1;
+        let tier = usize::try_from(attempts - 1).ok();
+        match tier.and_then(|t| self.topology.retry_tiers().get(t)) {
+            Some(&delay) => Hop {
+                queue: self.topology.retry_queue(delay),
+                properties: self.failed(origin, failure, attempts),
+            },
+            None => self.dead_letter_after(origin, failure, attempts),
+        }
+    }
+
+    /// A permanent failure: the DLQ at once.
+    pub fn dead_letter(&self, origin: &Origin<'_>, failure: &Failure) -> Hop {
+        let attempts = header_int(origin.properties, ATTEMPTS) + 1;
+        self.dead_letter_after(origin, failure, attempts)
+    }
+
+    /// Another worker holds a claim: come back after the first tier's delay.
+    /// Not a failure, so no attempt is spent.
+    pub fn defer(&self, origin: &Origin<'_>) -> Hop {
+        let delay = self
+            .topology
+            .retry_tiers()
+            .first()
+            .copied()
+            .unwrap_or(Duration::from_secs(5));
+        let mut headers = carried_headers(origin);
+        let deferrals = header_int(origin.properties, DEFERRALS) + 1;
+        headers.insert(DEFERRALS.into(), AMQPValue::LongLongInt(deferrals));
+        Hop {
+            queue: self.topology.retry_queue(delay),
+            properties: origin.properties.clone().with_headers(headers),
+        }
+    }
+
+    fn dead_letter_after(&self, origin: &Origin<'_>, failure: &Failure, attempts: i64) -> Hop {
+        let properties = self.failed(origin, failure, attempts);
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(DEAD_LETTERED_BY.into(), text(&self.worker_id));
+        Hop {
+            queue: self.topology.dlq(),
+            properties: properties.with_headers(headers),
+        }
+    }
+
+    fn failed(&self, origin: &Origin<'_>, failure: &Failure, attempts: i64) -> BasicProperties {
+        let now = Utc::now().to_rfc3339();
+        let mut headers = carried_headers(origin);
+        headers.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(attempts));
+        headers.insert(ERROR_CLASS.into(), text(failure.class.as_str()));
+        headers.insert(ERROR.into(), text(truncate(&failure.reason, MAX_ERROR_LEN)));
+        if !headers.inner().contains_key(FIRST_FAILURE_AT) {
+            headers.insert(FIRST_FAILURE_AT.into(), text(&now));
+        }
+        headers.insert(LAST_FAILURE_AT.into(), text(&now));
+        origin.properties.clone().with_headers(headers)
+    }
+}
+
+/// The delivery's own headers, less the broker's dead-letter history (our
+/// headers say the same, without growing), plus where it first came from.
+fn carried_headers(origin: &Origin<'_>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    if let Some(existing) = origin.properties.headers() {
+        for (key, value) in existing.inner() {
+            let broker_history = key.as_str() == "x-death"
+                || key.as_str().starts_with("x-first-death")
+                || key.as_str().starts_with("x-last-death");
+            if !broker_history {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    if !headers.inner().contains_key(ORIGINAL_EXCHANGE) {
+        headers.insert(ORIGINAL_EXCHANGE.into(), text(origin.exchange));
+        headers.insert(ORIGINAL_ROUTING_KEY.into(), text(origin.routing_key));
+    }
+    headers
+}
+
+/// An integer header, whatever integer type the publisher used; 0 if absent.
+pub fn header_int(properties: &BasicProperties, name: &str) -> i64 {
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+    else {
+        return 0;
+    };
+    match value {
+        AMQPValue::ShortShortInt(v) => i64::from(*v),
+        AMQPValue::ShortShortUInt(v) => i64::from(*v),
+        AMQPValue::ShortInt(v) => i64::from(*v),
+        AMQPValue::ShortUInt(v) => i64::from(*v),
+        AMQPValue::LongInt(v) => i64::from(*v),
+        AMQPValue::LongUInt(v) => i64::from(*v),
+        AMQPValue::LongLongInt(v) => *v,
+        _ => 0,
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
