@@ -1,1 +1,56 @@
+//! Support for the end-to-end tests: a private namespace, database and Redis
+//! prefix per test, the roles started in-process on port 0, a TCP relay that
+//! can cut a connection, signed requests and WhatsApp payloads.
+//!
+//! Tests need the three servers. A missing server fails the test with a
+//! message that says which one: a skipped test would hide a regression.
 
+pub mod env;
+pub mod payloads;
+pub mod relay;
+pub mod roles;
+
+pub use env::TestEnv;
+pub use relay::TcpRelay;
+pub use roles::{Receiver, Worker};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`
+/// with `what` and the last value seen.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("timed out after {limit:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Sums the samples of a Prometheus counter whose labels contain every
+/// `label="value"` pair given.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            if metric != name {
+                return None;
+            }
+            let matches = labels
+                .iter()
+                .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

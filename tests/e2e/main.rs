@@ -1,0 +1,7 @@
+//! End-to-end tests against real PostgreSQL, Redis and RabbitMQ. Each test
+//! has its own namespace and database, so they run in parallel and beside a
+//! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
+
+mod pipeline;
+mod receiver;
+mod worker;

@@ -1,0 +1,238 @@
+//! The worker against real servers: races between workers, a claim left by
+//! a dead owner, statuses out of order, Redis and broker outages, and bad
+//! payloads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::Barrier;
+use wa_e2e::payloads::{self, envelope, status, text_message};
+use wa_e2e::roles::WorkerServers;
+use wa_e2e::{TcpRelay, TestEnv, Worker, eventually, metric_sum};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn rows(env: &TestEnv) -> (i64, i64) {
+    (
+        env.count("SELECT count(*) FROM messages").await,
+        env.count("SELECT count(*) FROM message_statuses").await,
+    )
+}
+
+/// Waits until the tables hold `expected` rows and every queue of the
+/// namespace is empty, so that nothing is left to change the counts.
+async fn settled(env: &TestEnv, expected: (i64, i64)) {
+    eventually("all rows stored and queues empty", LIMIT, || async {
+        let now = rows(env).await;
+        let mut depth = 0;
+        for queue in ["inbound", "retry.100ms", "retry.200ms", "retry.300ms"] {
+            depth += env.queue_depth(queue).await;
+        }
+        if now == expected && depth == 0 {
+            Ok(())
+        } else {
+            Err(format!("rows {now:?}, queued {depth}"))
+        }
+    })
+    .await;
+    // Give a straggler the chance to show itself before counting exactly.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+async fn stored_total(workers: &[Worker]) -> f64 {
+    // One process, one recorder: any worker's /metrics shows them all.
+    metric_sum(
+        &workers[0].metrics().await,
+        "wa_events_total",
+        &[("outcome", "stored")],
+    )
+}
+
+#[tokio::test]
+async fn fifty_copies_raced_by_four_workers_store_each_event_once() {
+    let env = TestEnv::new().await;
+    // 5 messages and 15 statuses: 20 unique events.
+    let body = payloads::mixed("race", 5);
+    let publishing = (0..50).map(|_| env.publish_inbound(&body));
+    join_all(publishing).await;
+
+    let gate = Arc::new(Barrier::new(4));
+    let starts = (0..4).map(|_| {
+        let gate = gate.clone();
+        let env = &env;
+        async move {
+            gate.wait().await;
+            Worker::start(env, &["--batch-size", "8", "--prefetch", "16"]).await
+        }
+    });
+    let workers: Vec<Worker> = join_all(starts).await;
+    settled(&env, (5, 15)).await;
+
+    assert_eq!(rows(&env).await, (5, 15));
+    assert_eq!(stored_total(&workers).await, 20.0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_latest_status WHERE status = 'read'")
+            .await,
+        5
+    );
+    assert_eq!(env.count("SELECT count(*) FROM contacts").await, 5);
+    assert_eq!(env.queue_depth("dlq").await, 0);
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_claim_left_pending_by_a_dead_owner_is_stored_after_its_lease() {
+    let env = TestEnv::new().await;
+    let wamid = "wamid.orphaned";
+    let mut redis = env.redis().await;
+    let claim = format!("{}:claim:msg:{wamid}", env.namespace);
+    // The owner took the lease and died before storing.
+    let _: () = redis::cmd("SET")
+        .arg(&claim)
+        .arg("pending:crashed-owner")
+        .arg("PX")
+        .arg(1500)
+        .query_async(&mut redis)
+        .await
+        .expect("plant claim");
+
+    env.publish_inbound(&envelope(
+        &[text_message(wamid, "15550001", 1_700_000_000)],
+        &[],
+    ))
+    .await;
+    let worker = Worker::start(&env, &[]).await;
+    settled(&env, (1, 0)).await;
+
+    let marker: Option<String> = redis::cmd("GET")
+        .arg(&claim)
+        .query_async(&mut redis)
+        .await
+        .expect("GET");
+    assert_eq!(marker.as_deref(), Some("done"));
+    let metrics = worker.metrics().await;
+    assert!(metric_sum(&metrics, "wa_events_total", &[("outcome", "deferred")]) >= 1.0);
+    assert_eq!(
+        metric_sum(&metrics, "wa_events_total", &[("outcome", "stored")]),
+        1.0
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn statuses_arriving_read_delivered_sent_leave_read_as_latest() {
+    let env = TestEnv::new().await;
+    let worker = Worker::start(&env, &[]).await;
+    let wamid = "wamid.out.of.order";
+    for (i, name) in ["read", "delivered", "sent"].iter().enumerate() {
+        env.publish_inbound(&envelope(
+            &[],
+            &[status(wamid, name, "15550002", 1_700_000_010 - i as i64)],
+        ))
+        .await;
+        settled(&env, (0, i as i64 + 1)).await;
+    }
+    let latest: String =
+        sqlx::query_scalar("SELECT status FROM message_latest_status WHERE wamid = $1")
+            .bind(wamid)
+            .fetch_one(&env.db)
+            .await
+            .expect("latest status");
+    assert_eq!(latest, "read");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_duplicates_still_make_one_row_each() {
+    let env = TestEnv::new().await;
+    // Nothing listens on port 1: every claim fails, and the workers fail open.
+    let no_redis = || WorkerServers {
+        redis_url: "redis://127.0.0.1:1/",
+        ..WorkerServers::of(&env)
+    };
+    let body = payloads::mixed("noredis", 3);
+    join_all((0..20).map(|_| env.publish_inbound(&body))).await;
+    let workers = vec![
+        Worker::start_with(&env, no_redis(), &["--batch-size", "4"]).await,
+        Worker::start_with(&env, no_redis(), &["--batch-size", "4"]).await,
+    ];
+    settled(&env, (3, 9)).await;
+    assert_eq!(rows(&env).await, (3, 9));
+    let metrics = workers[0].metrics().await;
+    assert!(
+        metric_sum(&metrics, "wa_claim_fail_open_total", &[]) > 0.0,
+        "fail-open is counted"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "wa_events_total", &[("outcome", "stored")]),
+        12.0
+    );
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_worker_consumes_again_after_the_broker_connection_drops() {
+    let env = TestEnv::new().await;
+    let relay = TcpRelay::start("127.0.0.1:5672".parse().expect("address")).await;
+    let relayed = format!("amqp://guest:guest@{}/%2f", relay.addr());
+    let servers = WorkerServers {
+        amqp_url: &relayed,
+        ..WorkerServers::of(&env)
+    };
+    let worker = Worker::start_with(&env, servers, &[]).await;
+    worker.wait_ready().await;
+    env.publish_inbound(&payloads::mixed("first", 1)).await;
+    settled(&env, (1, 3)).await;
+
+    relay.cut();
+    env.publish_inbound(&payloads::mixed("while-down", 1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.restore();
+    env.publish_inbound(&payloads::mixed("after", 1)).await;
+    settled(&env, (3, 9)).await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn bad_payloads_go_to_the_dlq_at_once_and_spare_the_good_ones() {
+    let env = TestEnv::new().await;
+    env.publish_inbound(b"this is not JSON").await;
+    env.publish_inbound(br#"{"object":"page","entry":[]}"#)
+        .await;
+    env.publish_inbound(&payloads::mixed("good", 2)).await;
+    let worker = Worker::start(&env, &["--batch-linger", "200ms"]).await;
+    settled(&env, (2, 6)).await;
+
+    let dead = env.drain("dlq").await;
+    assert_eq!(dead.len(), 2);
+    for message in &dead {
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .expect("headers");
+        let get = |key: &str| headers.inner().get(key).cloned();
+        assert_eq!(
+            get("x-wa-error-class"),
+            Some(lapin::types::AMQPValue::LongString("permanent".into()))
+        );
+        assert_eq!(
+            get("x-wa-attempts"),
+            Some(lapin::types::AMQPValue::LongLongInt(1))
+        );
+        assert!(get("x-wa-error").is_some() && get("x-wa-first-failure-at").is_some());
+        assert!(get("x-wa-dead-lettered-by").is_some());
+    }
+    let metrics = worker.metrics().await;
+    assert_eq!(
+        metric_sum(&metrics, "wa_deliveries_total", &[("outcome", "retried")]),
+        0.0
+    );
+    worker.stop().await;
+}

@@ -1,0 +1,244 @@
+//! One test's private slice of the shared servers.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sqlx::PgPool;
+use sqlx::migrate::MigrateDatabase;
+use wa_core::Namespace;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379/";
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// The retry tiers of test workers: short, so that retries finish in a test.
+pub const TEST_RETRY_TIERS: &str = "100ms,200ms,300ms";
+
+/// Overridable for a CI with servers elsewhere.
+fn server(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+pub struct TestEnv {
+    pub namespace: Namespace,
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub database_url: String,
+    pub db: PgPool,
+    pub amqp: Connection,
+}
+
+impl TestEnv {
+    /// A fresh namespace (exchanges, queues, Redis keys) and a fresh,
+    /// migrated database. Panics, naming the server, if one is missing.
+    pub async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let namespace: Namespace = format!("t_{}", &id[..12]).parse().expect("valid namespace");
+        let amqp_url = server("WA_TEST_AMQP_URL", AMQP_URL);
+        let redis_url = server("WA_TEST_REDIS_URL", REDIS_URL);
+        let database_url = format!(
+            "{}/wa_{}",
+            server("WA_TEST_POSTGRES_URL", POSTGRES_URL),
+            namespace
+        );
+
+        let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is required at {amqp_url}: {e}"));
+        let redis = redis::Client::open(redis_url.as_str()).expect("valid Redis URL");
+        redis
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("Redis is required at {redis_url}: {e}"));
+        sqlx::Postgres::create_database(&database_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is required at {database_url}: {e}"));
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await
+            .expect("connect to the test database");
+        wa_store::migrate(&db).await.expect("migrations apply");
+        // Declared up front, as any role would, so a test can publish first.
+        let channel = amqp.create_channel().await.expect("channel");
+        Self::topology(&namespace)
+            .declare(&channel)
+            .await
+            .expect("declare the topology");
+        let _ = channel.close(200, "".into()).await;
+        Self {
+            namespace,
+            amqp_url,
+            redis_url,
+            database_url,
+            db,
+            amqp,
+        }
+    }
+
+    /// The topology test workers use.
+    pub fn topology(namespace: &Namespace) -> wa_core::broker::Topology {
+        let tiers: Vec<Duration> = TEST_RETRY_TIERS
+            .split(',')
+            .map(|t| wa_core::config::parse_duration(t).expect("test tier"))
+            .collect();
+        wa_core::broker::Topology::new(namespace.clone()).with_retry_tiers(&tiers)
+    }
+
+    pub fn queue(&self, suffix: &str) -> String {
+        self.namespace.amqp(suffix)
+    }
+
+    /// Messages ready in a queue (not counting those delivered and unacked).
+    pub async fn queue_depth(&self, suffix: &str) -> u32 {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let depth = match channel
+            .queue_declare(
+                self.queue(suffix).as_str().into(),
+                passive,
+                FieldTable::default(),
+            )
+            .await
+        {
+            Ok(queue) => queue.message_count(),
+            Err(_) => 0,
+        };
+        let _ = channel.close(200, "".into()).await;
+        depth
+    }
+
+    /// Publishes raw bytes to `{ns}.inbound` with a confirm, as the receiver would.
+    pub async fn publish_inbound(&self, body: &[u8]) {
+        self.publish(&self.queue("inbound"), "", body).await;
+    }
+
+    pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(
+            confirm.is_ack() && confirm.take_message().is_none(),
+            "publish to {exchange} not routed"
+        );
+        let _ = channel.close(200, "".into()).await;
+    }
+
+    /// Takes every message now in a queue (acking them), in order.
+    pub async fn drain(&self, suffix: &str) -> Vec<lapin::message::BasicGetMessage> {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        let mut messages = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                self.queue(suffix).as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            messages.push(message);
+        }
+        let _ = channel.close(200, "".into()).await;
+        messages
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&self.db)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .expect("valid Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis connection")
+    }
+}
+
+/// Whatever a test leaves behind is removed when its `TestEnv` goes, even
+/// when the test panicked: the namespace's queues and Redis keys, and its
+/// database. Runs on a thread of its own, with its own runtime and
+/// connections, because `Drop` cannot await.
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let namespace = self.namespace.clone();
+        let amqp_url = self.amqp_url.clone();
+        let redis_url = self.redis_url.clone();
+        let database_url = self.database_url.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                let work = cleanup(&namespace, &amqp_url, &redis_url, &database_url);
+                let _ = tokio::time::timeout(Duration::from_secs(15), work).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+async fn cleanup(namespace: &Namespace, amqp_url: &str, redis_url: &str, database_url: &str) {
+    if let Ok(connection) = Connection::connect(amqp_url, ConnectionProperties::default()).await
+        && let Ok(channel) = connection.create_channel().await
+    {
+        let mut queues = vec!["inbound".to_owned(), "dlq".to_owned()];
+        queues.extend(TEST_RETRY_TIERS.split(',').map(|t| format!("retry.{t}")));
+        for queue in queues {
+            let _ = channel
+                .queue_delete(
+                    namespace.amqp(&queue).as_str().into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                namespace.amqp("inbound").as_str().into(),
+                Default::default(),
+            )
+            .await;
+        let _ = connection.close(200, "".into()).await;
+    }
+    if let Ok(client) = redis::Client::open(redis_url)
+        && let Ok(mut redis) = client.get_multiplexed_async_connection().await
+    {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{namespace}:*"))
+            .query_async(&mut redis)
+            .await
+            .unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut redis).await;
+        }
+    }
+    let _ = sqlx::Postgres::force_drop_database(database_url).await;
+}

@@ -1,0 +1,83 @@
+//! A TCP relay between a role and a server, to cut the connection the way a
+//! network failure would, without touching the server other tests share.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::io::copy_bidirectional;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub struct TcpRelay {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpRelay {
+    /// Listens on 127.0.0.1 and forwards every connection to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let addr = listener.local_addr().expect("relay address");
+        let open = Arc::new(AtomicBool::new(true));
+        let (generation, _) = watch::channel(0u64);
+        let task = tokio::spawn(accept(listener, target, open.clone(), generation.clone()));
+        Self {
+            addr,
+            open,
+            generation,
+            task,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes every relayed connection, and refuses new ones until `restore`.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    open: Arc<AtomicBool>,
+    generation: watch::Sender<u64>,
+) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        if !open.load(Ordering::SeqCst) {
+            drop(inbound);
+            continue;
+        }
+        let mut cut = generation.subscribe();
+        cut.mark_unchanged();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            tokio::select! {
+                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = cut.changed() => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,183 @@
+//! The roles, started in-process on port 0 with a test's namespace, each
+//! with its own shutdown token. Configuration goes through the same clap
+//! parser as the binary, so defaults and validation are the real ones.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::TestEnv;
+use crate::env::TEST_RETRY_TIERS;
+
+pub const APP_SECRET: &str = "test-app-secret";
+pub const ROTATED_SECRET: &str = "test-app-secret-next";
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+
+#[derive(Parser)]
+struct Args<T: clap::Args> {
+    #[command(flatten)]
+    config: T,
+}
+
+fn parse<T: clap::Args>(args: Vec<String>) -> T {
+    let argv = std::iter::once("wa-ingest".to_owned()).chain(args);
+    Args::<T>::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("bad test configuration: {e}"))
+        .config
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Receiver {
+    /// A receiver talking to RabbitMQ at `amqp_url` (the env's, or a relay's).
+    pub async fn start(env: &TestEnv, amqp_url: &str, extra: &[&str]) -> Self {
+        let mut args = owned(&[
+            "--namespace",
+            env.namespace.as_str(),
+            "--amqp-url",
+            amqp_url,
+            "--app-secret",
+            &format!("{APP_SECRET},{ROTATED_SECRET}"),
+            "--verify-token",
+            VERIFY_TOKEN,
+            "--confirm-timeout",
+            "2s",
+        ]);
+        args.extend(owned(extra));
+        let config: wa_receiver::ReceiverConfig = parse(args);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wa_receiver::run(listener, config, shutdown.clone()));
+        let receiver = Self {
+            addr,
+            shutdown,
+            task,
+        };
+        receiver.wait_ready().await;
+        receiver
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ready(self.addr).await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("receiver task")
+            .expect("receiver ran");
+    }
+}
+
+pub struct Worker {
+    pub ops_addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Where a worker finds its servers; relays may stand in for any of them.
+pub struct WorkerServers<'a> {
+    pub amqp_url: &'a str,
+    pub redis_url: &'a str,
+    pub database_url: &'a str,
+}
+
+impl<'a> WorkerServers<'a> {
+    pub fn of(env: &'a TestEnv) -> Self {
+        Self {
+            amqp_url: &env.amqp_url,
+            redis_url: &env.redis_url,
+            database_url: &env.database_url,
+        }
+    }
+}
+
+impl Worker {
+    pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
+        Self::start_with(env, WorkerServers::of(env), extra).await
+    }
+
+    pub async fn start_with(env: &TestEnv, servers: WorkerServers<'_>, extra: &[&str]) -> Self {
+        let mut args = owned(&[
+            "--namespace",
+            env.namespace.as_str(),
+            "--amqp-url",
+            servers.amqp_url,
+            "--redis-url",
+            servers.redis_url,
+            "--database-url",
+            servers.database_url,
+            "--retry-tiers",
+            TEST_RETRY_TIERS,
+            "--db-acquire-timeout",
+            "1s",
+            "--redis-timeout",
+            "500ms",
+        ]);
+        args.extend(owned(extra));
+        let config: wa_worker::WorkerConfig = parse(args);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ops_addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wa_worker::run(listener, config, shutdown.clone()));
+        Self {
+            ops_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.ops_addr))
+            .await
+            .expect("metrics endpoint")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    pub async fn wait_ready(&self) {
+        wait_ready(self.ops_addr).await;
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("worker task").expect("worker ran");
+    }
+}
+
+async fn wait_ready(addr: SocketAddr) {
+    let url = format!("http://{addr}/readyz");
+    crate::eventually(
+        "/readyz to answer 200",
+        std::time::Duration::from_secs(15),
+        || {
+            let url = url.clone();
+            async move {
+                match reqwest::get(&url).await {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => Err(format!("{}", response.status())),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+}
