@@ -30,6 +30,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
     /// Receive Meta's webhooks: verify, enqueue with a confirm, answer 200.
     Receiver(wa_receiver::ReceiverConfig),
