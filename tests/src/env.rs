@@ -36,6 +36,10 @@ impl TestEnv {
     /// A fresh namespace (exchanges, queues, Redis keys) and a fresh,
     /// migrated database. Panics, naming the server, if one is missing.
     pub async fn new() -> Self {
+        // Quiet unless asked: WA_TEST_LOG=1 (with RUST_LOG to filter).
+        if std::env::var_os("WA_TEST_LOG").is_some() {
+            wa_core::telemetry::init_logging(wa_core::telemetry::LogFormat::Pretty);
+        }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let namespace: Namespace = format!("t_{}", &id[..12]).parse().expect("valid namespace");
         let amqp_url = server("WA_TEST_AMQP_URL", AMQP_URL);
@@ -121,6 +125,17 @@ impl TestEnv {
     }
 
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
+        self.publish_with(exchange, routing_key, body, BasicProperties::default())
+            .await;
+    }
+
+    pub async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         let channel = self.amqp.create_channel().await.expect("channel");
         channel
             .confirm_select(Default::default())
@@ -135,7 +150,7 @@ impl TestEnv {
                     ..BasicPublishOptions::default()
                 },
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                properties.with_delivery_mode(2),
             )
             .await
             .expect("publish")

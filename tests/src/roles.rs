@@ -22,7 +22,8 @@ struct Args<T: clap::Args> {
     config: T,
 }
 
-fn parse<T: clap::Args>(args: Vec<String>) -> T {
+/// Parses options as the binary would (defaults, environment, validation).
+pub fn parse<T: clap::Args>(args: Vec<String>) -> T {
     let argv = std::iter::once("wa-ingest".to_owned()).chain(args);
     Args::<T>::try_parse_from(argv)
         .unwrap_or_else(|e| panic!("bad test configuration: {e}"))

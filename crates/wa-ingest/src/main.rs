@@ -38,6 +38,8 @@ enum Command {
     Worker(wa_worker::WorkerConfig),
     /// Create the database if needed and apply the schema migrations.
     Migrate(migrate::MigrateArgs),
+    /// Inspect, replay and purge the dead-letter queue.
+    Dlq(wa_dlq::DlqArgs),
 }
 
 #[tokio::main]
@@ -72,5 +74,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             wa_worker::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Dlq(args) => wa_dlq::run(args).await,
     }
 }

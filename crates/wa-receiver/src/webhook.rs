@@ -16,7 +16,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wa_core::SecretString;
-use wa_core::broker::{Broker, Outgoing};
+use wa_core::broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
 use crate::config::ReceiverConfig;
@@ -205,14 +205,14 @@ fn properties(message_id: &str, signature: Option<&[u8]>) -> BasicProperties {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "x-wa-received-at".into(),
+    let mut table = FieldTable::default();
+    table.insert(
+        headers::RECEIVED_AT.into(),
         AMQPValue::LongLongInt(i64::try_from(now.as_millis()).unwrap_or(i64::MAX)),
     );
     if let Some(signature) = signature {
-        headers.insert(
-            SIGNATURE_HEADER.into(),
+        table.insert(
+            headers::SIGNATURE.into(),
             AMQPValue::LongString(LongString::from(signature.to_vec())),
         );
     }
@@ -220,5 +220,5 @@ fn properties(message_id: &str, signature: Option<&[u8]>) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_message_id(message_id.into())
         .with_timestamp(now.as_secs())
-        .with_headers(headers)
+        .with_headers(table)
 }

@@ -4,20 +4,37 @@
 pub struct StoreError {
     #[source]
     source: sqlx::Error,
+    /// Failed while getting a connection, before any statement ran.
+    connecting: bool,
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(source: sqlx::Error) -> Self {
-        Self { source }
+        Self {
+            source,
+            connecting: false,
+        }
     }
 }
 
 impl StoreError {
+    /// Whatever goes wrong while connecting (refused, reset, TLS or protocol
+    /// garbage from a half-dead peer, pool timeout) means "unreachable".
+    pub(crate) fn connecting(source: sqlx::Error) -> Self {
+        Self {
+            source,
+            connecting: true,
+        }
+    }
+
     /// True when the same write may succeed later: the database is
     /// unreachable, busy, restarting, or the transaction lost a race
     /// (serialization failure, deadlock). False when these rows will fail
     /// the same way every time (a check, a value the database refuses).
     pub fn is_transient(&self) -> bool {
+        if self.connecting {
+            return true;
+        }
         match &self.source {
             sqlx::Error::Database(db) => match db.code() {
                 Some(code) => is_transient_sqlstate(&code),
@@ -36,6 +53,9 @@ impl StoreError {
     /// True when the database cannot be reached at all (as opposed to one
     /// statement failing): workers pause instead of failing deliveries.
     pub fn is_unreachable(&self) -> bool {
+        if self.connecting {
+            return true;
+        }
         match &self.source {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

@@ -45,7 +45,7 @@ impl Store {
         statuses.sort_by(|a, b| (&a.wamid, &a.status).cmp(&(&b.wamid, &b.status)));
         others.sort_by(|a, b| a.key.cmp(&b.key));
 
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(StoreError::connecting)?;
         let mut persisted = Persisted::default();
         if !messages.is_empty() {
             let new = insert_messages(&mut tx, &messages).await?;

@@ -6,20 +6,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use wa_core::broker::Topology;
+use wa_core::broker::headers::{
+    self, ATTEMPTS, DEAD_LETTERED_BY, DEFERRALS, ERROR, ERROR_CLASS, FIRST_FAILURE_AT,
+    LAST_FAILURE_AT, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, text_value as text,
+};
 
 use crate::failure::Failure;
-
-pub const ATTEMPTS: &str = "x-wa-attempts";
-pub const DEFERRALS: &str = "x-wa-deferrals";
-pub const ERROR_CLASS: &str = "x-wa-error-class";
-pub const ERROR: &str = "x-wa-error";
-pub const FIRST_FAILURE_AT: &str = "x-wa-first-failure-at";
-pub const LAST_FAILURE_AT: &str = "x-wa-last-failure-at";
-pub const ORIGINAL_EXCHANGE: &str = "x-wa-original-exchange";
-pub const ORIGINAL_ROUTING_KEY: &str = "x-wa-original-routing-key";
-pub const DEAD_LETTERED_BY: &str = "x-wa-dead-lettered-by";
 
 /// Error texts are cut to this many bytes in headers.
 const MAX_ERROR_LEN: usize = 1024;
@@ -54,7 +48,7 @@ impl RetryPolicy {
 
     /// A transient failure: the next tier, or the DLQ once every tier was tried.
     pub fn retry(&self, origin: &Origin<'_>, failure: &Failure) -> Hop {
-        let attempts = header_int(origin.properties, ATTEMPTS) + 1;
+        let attempts = headers::int(origin.properties, ATTEMPTS) + 1;
         let tier = usize::try_from(attempts - 1).ok();
         match tier.and_then(|t| self.topology.retry_tiers().get(t)) {
             Some(&delay) => Hop {
@@ -67,7 +61,7 @@ impl RetryPolicy {
 
     /// A permanent failure: the DLQ at once.
     pub fn dead_letter(&self, origin: &Origin<'_>, failure: &Failure) -> Hop {
-        let attempts = header_int(origin.properties, ATTEMPTS) + 1;
+        let attempts = headers::int(origin.properties, ATTEMPTS) + 1;
         self.dead_letter_after(origin, failure, attempts)
     }
 
@@ -81,7 +75,7 @@ impl RetryPolicy {
             .copied()
             .unwrap_or(Duration::from_secs(5));
         let mut headers = carried_headers(origin);
-        let deferrals = header_int(origin.properties, DEFERRALS) + 1;
+        let deferrals = headers::int(origin.properties, DEFERRALS) + 1;
         headers.insert(DEFERRALS.into(), AMQPValue::LongLongInt(deferrals));
         Hop {
             queue: self.topology.retry_queue(delay),
@@ -132,31 +126,6 @@ fn carried_headers(origin: &Origin<'_>) -> FieldTable {
         headers.insert(ORIGINAL_ROUTING_KEY.into(), text(origin.routing_key));
     }
     headers
-}
-
-/// An integer header, whatever integer type the publisher used; 0 if absent.
-pub fn header_int(properties: &BasicProperties, name: &str) -> i64 {
-    let Some(value) = properties
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(name))
-    else {
-        return 0;
-    };
-    match value {
-        AMQPValue::ShortShortInt(v) => i64::from(*v),
-        AMQPValue::ShortShortUInt(v) => i64::from(*v),
-        AMQPValue::ShortInt(v) => i64::from(*v),
-        AMQPValue::ShortUInt(v) => i64::from(*v),
-        AMQPValue::LongInt(v) => i64::from(*v),
-        AMQPValue::LongUInt(v) => i64::from(*v),
-        AMQPValue::LongLongInt(v) => *v,
-        _ => 0,
-    }
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -2,6 +2,7 @@
 //! that reconnects with backoff and re-declares the topology, a small set of
 //! confirm-mode channels for publishing, and consumers opened on request.
 
+pub mod headers;
 mod publish;
 mod topology;
 

@@ -1,0 +1,430 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use lapin::types::FieldTable;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use wa_core::args::{AmqpArgs, NamespaceArgs};
+use wa_core::broker::{Broker, Outgoing, Topology, headers};
+use wa_core::config::parse_duration;
+
+use crate::entry::DlqEntry;
+use crate::scan::Scan;
+
+#[derive(Debug, clap::Args)]
+pub struct DlqArgs {
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// At most this many DLQ messages are read (and held) per command.
+    #[arg(
+        long,
+        env = "WA_DLQ_SCAN_LIMIT",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub scan_limit: usize,
+    #[command(subcommand)]
+    pub command: DlqCommand,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Filter {
+    /// Only the messages with this id (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Only this error class (`transient`, `permanent`, `unknown`).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only messages that first failed at or after this time (RFC 3339, or an
+    /// age such as `30m` or `2h`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Filter {
+    fn matches(&self, entry: &DlqEntry) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&entry.id))
+            && self.class.as_ref().is_none_or(|c| *c == entry.class)
+            && self.since.is_none_or(|since| {
+                entry
+                    .first_failure_at
+                    .or(entry.last_failure_at)
+                    .is_some_and(|at| at >= since)
+            })
+    }
+}
+
+fn parse_since(value: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(value) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    let age = parse_duration(value)
+        .map_err(|_| format!("{value:?} is neither an RFC 3339 time nor an age like 2h"))?;
+    Ok(Utc::now() - chrono::Duration::from_std(age).map_err(|e| e.to_string())?)
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// Depth, and counts by error class and by error text.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One line per message: id, class, error, attempts, first failure, wamids.
+    List {
+        #[command(flatten)]
+        filter: Filter,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Headers and metadata of one message; the body only with --payload.
+    Show {
+        id: String,
+        /// Also print the body (personal data: mind where it goes).
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Publish messages back to `{ns}.inbound` (confirmed), then remove them here.
+    Replay {
+        #[command(flatten)]
+        filter: Filter,
+        /// At most this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// At most this many messages per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Say what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete messages for good. Refuses to run without --yes.
+    Purge {
+        /// Only messages whose last failure is older than this age (e.g. 7d is `168h`).
+        #[arg(long, value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ReplaySummary {
+    pub matched: usize,
+    pub replayed: usize,
+    pub failed: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Stats {
+    depth: usize,
+    truncated: bool,
+    by_class: BTreeMap<String, usize>,
+    by_error: BTreeMap<String, usize>,
+}
+
+pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let topology = Topology::new(args.namespace.namespace.clone());
+    let dlq_queue = topology.dlq();
+    let inbound = topology.inbound();
+    let broker = Broker::start(
+        args.amqp.broker_config("wa-ingest dlq"),
+        topology,
+        stop.clone(),
+    );
+    let result = async {
+        let session = tokio::time::timeout(Duration::from_secs(15), broker.connected(&stop))
+            .await
+            .ok()
+            .flatten()
+            .with_context(|| {
+                format!(
+                    "cannot connect to RabbitMQ at AMQP_URL {}",
+                    args.amqp.amqp_url
+                )
+            })?;
+        let channel = session.connection().create_channel().await?;
+        let scan = Scan::fetch(channel, &dlq_queue, args.scan_limit).await?;
+        let outcome = execute(&args.command, &scan, &broker, &inbound).await;
+        if scan.truncated {
+            eprintln!(
+                "note: read only the first {} messages (--scan-limit)",
+                args.scan_limit
+            );
+        }
+        scan.finish().await;
+        outcome
+    }
+    .await;
+    stop.cancel();
+    result
+}
+
+async fn execute(
+    command: &DlqCommand,
+    scan: &Scan,
+    broker: &Broker,
+    inbound: &str,
+) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::Stats { json } => {
+            let mut stats = Stats {
+                depth: scan.messages.len(),
+                truncated: scan.truncated,
+                by_class: BTreeMap::new(),
+                by_error: BTreeMap::new(),
+            };
+            for (entry, _) in &scan.messages {
+                *stats.by_class.entry(entry.class.clone()).or_default() += 1;
+                *stats.by_error.entry(entry.error.clone()).or_default() += 1;
+            }
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!(
+                    "depth: {}{}",
+                    stats.depth,
+                    if stats.truncated { "+" } else { "" }
+                );
+                println!("by class:");
+                for (class, n) in &stats.by_class {
+                    println!("  {n:>7}  {class}");
+                }
+                println!("by error:");
+                for (error, n) in &stats.by_error {
+                    println!("  {n:>7}  {error}");
+                }
+            }
+        }
+        DlqCommand::List {
+            filter,
+            limit,
+            json,
+        } => {
+            let entries: Vec<&DlqEntry> = scan
+                .messages
+                .iter()
+                .map(|(entry, _)| entry)
+                .filter(|entry| filter.matches(entry))
+                .take(*limit)
+                .collect();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                println!(
+                    "{:<64}  {:<9}  {:>8}  {:<25}  {:<40}  wamids",
+                    "id", "class", "attempts", "first failure", "error"
+                );
+                for entry in entries {
+                    println!(
+                        "{:<64}  {:<9}  {:>8}  {:<25}  {:<40}  {}",
+                        entry.id,
+                        entry.class,
+                        entry.attempts,
+                        entry
+                            .first_failure_at
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default(),
+                        one_line(&entry.error, 40),
+                        entry.wamids.join(","),
+                    );
+                }
+            }
+        }
+        DlqCommand::Show { id, payload } => {
+            let Some((entry, message)) = scan.messages.iter().find(|(entry, _)| entry.id == *id)
+            else {
+                bail!("no message with id {id} in the DLQ");
+            };
+            println!("{}", serde_json::to_string_pretty(entry)?);
+            let properties = &message.delivery.properties;
+            println!(
+                "content-type: {}",
+                properties
+                    .content_type()
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+            );
+            let table = properties
+                .headers()
+                .clone()
+                .unwrap_or_else(FieldTable::default);
+            for (key, value) in table.inner() {
+                if key.as_str() != headers::SIGNATURE {
+                    println!("header {key}: {value:?}");
+                }
+            }
+            if *payload {
+                println!("{}", String::from_utf8_lossy(&message.delivery.data));
+            }
+        }
+        DlqCommand::Replay {
+            filter,
+            limit,
+            rate,
+            dry_run,
+        } => {
+            let summary = replay(scan, broker, inbound, filter, *limit, *rate, *dry_run).await;
+            let verb = if *dry_run { "would replay" } else { "replayed" };
+            println!(
+                "{verb} {} of {} matching message(s); {} failed",
+                if *dry_run {
+                    summary.matched
+                } else {
+                    summary.replayed
+                },
+                summary.matched,
+                summary.failed
+            );
+            if summary.failed > 0 {
+                bail!(
+                    "{} message(s) could not be replayed and stay in the DLQ",
+                    summary.failed
+                );
+            }
+        }
+        DlqCommand::Purge { older_than, yes } => {
+            if !yes {
+                bail!("purge deletes messages for good: add --yes to confirm");
+            }
+            let cutoff = older_than
+                .map(|age| Utc::now() - chrono::Duration::from_std(age).unwrap_or_default());
+            let mut purged = 0;
+            for (entry, message) in &scan.messages {
+                let old_enough =
+                    cutoff.is_none_or(|cutoff| entry.last_failure_at.is_some_and(|at| at < cutoff));
+                if old_enough {
+                    Scan::ack(message).await?;
+                    purged += 1;
+                }
+            }
+            println!("purged {purged} message(s)");
+        }
+    }
+    Ok(())
+}
+
+/// Confirmed publish to `{ns}.inbound` first, then the ack of the DLQ copy:
+/// a crash in between leaves a duplicate, which the pipeline absorbs, never
+/// a lost message.
+async fn replay(
+    scan: &Scan,
+    broker: &Broker,
+    inbound: &str,
+    filter: &Filter,
+    limit: Option<usize>,
+    rate: Option<f64>,
+    dry_run: bool,
+) -> ReplaySummary {
+    let mut summary = ReplaySummary::default();
+    let selected: Vec<_> = scan
+        .messages
+        .iter()
+        .filter(|(entry, _)| filter.matches(entry))
+        .take(limit.unwrap_or(usize::MAX))
+        .collect();
+    summary.matched = selected.len();
+    if dry_run {
+        for (entry, _) in &selected {
+            println!(
+                "would replay {} ({}, {})",
+                entry.id,
+                entry.class,
+                one_line(&entry.error, 60)
+            );
+        }
+        return summary;
+    }
+    let mut pace = rate
+        .filter(|r| *r > 0.0)
+        .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    for (i, (entry, message)) in selected.iter().enumerate() {
+        if let Some(pace) = pace.as_mut() {
+            pace.tick().await;
+        }
+        let published = broker
+            .publish(Outgoing {
+                exchange: inbound,
+                routing_key: "",
+                body: &message.delivery.data,
+                properties: replayed_properties(&message.delivery.properties),
+            })
+            .await;
+        match published {
+            Ok(()) => match Scan::ack(message).await {
+                Ok(()) => summary.replayed += 1,
+                Err(error) => {
+                    // Published but still in the DLQ: a later replay makes a duplicate, which is absorbed.
+                    eprintln!(
+                        "replayed {} but could not remove it from the DLQ: {error}",
+                        entry.id
+                    );
+                    summary.failed += 1;
+                }
+            },
+            Err(error) => {
+                eprintln!("could not replay {}: {error}", entry.id);
+                summary.failed += 1;
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(2) {
+            last_progress = Instant::now();
+            eprintln!(
+                "progress: {}/{} replayed, {:.1}/s",
+                i + 1,
+                selected.len(),
+                (i + 1) as f64 / started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    summary
+}
+
+/// The original headers, less the failure history: a replayed message gets
+/// the whole retry ladder again.
+fn replayed_properties(properties: &lapin::BasicProperties) -> lapin::BasicProperties {
+    let dropped = [
+        headers::ATTEMPTS,
+        headers::DEFERRALS,
+        headers::ERROR_CLASS,
+        headers::ERROR,
+        headers::FIRST_FAILURE_AT,
+        headers::LAST_FAILURE_AT,
+        headers::DEAD_LETTERED_BY,
+    ];
+    let mut table = FieldTable::default();
+    if let Some(existing) = properties.headers() {
+        for (key, value) in existing.inner() {
+            if !dropped.contains(&key.as_str()) {
+                table.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    table.insert(
+        headers::REPLAYED_AT.into(),
+        headers::text_value(&Utc::now().to_rfc3339()),
+    );
+    properties.clone().with_headers(table)
+}
+
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        flat.chars().take(max.saturating_sub(1)).collect::<String>() + "…"
+    }
+}

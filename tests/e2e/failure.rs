@@ -1,0 +1,268 @@
+//! Failure handling: retries with growing delays, the DLQ and its command,
+//! and a database outage that must not put anything in the DLQ.
+
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable};
+use wa_core::broker::headers;
+use wa_e2e::payloads::{self, envelope, text_message};
+use wa_e2e::roles::{WorkerServers, parse};
+use wa_e2e::{TcpRelay, TestEnv, Worker, eventually, metric_sum};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn dlq(env: &TestEnv, args: &[&str]) -> anyhow::Result<()> {
+    let mut argv = vec![
+        "--namespace".to_owned(),
+        env.namespace.to_string(),
+        "--amqp-url".to_owned(),
+        env.amqp_url.clone(),
+    ];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    wa_dlq::run(parse::<wa_dlq::DlqArgs>(argv)).await
+}
+
+async fn messages(env: &TestEnv) -> i64 {
+    env.count("SELECT count(*) FROM messages").await
+}
+
+async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
+    eventually(&format!("{queue} to hold {depth}"), LIMIT, || async {
+        match env.queue_depth(queue).await {
+            d if d == depth => Ok(()),
+            d => Err(d.to_string()),
+        }
+    })
+    .await;
+}
+
+/// A dead letter as a worker would have written it.
+fn dead_letter(class: &str, error: &str) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::ERROR_CLASS.into(), headers::text_value(class));
+    table.insert(headers::ERROR.into(), headers::text_value(error));
+    table.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(4));
+    let now = chrono::Utc::now().to_rfc3339();
+    table.insert(headers::FIRST_FAILURE_AT.into(), headers::text_value(&now));
+    table.insert(headers::LAST_FAILURE_AT.into(), headers::text_value(&now));
+    BasicProperties::default().with_headers(table)
+}
+
+#[tokio::test]
+async fn a_persisting_transient_failure_is_retried_then_dead_lettered_then_replayed_once() {
+    let env = TestEnv::new().await;
+    // Every insert fails as a serialization failure would: transient.
+    for statement in [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = '40001'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON messages FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ] {
+        sqlx::query(statement)
+            .execute(&env.db)
+            .await
+            .expect("inject failure");
+    }
+    let body = envelope(
+        &[text_message("wamid.flaky", "15550003", 1_700_000_000)],
+        &[],
+    );
+    env.publish_inbound(&body).await;
+    let worker = Worker::start(&env, &["--quick-retries", "2"]).await;
+    wait_for_depth(&env, "dlq", 1).await;
+
+    let metrics = worker.metrics().await;
+    // One tier per attempt (100 ms, 200 ms, 300 ms), then the DLQ.
+    assert_eq!(
+        metric_sum(&metrics, "wa_deliveries_total", &[("outcome", "retried")]),
+        3.0
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "wa_deliveries_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        1.0
+    );
+    let dead = env.drain("dlq").await;
+    let properties = &dead[0].delivery.properties;
+    assert_eq!(headers::int(properties, headers::ATTEMPTS), 4);
+    assert_eq!(
+        headers::text(properties, headers::ERROR_CLASS).as_deref(),
+        Some("transient")
+    );
+    assert!(headers::text(properties, headers::ERROR).is_some_and(|e| e.contains("40001")));
+    let time = |name| {
+        chrono::DateTime::parse_from_rfc3339(&headers::text(properties, name).expect(name))
+            .expect("RFC 3339")
+    };
+    let waited = time(headers::LAST_FAILURE_AT) - time(headers::FIRST_FAILURE_AT);
+    assert!(
+        waited >= chrono::Duration::milliseconds(600),
+        "tiers were waited: {waited}"
+    );
+    assert_eq!(
+        dead[0].delivery.data, body,
+        "the DLQ keeps the original body"
+    );
+    assert_eq!(messages(&env).await, 0);
+
+    // Lift the failure; put the same dead letter back twice and replay both.
+    sqlx::query("DROP TRIGGER refuse ON messages")
+        .execute(&env.db)
+        .await
+        .expect("lift");
+    let dlq_queue = env.queue("dlq");
+    for _ in 0..2 {
+        env.publish_with("", &dlq_queue, &body, properties.clone())
+            .await;
+    }
+    dlq(&env, &["replay"]).await.expect("replay");
+    eventually("the replayed message stored", LIMIT, || async {
+        match messages(&env).await {
+            1 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+    wait_for_depth(&env, "inbound", 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(messages(&env).await, 1, "replaying twice stores once");
+    assert_eq!(env.queue_depth("dlq").await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
+    let env = TestEnv::new().await;
+    let dlq_queue = env.queue("dlq");
+    for i in 0..12 {
+        let class = if i < 10 { "transient" } else { "permanent" };
+        let body = payloads::mixed(&format!("dead{i}"), 1);
+        env.publish_with("", &dlq_queue, &body, dead_letter(class, "injected"))
+            .await;
+    }
+
+    dlq(&env, &["replay", "--dry-run"]).await.expect("dry run");
+    assert_eq!(env.queue_depth("dlq").await, 12);
+    assert_eq!(env.queue_depth("inbound").await, 0);
+
+    dlq(&env, &["list", "--class", "permanent", "--json"])
+        .await
+        .expect("list");
+    dlq(&env, &["stats"]).await.expect("stats");
+
+    dlq(&env, &["replay", "--class", "transient", "--limit", "3"])
+        .await
+        .expect("limited replay");
+    assert_eq!(env.queue_depth("inbound").await, 3);
+    assert_eq!(env.queue_depth("dlq").await, 9);
+
+    let started = Instant::now();
+    dlq(&env, &["replay", "--class", "transient", "--rate", "5"])
+        .await
+        .expect("paced replay");
+    let elapsed = started.elapsed();
+    // 7 messages at 5/s: the first goes at once, then one every 200 ms.
+    println!(
+        "replayed 7 messages in {elapsed:?}: {:.1}/s",
+        7.0 / elapsed.as_secs_f64()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1150),
+        "rate limit held: {elapsed:?}"
+    );
+    assert_eq!(env.queue_depth("inbound").await, 10);
+    assert_eq!(env.queue_depth("dlq").await, 2, "the permanent ones stay");
+
+    assert!(
+        dlq(&env, &["purge"]).await.is_err(),
+        "purge refuses without --yes"
+    );
+    assert_eq!(env.queue_depth("dlq").await, 2);
+    dlq(&env, &["purge", "--older-than", "1h", "--yes"])
+        .await
+        .expect("purge old");
+    assert_eq!(env.queue_depth("dlq").await, 2, "nothing is an hour old");
+    dlq(&env, &["purge", "--yes"]).await.expect("purge all");
+    assert_eq!(env.queue_depth("dlq").await, 0);
+}
+
+#[tokio::test]
+async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
+    let env = TestEnv::new().await;
+    let relay = TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
+    let database_url = env
+        .database_url
+        .replace("127.0.0.1:5432", &relay.addr().to_string());
+    let servers = WorkerServers {
+        database_url: &database_url,
+        ..WorkerServers::of(&env)
+    };
+    let worker = Worker::start_with(&env, servers, &[]).await;
+    worker.wait_ready().await;
+
+    let total = 60;
+    for i in 0..20 {
+        env.publish_inbound(&payloads::mixed(&format!("pg{i}"), 1))
+            .await;
+    }
+    eventually("the first third stored", LIMIT, || async {
+        match messages(&env).await {
+            20 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+
+    relay.cut();
+    for i in 20..total {
+        env.publish_inbound(&payloads::mixed(&format!("pg{i}"), 1))
+            .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let ready = reqwest::get(format!("http://{}/readyz", worker.ops_addr))
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status().as_u16(),
+        503,
+        "not ready while PostgreSQL is away"
+    );
+    assert_eq!(
+        messages(&env).await,
+        20,
+        "the relay really cut the database"
+    );
+    relay.restore();
+
+    eventually(
+        "everything stored after the outage",
+        Duration::from_secs(60),
+        || async {
+            match messages(&env).await {
+                n if n == total => Ok(()),
+                n => Err(n.to_string()),
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(messages(&env).await, total);
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_statuses").await,
+        total * 3
+    );
+    assert_eq!(env.queue_depth("dlq").await, 0);
+    let metrics = worker.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "wa_deliveries_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        0.0
+    );
+    worker.stop().await;
+}
