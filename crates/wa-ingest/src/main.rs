@@ -40,6 +40,8 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Inspect, replay and purge the dead-letter queue.
     Dlq(wa_dlq::DlqArgs),
+    /// Send signed, realistic webhook traffic; check that all of it was stored.
+    Loadgen(wa_loadgen::LoadgenArgs),
 }
 
 #[tokio::main]
@@ -75,5 +77,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
+        Command::Loadgen(args) => wa_loadgen::run(args).await,
     }
 }

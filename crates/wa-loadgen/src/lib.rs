@@ -1,0 +1,47 @@
+//! `wa-ingest loadgen`: signed, realistic webhook traffic (several message
+//! types, statuses out of order, batches, business-scoped ids), each payload
+//! sent several times concurrently as Meta does, and the check that every
+//! unique event it sent was stored.
+
+mod check;
+mod generate;
+mod send;
+
+pub use check::{CheckArgs, CheckReport, check};
+pub use generate::Generator;
+pub use send::{LoadReport, SendArgs, send};
+
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    #[command(subcommand)]
+    pub command: LoadgenCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum LoadgenCommand {
+    /// POST signed payloads to a receiver and print a summary.
+    Send(SendArgs),
+    /// Count how many of the events a run sent are in the database.
+    Check(CheckArgs),
+}
+
+pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
+    match args.command {
+        LoadgenCommand::Send(args) => {
+            let report = send(&args).await?;
+            println!("{report}");
+            if report.rejected > 0 {
+                anyhow::bail!("{} request(s) were not answered 200", report.rejected);
+            }
+            Ok(())
+        }
+        LoadgenCommand::Check(args) => {
+            let report = check(&args).await?;
+            println!("{report}");
+            if report.missing > 0 {
+                anyhow::bail!("{} event(s) are missing", report.missing);
+            }
+            Ok(())
+        }
+    }
+}
