@@ -27,6 +27,8 @@ async fn messages(env: &TestEnv) -> i64 {
     env.count("SELECT count(*) FROM messages").await
 }
 
+/// Quorum queues count returned (unacked, then released) messages a moment
+/// later: depths are awaited, not read once.
 async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
     eventually(&format!("{queue} to hold {depth}"), LIMIT, || async {
         match env.queue_depth(queue).await {
@@ -145,8 +147,8 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
     }
 
     dlq(&env, &["replay", "--dry-run"]).await.expect("dry run");
-    assert_eq!(env.queue_depth("dlq").await, 12);
-    assert_eq!(env.queue_depth("inbound").await, 0);
+    wait_for_depth(&env, "dlq", 12).await;
+    wait_for_depth(&env, "inbound", 0).await;
 
     dlq(&env, &["list", "--class", "permanent", "--json"])
         .await
@@ -156,8 +158,8 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
     dlq(&env, &["replay", "--class", "transient", "--limit", "3"])
         .await
         .expect("limited replay");
-    assert_eq!(env.queue_depth("inbound").await, 3);
-    assert_eq!(env.queue_depth("dlq").await, 9);
+    wait_for_depth(&env, "inbound", 3).await;
+    wait_for_depth(&env, "dlq", 9).await;
 
     let started = Instant::now();
     dlq(&env, &["replay", "--class", "transient", "--rate", "5"])
@@ -173,20 +175,20 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
         elapsed >= Duration::from_millis(1150),
         "rate limit held: {elapsed:?}"
     );
-    assert_eq!(env.queue_depth("inbound").await, 10);
-    assert_eq!(env.queue_depth("dlq").await, 2, "the permanent ones stay");
+    wait_for_depth(&env, "inbound", 10).await;
+    wait_for_depth(&env, "dlq", 2).await;
 
     assert!(
         dlq(&env, &["purge"]).await.is_err(),
         "purge refuses without --yes"
     );
-    assert_eq!(env.queue_depth("dlq").await, 2);
+    wait_for_depth(&env, "dlq", 2).await;
     dlq(&env, &["purge", "--older-than", "1h", "--yes"])
         .await
         .expect("purge old");
-    assert_eq!(env.queue_depth("dlq").await, 2, "nothing is an hour old");
+    wait_for_depth(&env, "dlq", 2).await;
     dlq(&env, &["purge", "--yes"]).await.expect("purge all");
-    assert_eq!(env.queue_depth("dlq").await, 0);
+    wait_for_depth(&env, "dlq", 0).await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
 
 mod failure;
+mod operations;
 mod pipeline;
 mod receiver;
 mod worker;

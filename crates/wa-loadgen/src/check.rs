@@ -39,7 +39,10 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     let mut status_names = Vec::new();
     let mut others = Vec::new();
     for key in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(wamid) = key.strip_prefix("msg:").or_else(|| key.strip_prefix("echo:")) {
+        if let Some(wamid) = key
+            .strip_prefix("msg:")
+            .or_else(|| key.strip_prefix("echo:"))
+        {
             messages.push(wamid.to_owned());
         } else if let Some(rest) = key.strip_prefix("status:") {
             let (wamid, status) = rest.rsplit_once(':').context("malformed status key")?;
@@ -50,11 +53,12 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
         }
     }
     let pool = args.database.pool()?;
-    let found_messages: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE wamid = ANY($1)")
-        .bind(&messages)
-        .fetch_one(&pool)
-        .await
-        .context("cannot query the database")?;
+    let found_messages: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM messages WHERE wamid = ANY($1)")
+            .bind(&messages)
+            .fetch_one(&pool)
+            .await
+            .context("cannot query the database")?;
     let found_statuses: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM message_statuses s
          JOIN UNNEST($1::text[], $2::text[]) AS k(wamid, status) USING (wamid, status)",
@@ -63,10 +67,11 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     .bind(&status_names)
     .fetch_one(&pool)
     .await?;
-    let found_others: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE event_key = ANY($1)")
-        .bind(&others)
-        .fetch_one(&pool)
-        .await?;
+    let found_others: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE event_key = ANY($1)")
+            .bind(&others)
+            .fetch_one(&pool)
+            .await?;
     pool.close().await;
     let expected = messages.len() + status_wamids.len() + others.len();
     let found = usize::try_from(found_messages + found_statuses + found_others).unwrap_or(0);

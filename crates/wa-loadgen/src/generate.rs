@@ -25,7 +25,8 @@ impl Generator {
     }
 
     pub fn payload(&self, i: usize) -> Vec<u8> {
-        let mut rng = StdRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng =
+            StdRng::seed_from_u64(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let contact = rng.random_range(0..self.contacts);
         let wa_id = format!("1555{contact:07}");
         let ts = 1_760_000_000 + i as i64 * 7 + rng.random_range(0..5);
@@ -78,7 +79,10 @@ impl Generator {
         let mut entries = vec![entry(change, ts)];
         if i % 4 == 3 {
             let other = format!("1555{:07}", (contact + 1) % self.contacts);
-            entries.push(entry(messages(&other, vec![text(&id(5), &other, ts + 4)]), ts + 4));
+            entries.push(entry(
+                messages(&other, vec![text(&id(5), &other, ts + 4)]),
+                ts + 4,
+            ));
         }
         serde_json::to_vec(&json!({"object": "whatsapp_business_account", "entry": entries}))
             .expect("a JSON value serializes")

@@ -15,10 +15,20 @@ use crate::generate::Generator;
 #[derive(Debug, Clone, clap::Args)]
 pub struct SendArgs {
     /// The receiver's webhook URL.
-    #[arg(long, env = "WA_LOADGEN_URL", default_value = "http://127.0.0.1:8080/webhooks/whatsapp")]
+    #[arg(
+        long,
+        env = "WA_LOADGEN_URL",
+        default_value = "http://127.0.0.1:8080/webhooks/whatsapp"
+    )]
     pub url: String,
     /// App secret to sign with (the first of a comma-separated list).
-    #[arg(long, env = "WA_APP_SECRET", value_delimiter = ',', required = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WA_APP_SECRET",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
     pub app_secret: Vec<SecretString>,
     /// Unique payloads to send.
     #[arg(long, default_value_t = 1000)]
@@ -93,7 +103,11 @@ impl fmt::Display for LoadReport {
             self.latency_ms(0.99),
             self.latency_ms(1.0)
         )?;
-        let statuses: Vec<String> = self.by_status.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        let statuses: Vec<String> = self
+            .by_status
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
         writeln!(f, "answers     {}", statuses.join(", "))?;
         write!(f, "unique events sent {}", self.unique_events)
     }
@@ -101,7 +115,11 @@ impl fmt::Display for LoadReport {
 
 /// Sends the run and reports. The copies of one payload go out together.
 pub async fn send(args: &SendArgs) -> anyhow::Result<LoadReport> {
-    let secret = args.app_secret.first().context("WA_APP_SECRET is empty")?.clone();
+    let secret = args
+        .app_secret
+        .first()
+        .context("WA_APP_SECRET is empty")?
+        .clone();
     let run_id = args
         .run_id
         .clone()
@@ -128,7 +146,14 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<LoadReport> {
         .timeout(args.request_timeout)
         .pool_max_idle_per_host(args.concurrency as usize)
         .build()?;
-    let mut report = fire(&client, &args.url, jobs, args.concurrency as usize, args.rate).await;
+    let mut report = fire(
+        &client,
+        &args.url,
+        jobs,
+        args.concurrency as usize,
+        args.rate,
+    )
+    .await;
     report.unique_events = unique_events.len();
     Ok(report)
 }
@@ -152,7 +177,8 @@ pub async fn fire(
     });
     let started = Instant::now();
     let lanes = (0..concurrency.max(1)).map(|_| {
-        let (client, url, queue, pacer) = (client.clone(), url.to_owned(), queue.clone(), pacer.clone());
+        let (client, url, queue, pacer) =
+            (client.clone(), url.to_owned(), queue.clone(), pacer.clone());
         tokio::spawn(async move {
             let mut report = LoadReport {
                 latency: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),

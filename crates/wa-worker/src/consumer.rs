@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wa_core::broker::{Broker, Outgoing};
+use wa_core::broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
 use crate::pipeline::{Disposition, Processor};
@@ -218,6 +218,7 @@ async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
         }
     } else {
         metrics::counter!("wa_deliveries_total", "outcome" => "acked").increment(1);
+        record_ingest_delay(delivery);
     }
     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
         // The broker redelivers it; the claims and the database absorb that.
@@ -248,5 +249,14 @@ async fn forward(shared: &Shared, delivery: &Delivery, hop: &Hop) -> bool {
             let _ = delivery.nack(requeue).await;
             false
         }
+    }
+}
+
+/// From the receiver's acceptance to the ack: how far behind the pipeline is.
+fn record_ingest_delay(delivery: &Delivery) {
+    let received = headers::int(&delivery.properties, headers::RECEIVED_AT);
+    let now = chrono::Utc::now().timestamp_millis();
+    if received > 0 && now >= received {
+        metrics::histogram!("wa_ingest_delay_seconds").record((now - received) as f64 / 1000.0);
     }
 }

@@ -6,6 +6,7 @@ pub mod claim;
 mod config;
 mod consumer;
 pub mod failure;
+mod monitor;
 pub mod pipeline;
 pub mod retry;
 
@@ -70,6 +71,11 @@ pub async fn run(
         ops_listener,
         broker.clone(),
         health,
+        ops_stop.clone(),
+    ));
+    tokio::spawn(monitor::watch_queue_depths(
+        broker.clone(),
+        std::time::Duration::from_secs(10),
         ops_stop.clone(),
     ));
 

@@ -1,0 +1,194 @@
+//! What operators rely on: counters that match what happened, and a worker
+//! that stops cleanly on SIGTERM.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use wa_e2e::payloads::{self, post_signed};
+use wa_e2e::{Receiver, TestEnv, Worker, eventually, metric_sum};
+
+async fn stored_rows(env: &TestEnv) -> (i64, i64) {
+    (
+        env.count("SELECT count(*) FROM messages").await,
+        env.count("SELECT count(*) FROM message_statuses").await,
+    )
+}
+
+async fn wait_rows(env: &TestEnv, expected: (i64, i64)) {
+    eventually("rows stored", Duration::from_secs(60), || async {
+        match stored_rows(env).await {
+            rows if rows == expected => Ok(()),
+            rows => Err(format!("{rows:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start(&env, &env.amqp_url, &[]).await;
+    let worker = Worker::start(&env, &[]).await;
+    let client = reqwest::Client::new();
+    let url = receiver.url("/webhooks/whatsapp");
+
+    // 30 payloads of 4 events; then each again once they are stored.
+    let bodies: Vec<Vec<u8>> = (0..30)
+        .map(|i| payloads::mixed(&format!("m{i}"), 1))
+        .collect();
+    for body in &bodies {
+        assert_eq!(post_signed(&client, &url, body.clone()).await, 200);
+    }
+    wait_rows(&env, (30, 90)).await;
+    for body in &bodies {
+        assert_eq!(post_signed(&client, &url, body.clone()).await, 200);
+    }
+    // 3 unauthorized, 2 bad requests, 1 too large.
+    for _ in 0..3 {
+        let response = client
+            .post(&url)
+            .body(bodies[0].clone())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(response.status().as_u16(), 401);
+    }
+    for _ in 0..2 {
+        assert_eq!(post_signed(&client, &url, b"not json".to_vec()).await, 400);
+    }
+    assert_eq!(
+        post_signed(&client, &url, vec![b' '; 5 * 1024 * 1024]).await,
+        413
+    );
+
+    let metrics = eventually(
+        "the duplicates handled",
+        Duration::from_secs(30),
+        || async {
+            let metrics = worker.metrics().await;
+            match metric_sum(&metrics, "wa_deliveries_total", &[("outcome", "acked")]) {
+                60.0 => Ok(metrics),
+                n => Err(n.to_string()),
+            }
+        },
+    )
+    .await;
+    let count = |name: &str, labels: &[(&str, &str)]| metric_sum(&metrics, name, labels);
+    assert_eq!(
+        count("wa_webhook_requests_total", &[("outcome", "accepted")]),
+        60.0
+    );
+    assert_eq!(
+        count("wa_webhook_requests_total", &[("outcome", "unauthorized")]),
+        3.0
+    );
+    assert_eq!(
+        count("wa_webhook_requests_total", &[("outcome", "bad_request")]),
+        2.0
+    );
+    assert_eq!(
+        count("wa_webhook_requests_total", &[("outcome", "too_large")]),
+        1.0
+    );
+    assert_eq!(
+        count("wa_webhook_requests_total", &[("outcome", "unavailable")]),
+        0.0
+    );
+    assert_eq!(
+        count("wa_publish_confirm_duration_seconds_count", &[]),
+        60.0
+    );
+    assert_eq!(count("wa_events_total", &[("outcome", "stored")]), 120.0);
+    assert_eq!(
+        count(
+            "wa_events_total",
+            &[("kind", "message"), ("outcome", "stored")]
+        ),
+        30.0
+    );
+    assert_eq!(
+        count(
+            "wa_events_total",
+            &[("kind", "status"), ("outcome", "stored")]
+        ),
+        90.0
+    );
+    assert_eq!(
+        count("wa_events_total", &[("outcome", "duplicate_claim")]),
+        120.0
+    );
+    assert_eq!(
+        count("wa_events_total", &[("outcome", "duplicate_db")]),
+        0.0
+    );
+    assert_eq!(count("wa_claim_fail_open_total", &[]), 0.0);
+    assert_eq!(count("wa_ingest_delay_seconds_count", &[]), 60.0);
+    assert!(count("wa_batch_size_count", &[]) >= 1.0);
+    assert_eq!(count("wa_deliveries_in_flight", &[]), 0.0);
+    receiver.stop().await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period() {
+    let env = TestEnv::new().await;
+    let total = 600;
+    for i in 0..total {
+        env.publish_inbound(&payloads::mixed(&format!("term{i}"), 1))
+            .await;
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
+        .arg("worker")
+        .env("WA_NAMESPACE", env.namespace.as_str())
+        .env("AMQP_URL", &env.amqp_url)
+        .env("REDIS_URL", &env.redis_url)
+        .env("DATABASE_URL", &env.database_url)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("WA_RETRY_TIERS", wa_e2e::env::TEST_RETRY_TIERS)
+        .env("WA_BATCH_SIZE", "4")
+        .env("WA_SHUTDOWN_GRACE", "10s")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the wa-ingest binary");
+
+    eventually(
+        "the worker to be mid-stream",
+        Duration::from_secs(30),
+        || async {
+            match stored_rows(&env).await.0 {
+                0 => Err("nothing stored yet".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    let pid = child.id().expect("running").to_string();
+    let signalled = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exited within the grace period")
+        .expect("exit status");
+    let took = signalled.elapsed();
+    assert!(status.success(), "clean exit: {status}");
+    let stored_at_exit = stored_rows(&env).await;
+    println!(
+        "worker exited {took:?} after SIGTERM with {stored_at_exit:?} rows of ({total}, {})",
+        total * 3
+    );
+
+    // Whatever it had not finished is still in the queue for the next worker.
+    let successor = Worker::start(&env, &[]).await;
+    wait_rows(&env, (total, total * 3)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(stored_rows(&env).await, (total, total * 3));
+    assert_eq!(env.queue_depth("dlq").await, 0);
+    successor.stop().await;
+}
