@@ -18,6 +18,9 @@ pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432";
 /// The retry tiers of test workers: short, so that retries finish in a test.
 pub const TEST_RETRY_TIERS: &str = "100ms,200ms,300ms";
 
+/// Event shard queues of test relays.
+pub const TEST_EVENT_SHARDS: u16 = 4;
+
 /// Overridable for a CI with servers elsewhere.
 fn server(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -90,7 +93,9 @@ impl TestEnv {
             .split(',')
             .map(|t| wa_core::config::parse_duration(t).expect("test tier"))
             .collect();
-        wa_core::broker::Topology::new(namespace.clone()).with_retry_tiers(&tiers)
+        wa_core::broker::Topology::new(namespace.clone())
+            .with_retry_tiers(&tiers)
+            .with_event_shards(TEST_EVENT_SHARDS)
     }
 
     pub fn queue(&self, suffix: &str) -> String {
@@ -122,6 +127,35 @@ impl TestEnv {
     /// Publishes raw bytes to `{ns}.inbound` with a confirm, as the receiver would.
     pub async fn publish_inbound(&self, body: &[u8]) {
         self.publish(&self.queue("inbound"), "", body).await;
+    }
+
+    /// Publishes many bodies to `{ns}.inbound` on one channel, confirms
+    /// awaited together.
+    pub async fn publish_inbound_all(&self, bodies: &[Vec<u8>]) {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        let exchange = self.queue("inbound");
+        let mut confirms = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            assert!(confirm.await.expect("confirm").is_ack());
+        }
+        let _ = channel.close(200, "".into()).await;
     }
 
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
@@ -227,6 +261,7 @@ async fn cleanup(namespace: &Namespace, amqp_url: &str, redis_url: &str, databas
     {
         let mut queues = vec!["inbound".to_owned(), "dlq".to_owned()];
         queues.extend(TEST_RETRY_TIERS.split(',').map(|t| format!("retry.{t}")));
+        queues.extend((0..TEST_EVENT_SHARDS).map(|i| format!("events.{i}")));
         for queue in queues {
             let _ = channel
                 .queue_delete(

@@ -12,7 +12,7 @@ pub mod roles;
 
 pub use env::TestEnv;
 pub use relay::TcpRelay;
-pub use roles::{Receiver, Worker};
+pub use roles::{Receiver, Relay, Worker};
 
 use std::future::Future;
 use std::time::Duration;

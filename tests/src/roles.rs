@@ -182,3 +182,47 @@ async fn wait_ready(addr: SocketAddr) {
     )
     .await;
 }
+
+pub struct Relay {
+    pub ops_addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Relay {
+    pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
+        let mut args = owned(&[
+            "--namespace",
+            env.namespace.as_str(),
+            "--amqp-url",
+            &env.amqp_url,
+            "--database-url",
+            &env.database_url,
+            "--event-shards",
+            &crate::env::TEST_EVENT_SHARDS.to_string(),
+            "--poll-interval",
+            "50ms",
+        ]);
+        args.extend(owned(extra));
+        let config: wa_relay::RelayConfig = parse(args);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ops_addr = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(wa_relay::run(listener, config, shutdown.clone()));
+        Self {
+            ops_addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Ends it as a crash would: no draining, no commit.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("relay task").expect("relay ran");
+    }
+}

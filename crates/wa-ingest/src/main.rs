@@ -30,7 +30,6 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
     /// Receive Meta's webhooks: verify, enqueue with a confirm, answer 200.
     Receiver(wa_receiver::ReceiverConfig),
@@ -38,6 +37,10 @@ enum Command {
     Worker(wa_worker::WorkerConfig),
     /// Create the database if needed and apply the schema migrations.
     Migrate(migrate::MigrateArgs),
+    /// Release downstream events from the outbox, per contact in order.
+    Relay(wa_relay::RelayConfig),
+    /// Read downstream events (`events tail`).
+    Events(wa_relay::tail::EventsArgs),
     /// Inspect, replay and purge the dead-letter queue.
     Dlq(wa_dlq::DlqArgs),
     /// Send signed, realistic webhook traffic; check that all of it was stored.
@@ -75,6 +78,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 })?;
             wa_worker::run(listener, config, wa_core::shutdown::on_signal()).await
         }
+        Command::Relay(config) => {
+            let listener = TcpListener::bind(config.metrics_addr)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on METRICS_ADDR {}", config.metrics_addr)
+                })?;
+            wa_relay::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
+        Command::Events(args) => wa_relay::tail::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
         Command::Loadgen(args) => wa_loadgen::run(args).await,

@@ -4,6 +4,7 @@
 //! in the same transaction.
 
 mod error;
+pub mod outbox;
 mod persist;
 
 pub use error::StoreError;

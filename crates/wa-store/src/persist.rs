@@ -6,6 +6,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use wa_payload::{Direction, Event, MessageEvent, OtherEvent, StatusEvent, status_rank};
 
 use crate::StoreError;
+use crate::outbox::{self, OutboxRow};
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -47,6 +48,7 @@ impl Store {
 
         let mut tx = self.pool.begin().await.map_err(StoreError::connecting)?;
         let mut persisted = Persisted::default();
+        let mut outbox_rows = Vec::new();
         if !messages.is_empty() {
             let new = insert_messages(&mut tx, &messages).await?;
             let new_messages: Vec<&MessageEvent> = messages
@@ -55,6 +57,7 @@ impl Store {
                 .filter(|m| new.contains(&m.wamid))
                 .collect();
             upsert_contacts(&mut tx, &new_messages).await?;
+            outbox_rows.extend(new_messages.iter().map(|m| OutboxRow::message_created(m)));
             persisted
                 .inserted
                 .extend(new_messages.iter().map(|m| m.key.clone()));
@@ -66,7 +69,8 @@ impl Store {
                 .copied()
                 .filter(|s| new.contains(&(s.wamid.clone(), s.status.clone())))
                 .collect();
-            advance_latest_status(&mut tx, &new_statuses).await?;
+            let advanced = advance_latest_status(&mut tx, &new_statuses).await?;
+            outbox_rows.extend(advanced.into_iter().map(OutboxRow::message_status));
             persisted
                 .inserted
                 .extend(new_statuses.iter().map(|s| s.key.clone()));
@@ -75,6 +79,7 @@ impl Store {
             let new = insert_others(&mut tx, &others).await?;
             persisted.inserted.extend(new);
         }
+        outbox::enqueue(&mut tx, outbox_rows).await?;
         tx.commit().await?;
         Ok(persisted)
     }
@@ -241,9 +246,12 @@ async fn insert_statuses(
 
 /// Moves each wamid's latest status forward to the highest-ranked status
 /// that was newly stored; a lower or equal rank never replaces a higher one,
-/// whatever the arrival order.
-async fn advance_latest_status(tx: &mut Tx, statuses: &[&StatusEvent]) -> Result<(), sqlx::Error> {
-    let mut best: BTreeMap<&str, &StatusEvent> = BTreeMap::new();
+/// whatever the arrival order. Returns the statuses that moved it.
+async fn advance_latest_status<'a>(
+    tx: &mut Tx,
+    statuses: &[&'a StatusEvent],
+) -> Result<Vec<&'a StatusEvent>, sqlx::Error> {
+    let mut best: BTreeMap<&str, &'a StatusEvent> = BTreeMap::new();
     for status in statuses {
         let rank = status_rank(&status.status);
         best.entry(&status.wamid)
@@ -255,13 +263,13 @@ async fn advance_latest_status(tx: &mut Tx, statuses: &[&StatusEvent]) -> Result
             .or_insert(status);
     }
     if best.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let wamids: Vec<&str> = best.keys().copied().collect();
     let names: Vec<&str> = best.values().map(|s| s.status.as_str()).collect();
     let ranks: Vec<i16> = best.values().map(|s| status_rank(&s.status)).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = best.values().map(|s| s.timestamp).collect();
-    sqlx::query(
+    let advanced: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO message_latest_status AS l (wamid, status, status_rank, meta_timestamp)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::int2[], $4::timestamptz[])
          ON CONFLICT (wamid) DO UPDATE SET
@@ -269,15 +277,19 @@ async fn advance_latest_status(tx: &mut Tx, statuses: &[&StatusEvent]) -> Result
              status_rank = EXCLUDED.status_rank,
              meta_timestamp = EXCLUDED.meta_timestamp,
              updated_at = now()
-         WHERE l.status_rank < EXCLUDED.status_rank",
+         WHERE l.status_rank < EXCLUDED.status_rank
+         RETURNING wamid",
     )
     .bind(&wamids)
     .bind(&names)
     .bind(&ranks)
     .bind(&timestamps)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    Ok(advanced
+        .into_iter()
+        .filter_map(|(wamid,): (String,)| best.get(wamid.as_str()).copied())
+        .collect())
 }
 
 async fn insert_others(tx: &mut Tx, others: &[&OtherEvent]) -> Result<Vec<String>, sqlx::Error> {

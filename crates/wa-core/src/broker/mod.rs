@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use publish::{Outgoing, PublishError};
-pub use topology::{INBOUND_DELIVERY_LIMIT, Topology};
+pub use topology::{INBOUND_DELIVERY_LIMIT, Topology, event_shard};
 
 use crate::SecretUrl;
 use crate::backoff::full_jitter;

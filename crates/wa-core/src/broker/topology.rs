@@ -18,6 +18,7 @@ pub const INBOUND_DELIVERY_LIMIT: i64 = 50;
 pub struct Topology {
     namespace: Namespace,
     retry_tiers: Vec<Duration>,
+    event_shards: u16,
 }
 
 impl Topology {
@@ -26,7 +27,28 @@ impl Topology {
         Self {
             namespace,
             retry_tiers: Vec::new(),
+            event_shards: 0,
         }
+    }
+
+    /// Adds the downstream events: exchange `{ns}.events` routing to
+    /// `shards` queues `{ns}.events.{i}`, each with a single active consumer
+    /// so that one contact's events are consumed in order.
+    pub fn with_event_shards(mut self, shards: u16) -> Self {
+        self.event_shards = shards;
+        self
+    }
+
+    pub fn events(&self) -> String {
+        self.namespace.amqp("events")
+    }
+
+    pub fn event_shards(&self) -> u16 {
+        self.event_shards
+    }
+
+    pub fn event_queue(&self, shard: u16) -> String {
+        self.namespace.amqp(&format!("events.{shard}"))
     }
 
     /// Adds one delay queue per retry tier (`{ns}.retry.5s`, ...). A tier's
@@ -93,6 +115,33 @@ impl Topology {
 
         declare_queue(channel, &self.dlq(), quorum()).await?;
 
+        if self.event_shards > 0 {
+            let events = self.events();
+            channel
+                .exchange_declare(
+                    events.as_str().into(),
+                    ExchangeKind::Direct,
+                    durable,
+                    FieldTable::default(),
+                )
+                .await?;
+            for shard in 0..self.event_shards {
+                let mut args = quorum();
+                args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+                let queue = self.event_queue(shard);
+                declare_queue(channel, &queue, args).await?;
+                channel
+                    .queue_bind(
+                        queue.as_str().into(),
+                        events.as_str().into(),
+                        shard.to_string().as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+
         for &delay in &self.retry_tiers {
             let mut args = quorum();
             let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
@@ -137,4 +186,14 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin
 
 fn long_string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
+}
+
+/// The shard of a contact's events: the first 8 bytes of SHA-256 of the
+/// contact key, modulo the shard count. Stable across processes and versions.
+pub fn event_shard(contact_key: &str, shards: u16) -> u16 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(contact_key.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(head) % u64::from(shards.max(1))) as u16
 }

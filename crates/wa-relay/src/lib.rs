@@ -1,0 +1,103 @@
+//! The relay: releases downstream events from the outbox to `{ns}.events`,
+//! per contact in Meta-timestamp order after a reorder window, with stable
+//! ids and a per-contact sequence number. Several relays may run: a relay
+//! locks the contacts it releases, and the others skip them.
+//!
+//! Delivery is at least once: a relay that dies between the broker's confirm
+//! and its commit leaves the events unmarked, and they are published again
+//! with the same ids. Consumers deduplicate on the message id.
+
+mod config;
+mod release;
+pub mod tail;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use wa_core::backoff::full_jitter;
+use wa_core::broker::{Broker, Topology};
+
+pub use config::RelayConfig;
+pub use release::{Release, release_once};
+
+/// Runs until `shutdown`, then finishes the release in progress and returns.
+pub async fn run(
+    ops_listener: TcpListener,
+    config: RelayConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let topology =
+        Topology::new(config.namespace.namespace.clone()).with_event_shards(config.event_shards);
+    let broker_stop = CancellationToken::new();
+    let broker = Broker::start(
+        config.amqp.broker_config("wa-ingest relay"),
+        topology,
+        broker_stop.clone(),
+    );
+    let pool = config.database.pool()?;
+    let ops = tokio::spawn(serve_ops(ops_listener, broker.clone(), shutdown.clone()));
+    let settings = Release {
+        window: config.reorder_window,
+        shards: config.event_shards,
+        max_contacts: i64::from(config.batch_contacts),
+        max_events: i64::from(config.batch_events),
+    };
+    tracing::info!(?settings, "relay starting");
+
+    let mut failures = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
+    let mut last_prune = tokio::time::Instant::now();
+    while !shutdown.is_cancelled() {
+        if broker.connected(&shutdown).await.is_none() {
+            break;
+        }
+        let pause = match release_once(&pool, &broker, &settings).await {
+            Ok(0) => config.poll_interval,
+            Ok(_) => {
+                failures = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
+                Duration::ZERO
+            }
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), "release failed; will retry");
+                failures.next().unwrap_or(Duration::from_secs(5))
+            }
+        };
+        if last_prune.elapsed() >= Duration::from_secs(60) {
+            last_prune = tokio::time::Instant::now();
+            match wa_store::outbox::prune(&pool, config.outbox_retention, 10_000).await {
+                Ok(pruned) if pruned > 0 => {
+                    tracing::info!(pruned, "pruned published outbox events")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "could not prune the outbox"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    broker_stop.cancel();
+    let _ = ops.await;
+    pool.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+async fn serve_ops(listener: TcpListener, broker: Broker, stop: CancellationToken) {
+    let readiness = move || {
+        if broker.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected to RabbitMQ".to_owned())
+        }
+    };
+    let app = wa_core::ops::router(Arc::new(readiness));
+    if let Err(error) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(%error, "ops server failed");
+    }
+}

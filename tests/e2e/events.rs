@@ -1,0 +1,224 @@
+//! Downstream events: one per new message or status advance, in per-contact
+//! Meta-timestamp order, through the outbox and several relays.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde_json::Value;
+use wa_core::broker::event_shard;
+use wa_e2e::env::TEST_EVENT_SHARDS;
+use wa_e2e::payloads::{envelope, status, text_message};
+use wa_e2e::{Relay, TestEnv, Worker, eventually};
+
+#[derive(Debug, Clone)]
+struct Received {
+    id: String,
+    kind: String,
+    contact: String,
+    timestamp: String,
+    sequence: i64,
+    late: bool,
+    shard: u16,
+}
+
+/// Consumes every event shard, as a downstream service would.
+struct Sink {
+    events: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Sink {
+    async fn start(env: &TestEnv) -> Self {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        for shard in 0..TEST_EVENT_SHARDS {
+            let channel = env.amqp.create_channel().await.expect("channel");
+            let mut consumer = channel
+                .basic_consume(
+                    env.queue(&format!("events.{shard}")).as_str().into(),
+                    format!("sink-{shard}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("consume");
+            let events = events.clone();
+            tokio::spawn(async move {
+                let _channel = channel;
+                while let Some(Ok(delivery)) = consumer.next().await {
+                    let body: Value = serde_json::from_slice(&delivery.data).expect("JSON event");
+                    let id = delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .expect("id")
+                        .to_string();
+                    assert_eq!(body["id"], id.as_str());
+                    events.lock().expect("lock").push(Received {
+                        id,
+                        kind: body["type"].as_str().unwrap_or_default().to_owned(),
+                        contact: body["contact"]["key"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                        timestamp: body["timestamp"].as_str().unwrap_or_default().to_owned(),
+                        sequence: body["sequence"].as_i64().expect("sequence"),
+                        late: body["late"].as_bool().expect("late"),
+                        shard,
+                    });
+                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                }
+            });
+        }
+        Self { events }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.events.lock().expect("lock").clone()
+    }
+
+    fn unique(&self) -> usize {
+        self.received()
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_shuffled_messages_give_one_ordered_event_each_despite_a_relay_crash() {
+    let env = TestEnv::new().await;
+    let sink = Sink::start(&env).await;
+    let (contacts, per_contact) = (20, 50);
+    let mut bodies = Vec::new();
+    for c in 0..contacts {
+        for k in 0..per_contact {
+            let message = text_message(
+                &format!("wamid.ev.c{c:02}.k{k:02}"),
+                &format!("4915{c:08}"),
+                1_700_000_000 + k * 10,
+            );
+            bodies.push(envelope(&[message], &[]));
+        }
+    }
+    // Meta's order is not the users': shuffle, and deliver everything 3 times.
+    let mut deliveries: Vec<Vec<u8>> = bodies
+        .iter()
+        .flat_map(|b| [b.clone(), b.clone(), b.clone()])
+        .collect();
+    deliveries.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+
+    let workers = [
+        Worker::start(&env, &[]).await,
+        Worker::start(&env, &[]).await,
+    ];
+    // The window is longer than it takes to deliver and store everything,
+    // so every out-of-order gap is inside it.
+    let window = ["--reorder-window", "8s", "--batch-contacts", "5"];
+    let crashing = Relay::start(&env, &window).await;
+    let surviving = Relay::start(&env, &window).await;
+    env.publish_inbound_all(&deliveries).await;
+
+    eventually("the first events", Duration::from_secs(60), || async {
+        match sink.unique() {
+            0 => Err("none yet".to_owned()),
+            n => Ok(n),
+        }
+    })
+    .await;
+    crashing.kill();
+
+    let expected = (contacts * per_contact) as usize;
+    eventually("one event per message", Duration::from_secs(60), || async {
+        match sink.unique() {
+            n if n == expected => Ok(()),
+            n => Err(format!("{n} of {expected}")),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = sink.received();
+    let ids: HashSet<&str> = received.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), expected);
+    assert!(ids.iter().all(|id| id.starts_with("msg:wamid.ev.")));
+    assert!(received.iter().all(|e| e.kind == "message.created"));
+    // Only a crash may repeat an id, and only what one release held.
+    let repeated = received.len() - ids.len();
+    println!(
+        "{} events, {} republished after the relay crash",
+        received.len(),
+        repeated
+    );
+    assert!(repeated <= 1000, "{repeated}");
+
+    // Per contact, first occurrences arrive in Meta-timestamp order, on the
+    // contact's shard, none late.
+    let mut seen = HashSet::new();
+    let mut last: HashMap<&str, &str> = HashMap::new();
+    for event in &received {
+        assert_eq!(event.shard, event_shard(&event.contact, TEST_EVENT_SHARDS));
+        if !seen.insert(event.id.as_str()) {
+            continue;
+        }
+        assert!(!event.late, "{event:?}");
+        if let Some(previous) = last.insert(event.contact.as_str(), event.timestamp.as_str()) {
+            assert!(
+                previous < event.timestamp.as_str(),
+                "{previous} then {event:?}"
+            );
+        }
+    }
+    assert_eq!(last.len(), contacts as usize);
+    assert_eq!(
+        env.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        0
+    );
+    surviving.stop().await;
+    for worker in workers {
+        worker.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn statuses_arriving_read_sent_delivered_give_one_status_event() {
+    let env = TestEnv::new().await;
+    let sink = Sink::start(&env).await;
+    let worker = Worker::start(&env, &[]).await;
+    let relay = Relay::start(&env, &["--reorder-window", "100ms"]).await;
+    let wamid = "wamid.business.reply";
+    for (i, name) in ["read", "sent", "delivered"].iter().enumerate() {
+        env.publish_inbound(&envelope(
+            &[],
+            &[status(wamid, name, "4915000001", 1_700_000_010 - i as i64)],
+        ))
+        .await;
+        eventually("the status stored", Duration::from_secs(30), || async {
+            match env.count("SELECT count(*) FROM message_statuses").await {
+                n if n == i as i64 + 1 => Ok(()),
+                n => Err(n.to_string()),
+            }
+        })
+        .await;
+    }
+    eventually("the status event", Duration::from_secs(30), || async {
+        match sink.unique() {
+            1 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = sink.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].id, format!("status:{wamid}:read"));
+    assert_eq!(received[0].kind, "message.status");
+    assert_eq!(received[0].sequence, 1);
+    relay.stop().await;
+    worker.stop().await;
+}
