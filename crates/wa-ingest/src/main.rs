@@ -45,6 +45,8 @@ enum Command {
     Dlq(wa_dlq::DlqArgs),
     /// Send signed, realistic webhook traffic; check that all of it was stored.
     Loadgen(wa_loadgen::LoadgenArgs),
+    /// Measure the pipeline against this machine's ceilings.
+    Bench(wa_bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -90,5 +92,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
         Command::Loadgen(args) => wa_loadgen::run(args).await,
+        Command::Bench(args) => wa_bench::run(args).await,
     }
 }

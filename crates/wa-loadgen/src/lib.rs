@@ -9,7 +9,7 @@ mod send;
 
 pub use check::{CheckArgs, CheckReport, check};
 pub use generate::Generator;
-pub use send::{LoadReport, SendArgs, send};
+pub use send::{Job, LoadReport, SendArgs, fire, send};
 
 #[derive(Debug, clap::Args)]
 pub struct LoadgenArgs {

@@ -152,24 +152,33 @@ pub async fn send(args: &SendArgs) -> anyhow::Result<LoadReport> {
         jobs,
         args.concurrency as usize,
         args.rate,
+        None,
     )
     .await;
     report.unique_events = unique_events.len();
     Ok(report)
 }
 
-type Job = (Arc<Vec<u8>>, Arc<String>);
+/// A body and its signature header.
+pub type Job = (Arc<Vec<u8>>, Arc<String>);
 
-/// POSTs every job with at most `concurrency` in flight and at most `rate`
-/// per second, recording each answer and its latency.
+/// POSTs the jobs with at most `concurrency` in flight and at most `rate`
+/// per second, recording each answer and its latency. With `duration`, the
+/// jobs are sent round and round until it has passed; without, once each.
 pub async fn fire(
     client: &reqwest::Client,
     url: &str,
     jobs: Vec<Job>,
     concurrency: usize,
     rate: Option<f64>,
+    duration: Option<Duration>,
 ) -> LoadReport {
-    let queue = Arc::new(Mutex::new(jobs.into_iter()));
+    let deadline = duration.map(|d| Instant::now() + d);
+    let jobs: Box<dyn Iterator<Item = Job> + Send> = match deadline {
+        Some(_) if !jobs.is_empty() => Box::new(jobs.into_iter().cycle()),
+        _ => Box::new(jobs.into_iter()),
+    };
+    let queue = Arc::new(Mutex::new(jobs));
     let pacer = rate.filter(|r| *r > 0.0).map(|r| {
         let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -185,6 +194,9 @@ pub async fn fire(
                 ..LoadReport::default()
             };
             loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 let Some((body, signature)) = queue.lock().await.next() else {
                     break;
                 };

@@ -1,0 +1,60 @@
+//! `wa-ingest bench`: the pipeline measured against this machine's own
+//! ceilings, in one run, so that every figure is read as a ratio of numbers
+//! taken minutes apart on the same machine under the same load. The receiver
+//! and the worker run as real `wa-ingest` processes; their peak RSS is read
+//! from /proc.
+
+mod broker;
+mod process;
+mod report;
+mod stages;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wa_core::args::{AmqpArgs, DatabaseArgs, RedisArgs};
+use wa_core::config::parse_duration;
+
+pub use report::Report;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// The server to create the bench database on (its path is replaced).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// How long each HTTP load runs.
+    #[arg(long, default_value = "8s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Requests in flight against the receiver and the bare handler.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Payloads (3 events each) the worker stores per run.
+    #[arg(long, default_value_t = 5000)]
+    pub worker_payloads: usize,
+    /// The worker's prefetch during the run.
+    #[arg(long, default_value_t = 512)]
+    pub prefetch: u16,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Internal: serve the bare handler on this address and nothing else.
+    #[arg(long, hide = true)]
+    pub serve_bare: Option<std::net::SocketAddr>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(addr) = args.serve_bare {
+        return process::serve_bare(addr).await;
+    }
+    let report = stages::run_all(&args).await?;
+    println!("{report}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        println!("written to {}", path.display());
+    }
+    Ok(())
+}

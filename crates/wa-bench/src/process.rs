@@ -1,0 +1,94 @@
+//! The roles under test as child processes of this binary.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+pub struct Role {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Role {
+    /// Starts `wa-ingest <args>` with `env`, waits for `/readyz` on `addr`.
+    pub async fn start(
+        args: &[&str],
+        env: &HashMap<&str, String>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the wa-ingest binary")?;
+        let child = Command::new(exe)
+            .args(args)
+            .envs(env)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start wa-ingest {}", args.join(" ")))?;
+        let role = Self { child, addr };
+        role.wait_ready().await?;
+        Ok(role)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = format!("http://{}/readyz", self.addr);
+        for _ in 0..300 {
+            if let Ok(response) = reqwest::get(&url).await
+                && response.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("{url} did not answer 200 within 15 s")
+    }
+
+    /// Peak resident memory so far, in bytes (VmHWM).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        let _ = self.child.kill().await;
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_addr() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// The HTTP ceiling: answers 200 to every POST after reading the body, and
+/// nothing else (no signature, no JSON check, no broker).
+pub async fn serve_bare(addr: SocketAddr) -> anyhow::Result<()> {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/webhooks/whatsapp",
+            post(|_body: axum::body::Bytes| async { "ok" }),
+        )
+        .route("/readyz", get(|| async { "ready" }))
+        .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(wa_core::shutdown::on_signal().cancelled_owned())
+        .await?;
+    Ok(())
+}
