@@ -33,7 +33,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Payloads (3 events each) the worker stores per run.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 20_000)]
     pub worker_payloads: usize,
     /// The worker's prefetch during the run.
     #[arg(long, default_value_t = 512)]

@@ -36,6 +36,9 @@ pub struct WorkerFigures {
     pub seconds: f64,
     pub deliveries_per_second: f64,
     pub unique_events_per_second: f64,
+    /// Seconds spent per batch stage (parse, claim, store, mark_done, settle),
+    /// summed over concurrent batches.
+    pub stage_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -165,9 +165,15 @@ async fn dispatch(
 async fn handle(shared: &Shared, batch: Vec<Delivery>) {
     let bodies: Vec<&[u8]> = batch.iter().map(|d| d.data.as_slice()).collect();
     let decisions = shared.processor.process(&bodies).await;
-    for (delivery, decision) in batch.iter().zip(decisions) {
-        settle(shared, delivery, decision).await;
-    }
+    let started = std::time::Instant::now();
+    // Acks and moves go out together: waiting for each in turn would make
+    // the batch pay one trip through the connection per delivery.
+    let settling = batch
+        .iter()
+        .zip(decisions)
+        .map(|(delivery, decision)| settle(shared, delivery, decision));
+    futures_util::future::join_all(settling).await;
+    crate::pipeline::record_stage("settle", started);
 }
 
 async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {

@@ -108,7 +108,9 @@ impl Processor {
     pub async fn process(&self, bodies: &[&[u8]]) -> Vec<Disposition> {
         let started = Instant::now();
         metrics::histogram!("wa_batch_size").record(bodies.len() as f64);
-        let parsed: Vec<_> = bodies.iter().map(|body| parse_payload(body)).collect();
+        let parsed: Vec<_> = timed("parse", || {
+            bodies.iter().map(|body| parse_payload(body)).collect()
+        });
         let mut decisions: Vec<Option<Disposition>> = parsed
             .iter()
             .map(|p| match p {
@@ -187,7 +189,10 @@ impl Processor {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let keys: Vec<&str> = unique.events.iter().map(|e| e.key()).collect();
         let claims = loop {
-            match self.claims.claim(&token, &keys).await {
+            let stage = Instant::now();
+            let claimed = self.claims.claim(&token, &keys).await;
+            record_stage("claim", stage);
+            match claimed {
                 Ok(claims) => break claims,
                 Err(error) => {
                     tracing::warn!(%error, "claims unavailable");
@@ -214,7 +219,10 @@ impl Processor {
             }
         }
 
-        let persisted = match self.persist(&to_store).await {
+        let stage = Instant::now();
+        let persisted = self.persist(&to_store).await;
+        record_stage("store", stage);
+        let persisted = match persisted {
             Ok(persisted) => persisted,
             Err(error) => {
                 self.claims.release(&token, &claimed_keys).await;
@@ -229,7 +237,9 @@ impl Processor {
             };
             count(event, outcome);
         }
+        let stage = Instant::now();
         self.claims.mark_done(&token, &claimed_keys).await;
+        record_stage("mark_done", stage);
         deferred.sort_unstable();
         deferred.dedup();
         Ok(deferred)
@@ -343,6 +353,19 @@ impl<'a> Unique<'a> {
         }
         unique
     }
+}
+
+/// Where batch time goes, for profiling in production: `wa_stage_seconds{stage}`.
+pub(crate) fn record_stage(stage: &'static str, started: Instant) {
+    metrics::histogram!("wa_stage_seconds", "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
+}
+
+fn timed<T>(stage: &'static str, work: impl FnOnce() -> T) -> T {
+    let started = Instant::now();
+    let result = work();
+    record_stage(stage, started);
+    result
 }
 
 fn count(event: &Event, outcome: &'static str) {
