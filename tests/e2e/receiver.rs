@@ -273,3 +273,35 @@ async fn shutdown_finishes_requests_in_flight() {
     assert!(statuses.iter().all(|&s| s == 200 || s == 0), "{statuses:?}");
     assert_eq!(env.queue_depth("inbound").await as usize, accepted);
 }
+
+#[tokio::test]
+async fn large_bodies_beyond_the_buffer_budget_get_503_not_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start(&env, &env.amqp_url, &["--body-buffer", "8388608"]).await;
+    // Clients that announce 3 MB and then stall: each holds its share of
+    // the 8 MiB budget while its body is (not) arriving.
+    let announce = || async {
+        let head = "POST /webhooks/whatsapp HTTP/1.1\r\nHost: wa\r\nContent-Length: 3000000\r\n\r\n";
+        let mut stream = tokio::net::TcpStream::connect(receiver.addr).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stream
+    };
+    let stalled = vec![announce().await, announce().await];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = announce().await;
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
+        .await
+        .expect("answered at once")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+
+    // Small webhooks still fit in what is left.
+    let client = reqwest::Client::new();
+    let url = receiver.url("/webhooks/whatsapp");
+    assert_eq!(post_signed(&client, &url, payloads::mixed("small", 1)).await, 200);
+    drop(stalled);
+    receiver.stop().await;
+}

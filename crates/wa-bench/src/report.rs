@@ -101,6 +101,12 @@ impl fmt::Display for Report {
                 w.unique_events,
                 w.seconds
             )?;
+            let stages: Vec<String> = w
+                .stage_seconds
+                .iter()
+                .map(|(stage, seconds)| format!("{stage} {seconds:.2}"))
+                .collect();
+            writeln!(f, "{:<52} {}", "  batch time by stage, s (summed)", stages.join(", "))?;
         }
         writeln!(f)?;
         let ratios = &self.ratios;

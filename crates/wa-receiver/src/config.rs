@@ -30,4 +30,9 @@ pub struct ReceiverConfig {
     /// Requests handled at once; more are answered 503 so that Meta retries.
     #[arg(long, env = "WA_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// Bytes of request bodies held in memory at once (by Content-Length, or
+    /// the body limit when none is given); past it, 503. Bounds the
+    /// receiver's memory whatever clients send.
+    #[arg(long, env = "WA_BODY_BUFFER", default_value_t = 24 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024 * 1024..))]
+    pub body_buffer: u64,
 }

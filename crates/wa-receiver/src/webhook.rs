@@ -7,7 +7,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,6 +31,8 @@ pub(crate) struct AppState {
     verify_token: SecretString,
     broker: Broker,
     in_flight: Semaphore,
+    /// KiB of bodies that may be buffered at once.
+    buffer_kib: Semaphore,
     body_limit: usize,
 }
 
@@ -40,6 +43,7 @@ impl AppState {
             verify_token: config.verify_token.clone(),
             broker,
             in_flight: Semaphore::new(config.max_in_flight as usize),
+            buffer_kib: Semaphore::new(usize::try_from(config.body_buffer / 1024).unwrap_or(usize::MAX)),
             body_limit: usize::try_from(config.body_limit).unwrap_or(usize::MAX),
         }
     }
@@ -55,7 +59,10 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         }
     };
     Router::new()
-        .route("/webhooks/whatsapp", get(verify).post(receive))
+        .route(
+            "/webhooks/whatsapp",
+            get(verify).post(receive).route_layer(middleware::from_fn_with_state(state.clone(), admit)),
+        )
         .layer(DefaultBodyLimit::max(state.body_limit))
         .with_state(state)
         .merge(wa_core::ops::router(Arc::new(readiness)))
@@ -139,6 +146,33 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     Sha256::digest(given) == Sha256::digest(expected)
 }
 
+/// Takes a request slot and its share of the body buffer before the body is
+/// read, so that a flood of large bodies is answered 503 instead of filling
+/// memory. The permits are held until the answer.
+async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = state.body_limit;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Outcome::TooLarge.into_response();
+    }
+    let kib = declared.unwrap_or(limit).min(limit).div_ceil(1024).max(1);
+    let admitted = state.in_flight.try_acquire().and_then(|slot| {
+        let buffer = state
+            .buffer_kib
+            .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))?;
+        Ok((slot, buffer))
+    });
+    let Ok(_permits) = admitted else {
+        tracing::warn!("too many webhooks in flight; shedding load");
+        return Outcome::Unavailable.into_response();
+    };
+    next.run(request).await
+}
+
 async fn receive(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -166,10 +200,6 @@ async fn receive(
         tracing::warn!(bytes = body.len(), "signed webhook body is not JSON");
         return Outcome::BadRequest;
     }
-    let Ok(_permit) = state.in_flight.try_acquire() else {
-        tracing::warn!("too many webhooks in flight; shedding load");
-        return Outcome::Unavailable;
-    };
     enqueue(&state.broker, &body, signature.map(|v| v.as_bytes())).await
 }
 

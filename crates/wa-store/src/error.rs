@@ -63,7 +63,10 @@ impl StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => true,
             sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                code.starts_with("08")
+                    || code.starts_with("57P")
+                    || code == "53300"
+                    || is_schema_missing(&code)
             }),
             _ => false,
         }
@@ -78,6 +81,13 @@ impl StoreError {
     }
 }
 
+/// Undefined table, column or schema: the migrations have not run (yet).
+/// Not the message's fault: wait for `wa-ingest migrate` instead of
+/// dead-lettering everything.
+fn is_schema_missing(code: &str) -> bool {
+    matches!(code, "42P01" | "42703" | "3F000")
+}
+
 /// SQLSTATE classes that name a condition, not a bad row: 08 connection
 /// exception, 40 transaction rollback (serialization failure, deadlock), 53
 /// insufficient resources, 55P03 lock not available, 57 operator
@@ -87,6 +97,7 @@ fn is_transient_sqlstate(code: &str) -> bool {
         .iter()
         .any(|class| code.starts_with(class))
         || code == "55P03"
+        || is_schema_missing(code)
 }
 
 #[cfg(test)]
@@ -98,7 +109,10 @@ mod tests {
         for transient in ["08006", "40001", "40P01", "53300", "57P01", "55P03"] {
             assert!(is_transient_sqlstate(transient), "{transient}");
         }
-        for permanent in ["23514", "23502", "22P05", "22021", "42P01"] {
+        for transient in ["42P01", "42703"] {
+            assert!(is_transient_sqlstate(transient), "unmigrated schema: {transient}");
+        }
+        for permanent in ["23514", "23502", "22P05", "22021", "42601"] {
             assert!(!is_transient_sqlstate(permanent), "{permanent}");
         }
     }
