@@ -65,10 +65,13 @@ async fn metrics_count_exactly_what_happened() {
         "the duplicates handled",
         Duration::from_secs(30),
         || async {
+            // The gauge drops once the whole batch is settled, just after its acks.
             let metrics = worker.metrics().await;
-            match metric_sum(&metrics, "wa_deliveries_total", &[("outcome", "acked")]) {
-                60.0 => Ok(metrics),
-                n => Err(n.to_string()),
+            let acked = metric_sum(&metrics, "wa_deliveries_total", &[("outcome", "acked")]);
+            let in_flight = metric_sum(&metrics, "wa_deliveries_in_flight", &[]);
+            match (acked, in_flight) {
+                (60.0, 0.0) => Ok(metrics),
+                other => Err(format!("{other:?}")),
             }
         },
     )

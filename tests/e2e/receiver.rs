@@ -282,8 +282,11 @@ async fn large_bodies_beyond_the_buffer_budget_get_503_not_memory() {
     // Clients that announce 3 MB and then stall: each holds its share of
     // the 8 MiB budget while its body is (not) arriving.
     let announce = || async {
-        let head = "POST /webhooks/whatsapp HTTP/1.1\r\nHost: wa\r\nContent-Length: 3000000\r\n\r\n";
-        let mut stream = tokio::net::TcpStream::connect(receiver.addr).await.expect("connect");
+        let head =
+            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: wa\r\nContent-Length: 3000000\r\n\r\n";
+        let mut stream = tokio::net::TcpStream::connect(receiver.addr)
+            .await
+            .expect("connect");
         stream.write_all(head.as_bytes()).await.expect("write");
         stream
     };
@@ -301,7 +304,10 @@ async fn large_bodies_beyond_the_buffer_budget_get_503_not_memory() {
     // Small webhooks still fit in what is left.
     let client = reqwest::Client::new();
     let url = receiver.url("/webhooks/whatsapp");
-    assert_eq!(post_signed(&client, &url, payloads::mixed("small", 1)).await, 200);
+    assert_eq!(
+        post_signed(&client, &url, payloads::mixed("small", 1)).await,
+        200
+    );
     drop(stalled);
     receiver.stop().await;
 }

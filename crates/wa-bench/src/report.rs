@@ -106,7 +106,12 @@ impl fmt::Display for Report {
                 .iter()
                 .map(|(stage, seconds)| format!("{stage} {seconds:.2}"))
                 .collect();
-            writeln!(f, "{:<52} {}", "  batch time by stage, s (summed)", stages.join(", "))?;
+            writeln!(
+                f,
+                "{:<52} {}",
+                "  batch time by stage, s (summed)",
+                stages.join(", ")
+            )?;
         }
         writeln!(f)?;
         let ratios = &self.ratios;

@@ -9,7 +9,12 @@ use crate::{Namespace, SecretUrl};
 #[derive(Debug, Clone, clap::Args)]
 pub struct NamespaceArgs {
     /// Prefix of exchanges, queues and Redis keys.
-    #[arg(long = "namespace", env = "WA_NAMESPACE", default_value = "wa")]
+    #[arg(
+        long = "namespace",
+        env = "WA_NAMESPACE",
+        value_name = "WA_NAMESPACE",
+        default_value = "wa"
+    )]
     pub namespace: Namespace,
 }
 
@@ -18,15 +23,16 @@ pub struct AmqpArgs {
     /// RabbitMQ URL.
     #[arg(
         long = "amqp-url",
-        env = "AMQP_URL",
+        value_parser = crate::config::SecretUrlParser,
+        env = "AMQP_URL", value_name = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: SecretUrl,
     /// How long a publish waits for the broker's confirm.
-    #[arg(long, env = "WA_CONFIRM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "WA_CONFIRM_TIMEOUT", value_name = "WA_CONFIRM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub confirm_timeout: Duration,
     /// Confirm-mode channels that publishes are spread over.
-    #[arg(long, env = "WA_PUBLISH_CHANNELS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, env = "WA_PUBLISH_CHANNELS", value_name = "WA_PUBLISH_CHANNELS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub publish_channels: u16,
 }
 
@@ -44,12 +50,13 @@ pub struct RedisArgs {
     /// Redis URL.
     #[arg(
         long = "redis-url",
-        env = "REDIS_URL",
+        value_parser = crate::config::SecretUrlParser,
+        env = "REDIS_URL", value_name = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: SecretUrl,
     /// Time limit of every Redis command.
-    #[arg(long, env = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "WA_REDIS_TIMEOUT", value_name = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 }
 
@@ -58,15 +65,16 @@ pub struct DatabaseArgs {
     /// PostgreSQL URL.
     #[arg(
         long = "database-url",
-        env = "DATABASE_URL",
+        value_parser = crate::config::SecretUrlParser,
+        env = "DATABASE_URL", value_name = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/wa_ingest"
     )]
     pub database_url: SecretUrl,
     /// Connections in the pool.
-    #[arg(long, env = "WA_DB_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, env = "WA_DB_POOL_SIZE", value_name = "WA_DB_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub db_pool_size: u32,
     /// How long to wait for a pooled connection before calling the database unreachable.
-    #[arg(long, env = "WA_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "WA_DB_ACQUIRE_TIMEOUT", value_name = "WA_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub db_acquire_timeout: Duration,
 }
 

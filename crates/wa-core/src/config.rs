@@ -102,6 +102,41 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// Parses a [`SecretUrl`] for clap without echoing the value in the error:
+/// it may hold a password.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SecretUrlParser;
+
+impl clap::builder::TypedValueParser for SecretUrlParser {
+    type Value = SecretUrl;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let name = arg
+            .and_then(|a| {
+                a.get_value_names()
+                    .and_then(|n| n.first().map(|n| n.to_string()))
+            })
+            .unwrap_or_else(|| "the URL".to_owned());
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(
+                clap::error::ErrorKind::InvalidUtf8,
+                format!("{name} is not UTF-8\n"),
+            )
+        })?;
+        text.parse::<SecretUrl>().map_err(|reason| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("{name} is {reason}\n"),
+            )
+        })
+    }
+}
+
 /// A secret string (app secret, verify token) that prints as `***`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretString(String);

@@ -23,6 +23,7 @@ pub struct DlqArgs {
     #[arg(
         long,
         env = "WA_DLQ_SCAN_LIMIT",
+        value_name = "WA_DLQ_SCAN_LIMIT",
         default_value_t = 10_000,
         global = true
     )]

@@ -20,6 +20,7 @@ struct Cli {
     #[arg(
         long,
         env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
         value_enum,
         default_value = "json",
         global = true

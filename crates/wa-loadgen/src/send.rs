@@ -18,6 +18,7 @@ pub struct SendArgs {
     #[arg(
         long,
         env = "WA_LOADGEN_URL",
+        value_name = "WA_LOADGEN_URL",
         default_value = "http://127.0.0.1:8080/webhooks/whatsapp"
     )]
     pub url: String,
@@ -25,6 +26,7 @@ pub struct SendArgs {
     #[arg(
         long,
         env = "WA_APP_SECRET",
+        value_name = "WA_APP_SECRET",
         value_delimiter = ',',
         required = true,
         hide_env_values = true

@@ -8,8 +8,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use lapin::BasicProperties;
@@ -43,7 +43,9 @@ impl AppState {
             verify_token: config.verify_token.clone(),
             broker,
             in_flight: Semaphore::new(config.max_in_flight as usize),
-            buffer_kib: Semaphore::new(usize::try_from(config.body_buffer / 1024).unwrap_or(usize::MAX)),
+            buffer_kib: Semaphore::new(
+                usize::try_from(config.body_buffer / 1024).unwrap_or(usize::MAX),
+            ),
             body_limit: usize::try_from(config.body_limit).unwrap_or(usize::MAX),
         }
     }
@@ -61,7 +63,9 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/webhooks/whatsapp",
-            get(verify).post(receive).route_layer(middleware::from_fn_with_state(state.clone(), admit)),
+            get(verify)
+                .post(receive)
+                .route_layer(middleware::from_fn_with_state(state.clone(), admit)),
         )
         .layer(DefaultBodyLimit::max(state.body_limit))
         .with_state(state)

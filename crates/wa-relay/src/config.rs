@@ -13,26 +13,31 @@ pub struct RelayConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = "0.0.0.0:9091"
+    )]
     pub metrics_addr: SocketAddr,
     /// How long an event is held so that an earlier message arriving late
     /// can overtake it.
-    #[arg(long, env = "WA_REORDER_WINDOW", default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, env = "WA_REORDER_WINDOW", value_name = "WA_REORDER_WINDOW", default_value = "3s", value_parser = parse_duration)]
     pub reorder_window: Duration,
     /// Queues `{ns}.events.{i}` that contacts are spread over. Changing it
     /// moves contacts between queues: drain the old ones first.
-    #[arg(long, env = "WA_EVENT_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "WA_EVENT_SHARDS", value_name = "WA_EVENT_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub event_shards: u16,
     /// Contacts one release locks.
-    #[arg(long, env = "WA_RELAY_BATCH_CONTACTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "WA_RELAY_BATCH_CONTACTS", value_name = "WA_RELAY_BATCH_CONTACTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_contacts: u32,
     /// Events one release reads.
-    #[arg(long, env = "WA_RELAY_BATCH_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "WA_RELAY_BATCH_EVENTS", value_name = "WA_RELAY_BATCH_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_events: u32,
     /// Pause between releases when nothing is due.
-    #[arg(long, env = "WA_RELAY_POLL", default_value = "200ms", value_parser = parse_duration)]
+    #[arg(long, env = "WA_RELAY_POLL", value_name = "WA_RELAY_POLL", default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How long published events stay in the outbox.
-    #[arg(long, env = "WA_OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "WA_OUTBOX_RETENTION", value_name = "WA_OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub outbox_retention: Duration,
 }

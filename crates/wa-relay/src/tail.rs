@@ -30,7 +30,12 @@ pub struct TailArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
     /// Shard queues to read (must match the relay's WA_EVENT_SHARDS).
-    #[arg(long, env = "WA_EVENT_SHARDS", default_value_t = 4)]
+    #[arg(
+        long,
+        env = "WA_EVENT_SHARDS",
+        value_name = "WA_EVENT_SHARDS",
+        default_value_t = 4
+    )]
     pub event_shards: u16,
     /// Only this shard.
     #[arg(long)]

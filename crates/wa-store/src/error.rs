@@ -110,7 +110,10 @@ mod tests {
             assert!(is_transient_sqlstate(transient), "{transient}");
         }
         for transient in ["42P01", "42703"] {
-            assert!(is_transient_sqlstate(transient), "unmigrated schema: {transient}");
+            assert!(
+                is_transient_sqlstate(transient),
+                "unmigrated schema: {transient}"
+            );
         }
         for permanent in ["23514", "23502", "22P05", "22021", "42601"] {
             assert!(!is_transient_sqlstate(permanent), "{permanent}");

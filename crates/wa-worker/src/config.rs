@@ -17,40 +17,51 @@ pub struct WorkerConfig {
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
     pub metrics_addr: SocketAddr,
     /// Unacked deliveries the broker may push to this worker.
-    #[arg(long, env = "WA_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "WA_PREFETCH", value_name = "WA_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// Deliveries handled together (one claim round trip, one transaction).
-    #[arg(long, env = "WA_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "WA_BATCH_SIZE", value_name = "WA_BATCH_SIZE", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub batch_size: u16,
     /// How long a partial batch waits for more deliveries.
-    #[arg(long, env = "WA_BATCH_LINGER", default_value = "5ms", value_parser = parse_duration)]
+    #[arg(long, env = "WA_BATCH_LINGER", value_name = "WA_BATCH_LINGER", default_value = "5ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
     /// Batches handled at once.
-    #[arg(long, env = "WA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, env = "WA_CONCURRENCY", value_name = "WA_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
     /// How long a claim protects an event while it is being stored.
-    #[arg(long, env = "WA_CLAIM_LEASE", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "WA_CLAIM_LEASE", value_name = "WA_CLAIM_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub claim_lease: Duration,
     /// How long a stored event's `done` marker is kept (at least 24 h).
-    #[arg(long, env = "WA_CLAIM_DONE_TTL", default_value = "24h", value_parser = parse_duration)]
+    #[arg(long, env = "WA_CLAIM_DONE_TTL", value_name = "WA_CLAIM_DONE_TTL", default_value = "24h", value_parser = parse_duration)]
     pub claim_done_ttl: Duration,
     /// What to do when Redis is unreachable.
-    #[arg(long, env = "WA_CLAIM_FAIL_MODE", value_enum, default_value = "open")]
+    #[arg(
+        long,
+        env = "WA_CLAIM_FAIL_MODE",
+        value_name = "WA_CLAIM_FAIL_MODE",
+        value_enum,
+        default_value = "open"
+    )]
     pub claim_fail_mode: FailMode,
     /// Delays of the retry tiers, in order; after the last comes the DLQ.
-    #[arg(long, env = "WA_RETRY_TIERS", value_delimiter = ',', default_value = "5s,30s,2m,10m,1h", value_parser = parse_duration)]
+    #[arg(long, env = "WA_RETRY_TIERS", value_name = "WA_RETRY_TIERS", value_delimiter = ',', default_value = "5s,30s,2m,10m,1h", value_parser = parse_duration)]
     pub retry_tiers: Vec<Duration>,
     /// Quick in-process retries of a transient store error before a tier.
-    #[arg(long, env = "WA_QUICK_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=10))]
+    #[arg(long, env = "WA_QUICK_RETRIES", value_name = "WA_QUICK_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=10))]
     pub quick_retries: u8,
     /// How long shutdown waits for batches in flight.
-    #[arg(long, env = "WA_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "WA_SHUTDOWN_GRACE", value_name = "WA_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Name of this worker in DLQ entries and the broker's consumer list.
-    #[arg(long, env = "WA_WORKER_ID")]
+    #[arg(long, env = "WA_WORKER_ID", value_name = "WA_WORKER_ID")]
     pub worker_id: Option<String>,
 }
 
