@@ -19,6 +19,20 @@ pub struct NamespaceArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+pub struct AppSecretArgs {
+    /// Meta app secret(s) that sign the webhooks; comma-separated to allow rotation.
+    #[arg(
+        long = "app-secret",
+        env = "WA_APP_SECRET",
+        value_name = "WA_APP_SECRET",
+        value_delimiter = ',',
+        required = true,
+        hide_env_values = true
+    )]
+    pub secrets: Vec<crate::SecretString>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
     /// RabbitMQ URL.
     #[arg(

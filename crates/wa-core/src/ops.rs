@@ -76,3 +76,18 @@ pub fn router(readiness: Arc<dyn Readiness>) -> Router {
         )
         .route("/metrics", get(move || std::future::ready(handle.render())))
 }
+
+/// Serves [`router`] on `listener` until `stop`, for roles whose only HTTP
+/// endpoints are the operator ones.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    readiness: Arc<dyn Readiness>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if let Err(error) = axum::serve(listener, router(readiness))
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        tracing::error!(%error, "ops server failed");
+    }
+}

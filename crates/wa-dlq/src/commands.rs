@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use lapin::types::FieldTable;
 use serde::Serialize;
@@ -141,16 +141,9 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
         stop.clone(),
     );
     let result = async {
-        let session = tokio::time::timeout(Duration::from_secs(15), broker.connected(&stop))
-            .await
-            .ok()
-            .flatten()
-            .with_context(|| {
-                format!(
-                    "cannot connect to RabbitMQ at AMQP_URL {}",
-                    args.amqp.amqp_url
-                )
-            })?;
+        let session = broker
+            .connected_within(Duration::from_secs(15), &stop)
+            .await?;
         let channel = session.connection().create_channel().await?;
         let scan = Scan::fetch(channel, &dlq_queue, args.scan_limit).await?;
         let outcome = execute(&args.command, &scan, &broker, &inbound).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
-use wa_core::SecretString;
+use wa_core::args::AppSecretArgs;
 use wa_core::config::parse_duration;
 
 use crate::generate::Generator;
@@ -22,16 +22,8 @@ pub struct SendArgs {
         default_value = "http://127.0.0.1:8080/webhooks/whatsapp"
     )]
     pub url: String,
-    /// App secret to sign with (the first of a comma-separated list).
-    #[arg(
-        long,
-        env = "WA_APP_SECRET",
-        value_name = "WA_APP_SECRET",
-        value_delimiter = ',',
-        required = true,
-        hide_env_values = true
-    )]
-    pub app_secret: Vec<SecretString>,
+    #[command(flatten)]
+    pub app_secret: AppSecretArgs,
     /// Unique payloads to send.
     #[arg(long, default_value_t = 1000)]
     pub payloads: usize,
@@ -119,6 +111,7 @@ impl fmt::Display for LoadReport {
 pub async fn send(args: &SendArgs) -> anyhow::Result<LoadReport> {
     let secret = args
         .app_secret
+        .secrets
         .first()
         .context("WA_APP_SECRET is empty")?
         .clone();

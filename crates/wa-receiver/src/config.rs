@@ -1,7 +1,7 @@
 use std::net::SocketAddr;
 
 use wa_core::SecretString;
-use wa_core::args::{AmqpArgs, NamespaceArgs};
+use wa_core::args::{AmqpArgs, AppSecretArgs, NamespaceArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiverConfig {
@@ -9,16 +9,8 @@ pub struct ReceiverConfig {
     pub namespace: NamespaceArgs,
     #[command(flatten)]
     pub amqp: AmqpArgs,
-    /// App secret(s) that sign Meta's webhooks; comma-separated to allow rotation.
-    #[arg(
-        long,
-        env = "WA_APP_SECRET",
-        value_name = "WA_APP_SECRET",
-        value_delimiter = ',',
-        required = true,
-        hide_env_values = true
-    )]
-    pub app_secret: Vec<SecretString>,
+    #[command(flatten)]
+    pub app_secret: AppSecretArgs,
     /// Token Meta echoes in the verification handshake.
     #[arg(
         long,

@@ -39,7 +39,7 @@ pub(crate) struct AppState {
 impl AppState {
     pub(crate) fn new(config: &ReceiverConfig, broker: Broker) -> Self {
         Self {
-            verifier: SignatureVerifier::new(config.app_secret.clone()),
+            verifier: SignatureVerifier::new(config.app_secret.secrets.clone()),
             verify_token: config.verify_token.clone(),
             broker,
             in_flight: Semaphore::new(config.max_in_flight as usize),
@@ -53,13 +53,7 @@ impl AppState {
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let broker = state.broker.clone();
-    let readiness = move || {
-        if broker.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected to RabbitMQ".to_owned())
-        }
-    };
+    let readiness = move || broker.check_connected();
     Router::new()
         .route(
             "/webhooks/whatsapp",

@@ -37,7 +37,12 @@ pub async fn run(
         broker_stop.clone(),
     );
     let pool = config.database.pool()?;
-    let ops = tokio::spawn(serve_ops(ops_listener, broker.clone(), shutdown.clone()));
+    let readiness = broker.clone();
+    let ops = tokio::spawn(wa_core::ops::serve(
+        ops_listener,
+        Arc::new(move || readiness.check_connected()),
+        shutdown.clone(),
+    ));
     let settings = Release {
         window: config.reorder_window,
         shards: config.event_shards,
@@ -83,21 +88,4 @@ pub async fn run(
     pool.close().await;
     tracing::info!("relay stopped");
     Ok(())
-}
-
-async fn serve_ops(listener: TcpListener, broker: Broker, stop: CancellationToken) {
-    let readiness = move || {
-        if broker.is_connected() {
-            Ok(())
-        } else {
-            Err("not connected to RabbitMQ".to_owned())
-        }
-    };
-    let app = wa_core::ops::router(Arc::new(readiness));
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(%error, "ops server failed");
-    }
 }

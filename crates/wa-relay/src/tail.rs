@@ -67,16 +67,9 @@ async fn tail(
     args: &TailArgs,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let session = tokio::time::timeout(std::time::Duration::from_secs(15), broker.connected(stop))
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "cannot connect to RabbitMQ at AMQP_URL {}",
-                args.amqp.amqp_url
-            )
-        })?;
+    let session = broker
+        .connected_within(std::time::Duration::from_secs(15), stop)
+        .await?;
     let channel = session.connection().create_channel().await?;
     channel.basic_qos(100, BasicQosOptions::default()).await?;
     let shards: Vec<u16> = match args.shard {

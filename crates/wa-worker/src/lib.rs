@@ -67,10 +67,13 @@ pub async fn run(
     ));
 
     let ops_stop = CancellationToken::new();
-    let ops = tokio::spawn(serve_ops(
+    let readiness = {
+        let broker = broker.clone();
+        move || broker.check_connected().and_then(|()| health.check())
+    };
+    let ops = tokio::spawn(wa_core::ops::serve(
         ops_listener,
-        broker.clone(),
-        health,
+        Arc::new(readiness),
         ops_stop.clone(),
     ));
     tokio::spawn(monitor::watch_queue_depths(
@@ -110,25 +113,4 @@ pub async fn run(
     let _ = ops.await;
     pool.close().await;
     Ok(())
-}
-
-async fn serve_ops(
-    listener: TcpListener,
-    broker: Broker,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
-    let readiness = move || {
-        if !broker.is_connected() {
-            return Err("not connected to RabbitMQ".to_owned());
-        }
-        health.check()
-    };
-    let app = wa_core::ops::router(Arc::new(readiness));
-    if let Err(error) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    {
-        tracing::error!(%error, "ops server failed");
-    }
 }

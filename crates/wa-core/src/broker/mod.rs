@@ -118,6 +118,34 @@ impl Broker {
         self.current().is_some()
     }
 
+    /// For `/readyz`: `Err` with the reason while there is no connection.
+    pub fn check_connected(&self) -> Result<(), String> {
+        if self.is_connected() {
+            Ok(())
+        } else {
+            Err("not connected to RabbitMQ".to_owned())
+        }
+    }
+
+    /// For command-line tools: a live session within `limit`, or an error
+    /// that names the (redacted) URL.
+    pub async fn connected_within(
+        &self,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> anyhow::Result<Arc<Session>> {
+        tokio::time::timeout(limit, self.connected(cancel))
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cannot connect to RabbitMQ at AMQP_URL {}",
+                    self.inner.config.url
+                )
+            })
+    }
+
     /// The live session, if there is one now.
     pub fn current(&self) -> Option<Arc<Session>> {
         self.inner
