@@ -15,6 +15,9 @@ pub struct Report {
     pub worker_duplicates: WorkerFigures,
     pub worker_peak_rss_bytes: u64,
     pub worker_prefetch: u16,
+    /// Outbox events released with no reorder window, and how fast.
+    pub relay_events: u64,
+    pub relay_events_per_second: f64,
     pub ratios: Ratios,
 }
 
@@ -113,6 +116,11 @@ impl fmt::Display for Report {
                 stages.join(", ")
             )?;
         }
+        writeln!(
+            f,
+            "{:<52} {:>12.0} events/s ({} downstream events, no reorder window)",
+            "relay", self.relay_events_per_second, self.relay_events
+        )?;
         writeln!(f)?;
         let ratios = &self.ratios;
         writeln!(

@@ -50,7 +50,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         .collect();
 
     eprintln!(
-        "[1/5] receiver: {} in flight for {:?}",
+        "[1/6] receiver: {} in flight for {:?}",
         args.concurrency, args.duration
     );
     let addr = free_addr()?;
@@ -88,7 +88,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     receiver.stop().await;
     purge(&amqp_url, &format!("{namespace}.inbound")).await?;
 
-    eprintln!("[2/5] bare handler (HTTP ceiling)");
+    eprintln!("[2/6] bare handler (HTTP ceiling)");
     let addr = free_addr()?;
     let bare = Role::start(
         &["bench", "--serve-bare", &addr.to_string()],
@@ -110,7 +110,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     );
     bare.stop().await;
 
-    eprintln!("[3/5] broker ceiling: confirmed publishes and consume + ack");
+    eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
     let typical = jobs[0].0.clone();
     let ceiling = crate::broker::measure(
         &amqp_url,
@@ -138,8 +138,8 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     let n = args.worker_payloads;
     let mut peak_rss = 0;
     for (stage, copies) in [
-        ("[4/5] worker, no duplicates", 1),
-        ("[5/5] worker, every payload 3 times", 3),
+        ("[4/6] worker, no duplicates", 1),
+        ("[5/6] worker, every payload 3 times", 3),
     ] {
         eprintln!("{stage}: {n} payloads of 3 events");
         let bodies = worker_payloads(&format!("{namespace}c{copies}"), n, copies);
@@ -187,6 +187,32 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         }
     }
     report.worker_peak_rss_bytes = peak_rss;
+
+    // The worker runs left their downstream events in the outbox: release
+    // them all with no reorder window and time it.
+    let pending = unpublished(&pool).await?;
+    eprintln!("[6/6] relay: release {pending} outbox events");
+    let addr = free_addr()?;
+    let relay_env = HashMap::from([
+        ("AMQP_URL", amqp_url.clone()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("WA_NAMESPACE", namespace.to_owned()),
+        ("METRICS_ADDR", addr.to_string()),
+        ("WA_REORDER_WINDOW", "0s".to_owned()),
+    ]);
+    let started = Instant::now();
+    let relay = Role::start(&["relay"], &relay_env, addr).await?;
+    while unpublished(&pool).await? > 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "the relay did not finish within 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    relay.stop().await;
+    report.relay_events = u64::try_from(pending).unwrap_or(0);
+    report.relay_events_per_second = pending as f64 / seconds;
     pool.close().await;
 
     let ceiling = report
@@ -260,6 +286,14 @@ fn worker_payloads(tag: &str, n: usize, copies: usize) -> Vec<Vec<u8>> {
     bodies
 }
 
+async fn unpublished(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 async fn stored(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_statuses)",
@@ -313,7 +347,7 @@ async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
         Connection::connect(args.amqp.amqp_url.expose(), ConnectionProperties::default()).await
         && let Ok(channel) = connection.create_channel().await
     {
-        for queue in [
+        let fixed = [
             "inbound",
             "dlq",
             "retry.5s",
@@ -322,7 +356,9 @@ async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
             "retry.10m",
             "retry.1h",
             "ceiling",
-        ] {
+        ];
+        let shards = (0..4).map(|i| format!("events.{i}"));
+        for queue in fixed.iter().map(|q| (*q).to_owned()).chain(shards) {
             let _ = channel
                 .queue_delete(
                     format!("{namespace}.{queue}").as_str().into(),
@@ -330,12 +366,14 @@ async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
                 )
                 .await;
         }
-        let _ = channel
-            .exchange_delete(
-                format!("{namespace}.inbound").as_str().into(),
-                Default::default(),
-            )
-            .await;
+        for exchange in ["inbound", "events"] {
+            let _ = channel
+                .exchange_delete(
+                    format!("{namespace}.{exchange}").as_str().into(),
+                    Default::default(),
+                )
+                .await;
+        }
         let _ = connection.close(200, "bench cleaned up".into()).await;
     }
     let _ = delete_redis_keys(args, namespace).await;
