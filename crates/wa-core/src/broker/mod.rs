@@ -191,6 +191,8 @@ impl Broker {
                         () = session.broken() => {}
                         () = shutdown.cancelled() => {
                             self.inner.session.send_replace(None);
+                            // Broken first, so the watcher does not report our own close.
+                            session.mark_broken();
                             let _ = session.connection.close(200, "shutdown".into()).await;
                             break;
                         }
