@@ -34,6 +34,25 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
+/// Binds 127.0.0.1:0 and runs a role on it with a shutdown token of its own.
+async fn spawn<F, Fut>(
+    run: F,
+) -> (
+    SocketAddr,
+    CancellationToken,
+    JoinHandle<anyhow::Result<()>>,
+)
+where
+    F: FnOnce(TcpListener, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(listener, shutdown.clone()));
+    (addr, shutdown, task)
+}
+
 pub struct Receiver {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
@@ -57,10 +76,8 @@ impl Receiver {
         ]);
         args.extend(owned(extra));
         let config: wa_receiver::ReceiverConfig = parse(args);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wa_receiver::run(listener, config, shutdown.clone()));
+        let (addr, shutdown, task) =
+            spawn(|listener, shutdown| wa_receiver::run(listener, config, shutdown)).await;
         let receiver = Self {
             addr,
             shutdown,
@@ -134,10 +151,8 @@ impl Worker {
         ]);
         args.extend(owned(extra));
         let config: wa_worker::WorkerConfig = parse(args);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let ops_addr = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wa_worker::run(listener, config, shutdown.clone()));
+        let (ops_addr, shutdown, task) =
+            spawn(|listener, shutdown| wa_worker::run(listener, config, shutdown)).await;
         Self {
             ops_addr,
             shutdown,
@@ -205,10 +220,8 @@ impl Relay {
         ]);
         args.extend(owned(extra));
         let config: wa_relay::RelayConfig = parse(args);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let ops_addr = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wa_relay::run(listener, config, shutdown.clone()));
+        let (ops_addr, shutdown, task) =
+            spawn(|listener, shutdown| wa_relay::run(listener, config, shutdown)).await;
         Self {
             ops_addr,
             shutdown,

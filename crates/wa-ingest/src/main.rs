@@ -64,29 +64,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// Binds a role's listener; the error names the variable that chose the address.
+async fn listen(addr: std::net::SocketAddr, variable: &str) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {variable} {addr}"))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Receiver(config) => {
-            let listener = TcpListener::bind(config.listen_addr)
-                .await
-                .with_context(|| format!("cannot listen on LISTEN_ADDR {}", config.listen_addr))?;
+            let listener = listen(config.listen_addr, "LISTEN_ADDR").await?;
             wa_receiver::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Worker(config) => {
-            let listener = TcpListener::bind(config.metrics_addr)
-                .await
-                .with_context(|| {
-                    format!("cannot listen on METRICS_ADDR {}", config.metrics_addr)
-                })?;
+            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
             wa_worker::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Relay(config) => {
-            let listener = TcpListener::bind(config.metrics_addr)
-                .await
-                .with_context(|| {
-                    format!("cannot listen on METRICS_ADDR {}", config.metrics_addr)
-                })?;
+            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
             wa_relay::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Events(args) => wa_relay::tail::run(args).await,

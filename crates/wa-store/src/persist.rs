@@ -91,7 +91,7 @@ async fn insert_messages(
     tx: &mut Tx,
     messages: &[&MessageEvent],
 ) -> Result<HashSet<String>, sqlx::Error> {
-    let column = |f: fn(&MessageEvent) -> Option<String>| -> Vec<Option<String>> {
+    let text = |f: fn(&MessageEvent) -> Option<&str>| -> Vec<Option<&str>> {
         messages.iter().map(|m| f(m)).collect()
     };
     let wamids: Vec<&str> = messages.iter().map(|m| m.wamid.as_str()).collect();
@@ -114,11 +114,11 @@ async fn insert_messages(
     )
     .bind(&wamids)
     .bind(&directions)
-    .bind(column(|m| m.contact.key().map(str::to_owned)))
-    .bind(column(|m| m.contact.wa_id.clone()))
-    .bind(column(|m| m.contact.user_id.clone()))
-    .bind(column(|m| m.phone_number_id.clone()))
-    .bind(column(|m| m.display_phone_number.clone()))
+    .bind(text(|m| m.contact.key()))
+    .bind(text(|m| m.contact.wa_id.as_deref()))
+    .bind(text(|m| m.contact.user_id.as_deref()))
+    .bind(text(|m| m.phone_number_id.as_deref()))
+    .bind(text(|m| m.display_phone_number.as_deref()))
     .bind(&types)
     .bind(&timestamps)
     .bind(sqlx::types::Json(&raws))
