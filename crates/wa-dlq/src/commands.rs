@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use wa_core::args::{AmqpArgs, NamespaceArgs};
 use wa_core::broker::{Broker, Outgoing, Topology, headers};
 use wa_core::config::parse_duration;
+use wa_core::telemetry::error_chain;
 
 use crate::entry::DlqEntry;
 use crate::scan::Scan;
@@ -360,14 +361,15 @@ async fn replay(
                 Err(error) => {
                     // Published but still in the DLQ: a later replay makes a duplicate, which is absorbed.
                     eprintln!(
-                        "replayed {} but could not remove it from the DLQ: {error}",
-                        entry.id
+                        "replayed {} but could not remove it from the DLQ: {}",
+                        entry.id,
+                        error_chain(&error)
                     );
                     summary.failed += 1;
                 }
             },
             Err(error) => {
-                eprintln!("could not replay {}: {error}", entry.id);
+                eprintln!("could not replay {}: {}", entry.id, error_chain(&error));
                 summary.failed += 1;
             }
         }
