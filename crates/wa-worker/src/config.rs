@@ -93,8 +93,8 @@ impl WorkerConfig {
         if self.breaker_window.is_zero() {
             return Err("WA_BREAKER_WINDOW must be longer than 0s".into());
         }
-        if self.pause_hold_limit < Duration::from_secs(1) {
-            return Err("WA_PAUSE_HOLD_LIMIT must be at least 1s".into());
+        if self.pause_hold_limit < Duration::from_millis(100) {
+            return Err("WA_PAUSE_HOLD_LIMIT must be at least 100ms".into());
         }
         if usize::from(self.batch_size) > usize::from(self.prefetch) {
             return Err("WA_BATCH_SIZE must not exceed WA_PREFETCH".into());

@@ -13,7 +13,7 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -162,22 +162,31 @@ async fn open(
 
 /// Waits for a free slot (this is the backpressure: no slot, no new batch),
 /// then handles the batch in a task of its own, so a database transaction is
-/// never dropped halfway by a cancelled future.
+/// never dropped halfway by a cancelled future. While the worker is paused
+/// the batch does not wait here: its task dead-letters what does not parse
+/// at once and waits for a slot itself, so the consumer keeps sorting out
+/// poison payloads among the deliveries the prefetch lets in.
 async fn dispatch(shared: &Arc<Shared>, slots: &Arc<Semaphore>, tasks: &TaskTracker, batch: Batch) {
-    let Ok(slot) = slots.clone().acquire_owned().await else {
-        return;
+    let slot = tokio::select! {
+        slot = slots.clone().acquire_owned() => slot.ok(),
+        () = shared.processor.paused() => None,
     };
     let shared = shared.clone();
+    let slots = slots.clone();
     metrics::gauge!("wa_deliveries_in_flight").increment(batch.deliveries.len() as f64);
     tasks.spawn(async move {
         let size = batch.deliveries.len();
-        handle(&shared, batch).await;
+        handle(&shared, batch, slot, &slots).await;
         metrics::gauge!("wa_deliveries_in_flight").decrement(size as f64);
-        drop(slot);
     });
 }
 
-async fn handle(shared: &Shared, batch: Batch) {
+async fn handle(
+    shared: &Shared,
+    batch: Batch,
+    slot: Option<OwnedSemaphorePermit>,
+    slots: &Arc<Semaphore>,
+) {
     let deliveries = &batch.deliveries;
     let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
     let parsed = shared.processor.parse(&bodies);
@@ -194,10 +203,14 @@ async fn handle(shared: &Shared, batch: Batch) {
                 Disposition::DeadLetter(failure.clone()),
             ))
         });
-    let (_, decisions) = tokio::join!(
-        futures_util::future::join_all(rejected),
-        shared.processor.store(&parsed, batch.since)
-    );
+    let storing = async {
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None => slots.clone().acquire_owned().await.ok(),
+        };
+        (slot, shared.processor.store(&parsed, batch.since).await)
+    };
+    let (_, (_slot, decisions)) = tokio::join!(futures_util::future::join_all(rejected), storing);
     let started = std::time::Instant::now();
     // Acks and moves go out together: waiting for each in turn would make
     // the batch pay one trip through the connection per delivery.

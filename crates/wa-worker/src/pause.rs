@@ -47,8 +47,32 @@ impl Gate {
         })
     }
 
+    pub fn is_open(&self) -> bool {
+        self.state.borrow().is_none()
+    }
+
+    /// A closed gate takes the newer reason a probe found (the connection
+    /// was cut, and now the server turns out to be read-only). False when
+    /// the gate is open or the reason is the same.
+    pub fn update(&self, pause: Pause) -> bool {
+        self.state.send_if_modified(|state| match state {
+            Some(current) if *current != pause => {
+                *current = pause;
+                true
+            }
+            _ => false,
+        })
+    }
+
     pub fn open(&self) {
         self.state.send_replace(None);
+    }
+
+    /// Resolves once the gate is closed.
+    pub async fn wait_closed(&self) {
+        let mut state = self.state.subscribe();
+        // The sender lives as long as `self`: the wait ends only by closing.
+        let _ = state.wait_for(Option::is_some).await;
     }
 
     /// Waits until the gate is open, or until `deadline`.

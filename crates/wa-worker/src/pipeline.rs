@@ -116,6 +116,11 @@ impl Processor {
         self.gate.check()
     }
 
+    /// Resolves once the worker is paused.
+    pub async fn paused(&self) {
+        self.gate.wait_closed().await;
+    }
+
     /// Parses every body. The ones that fail are the payload's fault and
     /// can be dead-lettered at once, even while the worker is paused.
     pub fn parse(&self, bodies: &[&[u8]]) -> Vec<Parsed> {
@@ -202,6 +207,11 @@ impl Processor {
             };
             if failed.failure.class == FailureClass::Permanent {
                 return Disposition::DeadLetter(failed.failure);
+            }
+            if !self.gate.is_open() {
+                // Another batch paused the worker meanwhile, most likely for
+                // this same error: wait for the probe instead of spending an attempt.
+                continue;
             }
             let now = std::time::Instant::now();
             if !self
@@ -385,12 +395,7 @@ impl Processor {
     }
 
     fn spawn_probe(&self, pause: Pause) {
-        metrics::gauge!(
-            "wa_worker_paused",
-            "dependency" => pause.dependency.as_str(),
-            "reason" => pause.reason.as_str()
-        )
-        .set(1.0);
+        set_paused_gauge(&pause, 1.0);
         metrics::gauge!("wa_dependency_up", "dependency" => pause.dependency.as_str()).set(0.0);
         tokio::spawn(probe_until_back(
             self.store.clone(),
@@ -415,11 +420,12 @@ async fn probe_until_back(
 ) {
     let started = std::time::Instant::now();
     let (min, max) = match pause.reason {
-        PauseReason::Breaker => (Duration::from_secs(1), Duration::from_secs(30)),
+        PauseReason::Breaker => (Duration::from_secs(1), Duration::from_secs(10)),
         _ => (Duration::from_millis(200), Duration::from_secs(5)),
     };
     let mut delays = full_jitter(min, max, None);
     let mut probes = 0u64;
+    let mut current = pause.clone();
     loop {
         if probes > 0 || pause.reason != PauseReason::Starting {
             let delay = delays.next().unwrap_or(max).max(min / 2);
@@ -433,19 +439,44 @@ async fn probe_until_back(
             Dependency::Postgresql => store
                 .probe()
                 .await
-                .map_err(|e| (error_chain(&e), e.is_systemic())),
-            Dependency::Redis => claims.probe().await.map_err(|e| {
-                let systemic = matches!(redis_class(&e), ErrorClass::Systemic(_));
-                (error_chain(&e), systemic)
-            }),
+                .map_err(|e| (error_chain(&e), e.class())),
+            Dependency::Redis => claims
+                .probe()
+                .await
+                .map_err(|e| (error_chain(&e), redis_class(&e))),
         };
         // A probe that meets an error about the attempt (a deadlock, a
         // trigger's exception) found the dependency up: the writes decide
         // from there, and the breaker watches them. Only a breaker trip needs
         // a clean probe, since its error is of that kind.
         let probed = match probed {
-            Err((_, false)) if pause.reason != PauseReason::Breaker => Ok(()),
-            Err((error, _)) => Err(error),
+            Err((_, ErrorClass::Transient | ErrorClass::Permanent))
+                if pause.reason != PauseReason::Breaker =>
+            {
+                Ok(())
+            }
+            Err((error, class)) => {
+                if let (ErrorClass::Systemic(systemic), false) =
+                    (class, pause.reason == PauseReason::Breaker)
+                {
+                    let found = Pause {
+                        dependency: pause.dependency,
+                        reason: PauseReason::Systemic(systemic),
+                        detail: error.clone(),
+                    };
+                    if found.reason != current.reason && gate.update(found.clone()) {
+                        set_paused_gauge(&current, 0.0);
+                        set_paused_gauge(&found, 1.0);
+                        tracing::info!(
+                            dependency = found.dependency.as_str(),
+                            reason = found.reason.as_str(),
+                            "still paused, for another reason"
+                        );
+                        current = found;
+                    }
+                }
+                Err(error)
+            }
             Ok(()) => Ok(()),
         };
         match probed {
@@ -466,12 +497,7 @@ async fn probe_until_back(
         }
     }
     gate.open();
-    metrics::gauge!(
-        "wa_worker_paused",
-        "dependency" => pause.dependency.as_str(),
-        "reason" => pause.reason.as_str()
-    )
-    .set(0.0);
+    set_paused_gauge(&current, 0.0);
     metrics::gauge!("wa_dependency_up", "dependency" => pause.dependency.as_str()).set(1.0);
     if pause.reason == PauseReason::Starting {
         tracing::info!(dependency = pause.dependency.as_str(), "database reached");
@@ -484,6 +510,15 @@ async fn probe_until_back(
             "worker resumed: the probe passed"
         );
     }
+}
+
+fn set_paused_gauge(pause: &Pause, value: f64) {
+    metrics::gauge!(
+        "wa_worker_paused",
+        "dependency" => pause.dependency.as_str(),
+        "reason" => pause.reason.as_str()
+    )
+    .set(value);
 }
 
 /// A claim round trip that failed while claims fail closed.
