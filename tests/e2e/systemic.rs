@@ -16,34 +16,6 @@ use wa_store::failpoint::{self, Failpoint};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn rows(env: &TestEnv) -> (i64, i64) {
-    (
-        env.count("SELECT count(*) FROM messages").await,
-        env.count("SELECT count(*) FROM message_statuses").await,
-    )
-}
-
-/// Waits until the tables hold `expected` rows and the inbound and retry
-/// queues are empty, so that nothing is left to change the counts.
-async fn settled(env: &TestEnv, expected: (i64, i64)) {
-    eventually("all rows stored and queues empty", LIMIT, || async {
-        let now = rows(env).await;
-        let mut queued = 0;
-        for queue in ["inbound", "retry.100ms", "retry.200ms", "retry.300ms"] {
-            queued += env.queue_depth(queue).await;
-        }
-        if now == expected && queued == 0 {
-            Ok(())
-        } else {
-            Err(format!("rows {now:?}, queued {queued}"))
-        }
-    })
-    .await;
-    // Give a straggler the chance to show itself before counting exactly.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows(env).await, expected);
-}
-
 async fn readyz(worker: &Worker) -> (u16, String) {
     match reqwest::get(format!("http://{}/readyz", worker.ops_addr)).await {
         Ok(response) => (
@@ -122,7 +94,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
     };
     let fault = async {
         eventually("the stream under way", LIMIT, || async {
-            match rows(&env).await.0 {
+            match env.stored_rows().await.0 {
                 n if n >= 50 => Ok(()),
                 n => Err(n.to_string()),
             }
@@ -130,7 +102,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
         .await;
         set_read_only(&env, true).await;
         let reason = not_ready_because(&worker, "read-only").await;
-        let stored_during_fault = rows(&env).await.0;
+        let stored_during_fault = env.stored_rows().await.0;
         let faulted = tokio::time::Instant::now();
         eventually(
             "the poison dead-lettered during the fault",
@@ -146,7 +118,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
         assert_eq!(readyz(&worker).await.0, 503, "still paused");
         tokio::time::sleep_until(faulted + Duration::from_secs(20)).await;
         assert_eq!(
-            rows(&env).await.0,
+            env.stored_rows().await.0,
             stored_during_fault,
             "nothing is written while the database is read-only"
         );
@@ -159,7 +131,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
     let ((), reason) = tokio::join!(publishing, fault);
     println!("/readyz during the fault: {reason}");
 
-    settled(&env, (400, 1200)).await;
+    env.settled((400, 1200)).await;
     let dead = env.drain("dlq").await;
     assert_eq!(dead.len(), 1, "the DLQ holds the poison payload only");
     assert_eq!(dead[0].delivery.data, poison);
@@ -200,7 +172,7 @@ async fn a_role_without_insert_privilege_pauses_until_the_grant_and_dead_letters
         .map(|i| payloads::mixed(&format!("grant{i}"), 1))
         .collect();
     env.publish_inbound_all(&bodies[..100]).await;
-    settled(&env, (100, 300)).await;
+    env.settled((100, 300)).await;
 
     let mut db = env.db.acquire().await.expect("connection");
     let revoke = format!(
@@ -215,7 +187,7 @@ async fn a_role_without_insert_privilege_pauses_until_the_grant_and_dead_letters
     println!("/readyz while INSERT is revoked: {reason}");
     tokio::time::sleep_until(revoked + Duration::from_secs(20)).await;
     assert_eq!(
-        rows(&env).await,
+        env.stored_rows().await,
         (100, 300),
         "nothing written without INSERT"
     );
@@ -225,7 +197,7 @@ async fn a_role_without_insert_privilege_pauses_until_the_grant_and_dead_letters
     );
     execute(&mut db, grant).await;
 
-    settled(&env, (300, 900)).await;
+    env.settled((300, 900)).await;
     assert_eq!(env.queue_depth("dlq").await, 0);
     let metrics = worker.metrics().await;
     let deliveries = |label| outcome(&metrics, "wa_deliveries_total", &[("outcome", label)]);
@@ -281,10 +253,10 @@ async fn a_burst_of_an_unknown_error_trips_the_breaker_and_spends_no_more_attemp
     // The probe meets the same error: it stays paused.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(readyz(&worker).await.0, 503);
-    assert_eq!(rows(&env).await, (0, 0));
+    assert_eq!(env.stored_rows().await, (0, 0));
 
     failpoint::disarm();
-    settled(&env, (40, 120)).await;
+    env.settled((40, 120)).await;
     assert_eq!(env.queue_depth("dlq").await, 0);
     let metrics = worker.metrics().await;
     let deliveries = |label| outcome(&metrics, "wa_deliveries_total", &[("outcome", label)]);
@@ -325,7 +297,7 @@ async fn the_same_unknown_error_on_one_payload_alone_walks_the_retry_tiers_to_th
     )
     .await;
 
-    settled(&env, (20, 60)).await;
+    env.settled((20, 60)).await;
     eventually("the lonely payload dead-lettered", LIMIT, || async {
         match env.queue_depth("dlq").await {
             1 => Ok(()),
@@ -400,7 +372,7 @@ async fn a_long_pause_hands_deliveries_back_without_using_up_the_delivery_limit(
     assert_eq!(env.queue_depth("dlq").await, 0);
 
     failpoint::disarm();
-    settled(&env, (5, 15)).await;
+    env.settled((5, 15)).await;
     assert_eq!(env.queue_depth("dlq").await, 0);
     let metrics = worker.metrics().await;
     assert_eq!(
@@ -475,11 +447,11 @@ async fn the_worker_is_ready_only_once_it_has_reached_postgresql() {
     env.publish_inbound(&payloads::mixed("early", 1)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(readyz(&worker).await.0, 503);
-    assert_eq!(rows(&env).await, (0, 0));
+    assert_eq!(env.stored_rows().await, (0, 0));
 
     relay.restore();
     worker.wait_ready().await;
-    settled(&env, (1, 3)).await;
+    env.settled((1, 3)).await;
     assert_eq!(env.queue_depth("dlq").await, 0);
     worker.stop().await;
 }
@@ -494,7 +466,7 @@ async fn a_batch_retried_one_by_one_counts_each_event_once() {
     env.publish_inbound(&good).await;
     env.publish_inbound(&nul_payload("wamid.refused")).await;
     let worker = Worker::start(&env, &["--batch-linger", "200ms"]).await;
-    settled(&env, (1, 3)).await;
+    env.settled((1, 3)).await;
     eventually("the refused payload dead-lettered", LIMIT, || async {
         match env.queue_depth("dlq").await {
             1 => Ok(()),

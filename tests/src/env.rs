@@ -239,6 +239,40 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Rows in `messages` and `message_statuses`.
+    pub async fn stored_rows(&self) -> (i64, i64) {
+        (
+            self.count("SELECT count(*) FROM messages").await,
+            self.count("SELECT count(*) FROM message_statuses").await,
+        )
+    }
+
+    /// Waits until the tables hold `expected` rows and the inbound and retry
+    /// queues are empty, so that nothing is left to change the counts; then
+    /// checks the rows once more after a pause.
+    pub async fn settled(&self, expected: (i64, i64)) {
+        crate::eventually(
+            "all rows stored and queues empty",
+            Duration::from_secs(60),
+            || async {
+                let now = self.stored_rows().await;
+                let mut queued = self.queue_depth("inbound").await;
+                for tier in TEST_RETRY_TIERS.split(',') {
+                    queued += self.queue_depth(&format!("retry.{tier}")).await;
+                }
+                if now == expected && queued == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("rows {now:?}, queued {queued}"))
+                }
+            },
+        )
+        .await;
+        // Give a straggler the chance to show itself before counting exactly.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(self.stored_rows().await, expected);
+    }
+
     /// The name of the test's database.
     pub fn database_name(&self) -> &str {
         self.database_url
