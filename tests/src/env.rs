@@ -351,12 +351,13 @@ impl TestRole {
             ),
         )
         .await;
+        let mut db = env.db.acquire().await.expect("connection");
         for grant in [
             format!("GRANT USAGE ON SCHEMA public TO {name}"),
             format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {name}"),
             format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {name}"),
         ] {
-            execute(&mut *env.db.acquire().await.expect("connection"), grant).await;
+            execute(&mut db, grant).await;
         }
         let server = server("WA_TEST_POSTGRES_URL", POSTGRES_URL);
         let database_url = env
