@@ -483,3 +483,43 @@ async fn a_batch_retried_one_by_one_counts_each_event_once() {
     assert_eq!(outcome(&metrics, "wa_events_total", &[]), 8.0);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn with_claims_failing_closed_an_unreachable_redis_pauses_the_worker() {
+    let env = TestEnv::new().await;
+    let relay = TcpRelay::start("127.0.0.1:6379".parse().expect("address")).await;
+    let redis_url = format!("redis://{}/", relay.addr());
+    let servers = WorkerServers {
+        redis_url: &redis_url,
+        ..WorkerServers::of(&env)
+    };
+    let worker = Worker::start_with(&env, servers, &["--claim-fail-mode", "closed"]).await;
+    worker.wait_ready().await;
+    env.publish_inbound(&payloads::mixed("before", 1)).await;
+    env.settled((1, 3)).await;
+
+    relay.cut();
+    env.publish_inbound(&payloads::mixed("during", 1)).await;
+    let reason = not_ready_because(&worker, "Redis").await;
+    println!("/readyz while Redis is away: {reason}");
+    assert_eq!(env.stored_rows().await, (1, 3), "nothing stored unclaimed");
+
+    relay.restore();
+    env.settled((2, 6)).await;
+    assert_eq!(readyz(&worker).await.0, 200);
+    assert_eq!(env.queue_depth("dlq").await, 0);
+    let metrics = worker.metrics().await;
+    assert_eq!(
+        outcome(
+            &metrics,
+            "wa_worker_pauses_total",
+            &[("dependency", "redis"), ("reason", "unreachable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        outcome(&metrics, "wa_deliveries_total", &[("outcome", "retried")]),
+        0.0
+    );
+    worker.stop().await;
+}
