@@ -219,7 +219,11 @@ async fn replay_drains_a_quorum_dlq_of_two_thousand_and_a_limit_moves_exactly_th
     assert_eq!(env.queue_depth("inbound").await, 500, "exactly 500 moved");
 
     dlq(&env, &["list", "--limit", "3"]).await.expect("list");
-    dlq(&env, &["replay"]).await.expect("replay");
+    // The scan limit bounds what a run holds, not what it replays: 1,500
+    // messages drain with a limit of 1,000.
+    dlq(&env, &["--scan-limit", "1000", "replay"])
+        .await
+        .expect("replay");
     wait_for_depth(&env, "inbound", total).await;
     wait_for_depth(&env, "dlq", 0).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
