@@ -146,10 +146,12 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
 /// A message, a status of it and an account update, with keys no webhook
 /// has: every table a real write touches.
 fn probe_events() -> Vec<Event> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = format!(
-        "{}.{}",
+        "{}.{}.{}",
         std::process::id(),
-        Utc::now().timestamp_nanos_opt().unwrap_or_default()
+        Utc::now().timestamp_millis(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     );
     let wamid = format!("wamid.wa-ingest-probe.{unique}");
     let value = json!({
@@ -410,4 +412,23 @@ async fn insert_others(
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(key,)| key).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_writes_a_message_a_status_and_another_event() {
+        let events = probe_events();
+        assert!(events.iter().any(|e| matches!(e, Event::Message(_))));
+        assert!(events.iter().any(|e| matches!(e, Event::Status(_))));
+        assert!(events.iter().any(|e| matches!(e, Event::Other(_))));
+        let again = probe_events();
+        assert_ne!(
+            events[0].key(),
+            again[0].key(),
+            "each probe has keys of its own"
+        );
+    }
 }
