@@ -192,6 +192,67 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
 }
 
 #[tokio::test]
+async fn replay_drains_a_quorum_dlq_of_two_thousand_and_a_limit_moves_exactly_that_many() {
+    let env = TestEnv::new().await;
+    let total = 2000;
+    let bodies: Vec<Vec<u8>> = (0..total)
+        .map(|i| payloads::mixed(&format!("drain{i}"), 1))
+        .collect();
+    env.publish_all_with(
+        "",
+        &env.queue("dlq"),
+        &bodies,
+        dead_letter("transient", "injected"),
+    )
+    .await;
+    wait_for_depth(&env, "dlq", total).await;
+
+    // A read-only command first: it holds every message and gives them back
+    // as it ends, which the quorum queue counts a moment later.
+    dlq(&env, &["stats"]).await.expect("stats");
+    dlq(&env, &["replay", "--limit", "500"])
+        .await
+        .expect("limited replay");
+    wait_for_depth(&env, "inbound", 500).await;
+    wait_for_depth(&env, "dlq", total - 500).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.queue_depth("inbound").await, 500, "exactly 500 moved");
+
+    dlq(&env, &["list", "--limit", "3"]).await.expect("list");
+    // The scan limit bounds what a run holds, not what it replays: 1,500
+    // messages drain with a limit of 1,000.
+    dlq(&env, &["--scan-limit", "1000", "replay"])
+        .await
+        .expect("replay");
+    wait_for_depth(&env, "inbound", total).await;
+    wait_for_depth(&env, "dlq", 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.queue_depth("dlq").await, 0, "nothing left behind");
+    assert_eq!(env.queue_depth("inbound").await, total);
+}
+
+#[tokio::test]
+async fn purge_drains_the_dlq_past_its_scan_limit() {
+    let env = TestEnv::new().await;
+    let bodies: Vec<Vec<u8>> = (0..300)
+        .map(|i| payloads::mixed(&format!("purge{i}"), 1))
+        .collect();
+    env.publish_all_with(
+        "",
+        &env.queue("dlq"),
+        &bodies,
+        dead_letter("permanent", "injected"),
+    )
+    .await;
+    wait_for_depth(&env, "dlq", 300).await;
+    // Purged messages are not held, so the scan limit bounds only what is kept.
+    dlq(&env, &["--scan-limit", "100", "purge", "--yes"])
+        .await
+        .expect("purge");
+    wait_for_depth(&env, "dlq", 0).await;
+}
+
+#[tokio::test]
 async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
     let env = TestEnv::new().await;
     let relay = TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;

@@ -7,4 +7,5 @@ mod failure;
 mod operations;
 mod pipeline;
 mod receiver;
+mod systemic;
 mod worker;

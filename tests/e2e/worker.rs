@@ -9,36 +9,7 @@ use futures_util::future::join_all;
 use tokio::sync::Barrier;
 use wa_e2e::payloads::{self, envelope, status, text_message};
 use wa_e2e::roles::WorkerServers;
-use wa_e2e::{TcpRelay, TestEnv, Worker, eventually, metric_sum};
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-async fn rows(env: &TestEnv) -> (i64, i64) {
-    (
-        env.count("SELECT count(*) FROM messages").await,
-        env.count("SELECT count(*) FROM message_statuses").await,
-    )
-}
-
-/// Waits until the tables hold `expected` rows and every queue of the
-/// namespace is empty, so that nothing is left to change the counts.
-async fn settled(env: &TestEnv, expected: (i64, i64)) {
-    eventually("all rows stored and queues empty", LIMIT, || async {
-        let now = rows(env).await;
-        let mut depth = 0;
-        for queue in ["inbound", "retry.100ms", "retry.200ms", "retry.300ms"] {
-            depth += env.queue_depth(queue).await;
-        }
-        if now == expected && depth == 0 {
-            Ok(())
-        } else {
-            Err(format!("rows {now:?}, queued {depth}"))
-        }
-    })
-    .await;
-    // Give a straggler the chance to show itself before counting exactly.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-}
+use wa_e2e::{TcpRelay, TestEnv, Worker, metric_sum};
 
 async fn stored_total(workers: &[Worker]) -> f64 {
     // One process, one recorder: any worker's /metrics shows them all.
@@ -67,9 +38,9 @@ async fn fifty_copies_raced_by_four_workers_store_each_event_once() {
         }
     });
     let workers: Vec<Worker> = join_all(starts).await;
-    settled(&env, (5, 15)).await;
+    env.settled((5, 15)).await;
 
-    assert_eq!(rows(&env).await, (5, 15));
+    assert_eq!(env.stored_rows().await, (5, 15));
     assert_eq!(stored_total(&workers).await, 20.0);
     assert_eq!(
         env.count("SELECT count(*) FROM message_latest_status WHERE status = 'read'")
@@ -105,7 +76,7 @@ async fn a_claim_left_pending_by_a_dead_owner_is_stored_after_its_lease() {
     ))
     .await;
     let worker = Worker::start(&env, &[]).await;
-    settled(&env, (1, 0)).await;
+    env.settled((1, 0)).await;
 
     let marker: Option<String> = redis::cmd("GET")
         .arg(&claim)
@@ -133,7 +104,7 @@ async fn statuses_arriving_read_delivered_sent_leave_read_as_latest() {
             &[status(wamid, name, "15550002", 1_700_000_010 - i as i64)],
         ))
         .await;
-        settled(&env, (0, i as i64 + 1)).await;
+        env.settled((0, i as i64 + 1)).await;
     }
     let latest: String =
         sqlx::query_scalar("SELECT status FROM message_latest_status WHERE wamid = $1")
@@ -159,8 +130,8 @@ async fn with_redis_unreachable_duplicates_still_make_one_row_each() {
         Worker::start_with(&env, no_redis(), &["--batch-size", "4"]).await,
         Worker::start_with(&env, no_redis(), &["--batch-size", "4"]).await,
     ];
-    settled(&env, (3, 9)).await;
-    assert_eq!(rows(&env).await, (3, 9));
+    env.settled((3, 9)).await;
+    assert_eq!(env.stored_rows().await, (3, 9));
     let metrics = workers[0].metrics().await;
     assert!(
         metric_sum(&metrics, "wa_claim_fail_open_total", &[]) > 0.0,
@@ -187,14 +158,14 @@ async fn the_worker_consumes_again_after_the_broker_connection_drops() {
     let worker = Worker::start_with(&env, servers, &[]).await;
     worker.wait_ready().await;
     env.publish_inbound(&payloads::mixed("first", 1)).await;
-    settled(&env, (1, 3)).await;
+    env.settled((1, 3)).await;
 
     relay.cut();
     env.publish_inbound(&payloads::mixed("while-down", 1)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     relay.restore();
     env.publish_inbound(&payloads::mixed("after", 1)).await;
-    settled(&env, (3, 9)).await;
+    env.settled((3, 9)).await;
     worker.stop().await;
 }
 
@@ -206,7 +177,7 @@ async fn bad_payloads_go_to_the_dlq_at_once_and_spare_the_good_ones() {
         .await;
     env.publish_inbound(&payloads::mixed("good", 2)).await;
     let worker = Worker::start(&env, &["--batch-linger", "200ms"]).await;
-    settled(&env, (2, 6)).await;
+    env.settled((2, 6)).await;
 
     let dead = env.drain("dlq").await;
     assert_eq!(dead.len(), 2);

@@ -132,21 +132,38 @@ impl TestEnv {
     /// Publishes many bodies to `{ns}.inbound` on one channel, confirms
     /// awaited together.
     pub async fn publish_inbound_all(&self, bodies: &[Vec<u8>]) {
+        self.publish_all_with(
+            &self.queue("inbound"),
+            "",
+            bodies,
+            BasicProperties::default(),
+        )
+        .await;
+    }
+
+    /// Publishes many bodies with the same properties on one channel,
+    /// confirms awaited together.
+    pub async fn publish_all_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        bodies: &[Vec<u8>],
+        properties: BasicProperties,
+    ) {
         let channel = self.amqp.create_channel().await.expect("channel");
         channel
             .confirm_select(Default::default())
             .await
             .expect("confirm mode");
-        let exchange = self.queue("inbound");
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
             let confirm = channel
                 .basic_publish(
-                    exchange.as_str().into(),
-                    "".into(),
+                    exchange.into(),
+                    routing_key.into(),
                     BasicPublishOptions::default(),
                     body,
-                    BasicProperties::default().with_delivery_mode(2),
+                    properties.clone().with_delivery_mode(2),
                 )
                 .await
                 .expect("publish");
@@ -222,6 +239,58 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Rows in `messages` and `message_statuses`.
+    pub async fn stored_rows(&self) -> (i64, i64) {
+        (
+            self.count("SELECT count(*) FROM messages").await,
+            self.count("SELECT count(*) FROM message_statuses").await,
+        )
+    }
+
+    /// Waits until the tables hold `expected` rows and the inbound and retry
+    /// queues are empty, so that nothing is left to change the counts; then
+    /// checks the rows once more after a pause.
+    pub async fn settled(&self, expected: (i64, i64)) {
+        crate::eventually(
+            "all rows stored and queues empty",
+            Duration::from_secs(60),
+            || async {
+                let now = self.stored_rows().await;
+                let mut queued = self.queue_depth("inbound").await;
+                for tier in TEST_RETRY_TIERS.split(',') {
+                    queued += self.queue_depth(&format!("retry.{tier}")).await;
+                }
+                if now == expected && queued == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("rows {now:?}, queued {queued}"))
+                }
+            },
+        )
+        .await;
+        // Give a straggler the chance to show itself before counting exactly.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(self.stored_rows().await, expected);
+    }
+
+    /// The name of the test's database.
+    pub fn database_name(&self) -> &str {
+        self.database_url
+            .rsplit_once('/')
+            .map_or("", |(_, name)| name)
+    }
+
+    /// A connection to the server's maintenance database, for statements
+    /// about this test's own database and roles (ALTER DATABASE, CREATE
+    /// ROLE) that must not run inside it.
+    pub async fn admin(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        let url = format!("{}/postgres", server("WA_TEST_POSTGRES_URL", POSTGRES_URL));
+        sqlx::PgConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is required at {url}: {e}"))
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.redis_url.as_str())
             .expect("valid Redis URL")
@@ -241,18 +310,110 @@ impl Drop for TestEnv {
         let amqp_url = self.amqp_url.clone();
         let redis_url = self.redis_url.clone();
         let database_url = self.database_url.clone();
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let work = cleanup(&namespace, &amqp_url, &redis_url, &database_url);
-                let _ = tokio::time::timeout(Duration::from_secs(15), work).await;
-            });
-        });
-        let _ = cleanup.join();
+        run_cleanup(async move { cleanup(&namespace, &amqp_url, &redis_url, &database_url).await });
     }
+}
+
+/// Runs `work` to completion (15 s at most) on a thread of its own, with its
+/// own runtime, because `Drop` cannot await and may run during a panic.
+fn run_cleanup(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let cleanup = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        runtime.block_on(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(15), work).await;
+        });
+    });
+    let _ = cleanup.join();
+}
+
+/// A login role of this test's own, allowed to read and write the test's
+/// database; dropped (with its grants) when the value goes, even on panic.
+pub struct TestRole {
+    pub name: String,
+    /// The test's database, reached as this role.
+    pub database_url: String,
+    admin_url: String,
+}
+
+impl TestRole {
+    pub async fn create(env: &TestEnv) -> Self {
+        let name = format!("{}_writer", env.namespace);
+        let mut admin = env.admin().await;
+        execute(&mut admin, format!("CREATE ROLE {name} LOGIN")).await;
+        execute(
+            &mut admin,
+            format!(
+                "GRANT CONNECT ON DATABASE {} TO {name}",
+                env.database_name()
+            ),
+        )
+        .await;
+        let mut db = env.db.acquire().await.expect("connection");
+        for grant in [
+            format!("GRANT USAGE ON SCHEMA public TO {name}"),
+            format!("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO {name}"),
+            format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {name}"),
+        ] {
+            execute(&mut db, grant).await;
+        }
+        let server = server("WA_TEST_POSTGRES_URL", POSTGRES_URL);
+        let database_url = env
+            .database_url
+            .replacen("postgres@", &format!("{name}@"), 1);
+        assert_ne!(
+            database_url, env.database_url,
+            "the test URL names its user"
+        );
+        Self {
+            name,
+            database_url,
+            admin_url: format!("{server}/postgres"),
+        }
+    }
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let admin_url = self.admin_url.clone();
+        let database_url = self
+            .database_url
+            .replacen(&format!("{name}@"), "postgres@", 1);
+        run_cleanup(async move {
+            use sqlx::Connection;
+            for (url, statements) in [
+                (database_url, vec![format!("DROP OWNED BY {name}")]),
+                (
+                    admin_url,
+                    vec![
+                        format!(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}'"
+                        ),
+                        format!("DROP ROLE IF EXISTS {name}"),
+                    ],
+                ),
+            ] {
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&url).await {
+                    for statement in statements {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(statement))
+                            .execute(&mut connection)
+                            .await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Runs one statement built at run time from names of this test's own.
+pub async fn execute(connection: &mut sqlx::PgConnection, statement: String) {
+    sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+        .execute(connection)
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
 }
 
 async fn cleanup(namespace: &Namespace, amqp_url: &str, redis_url: &str, database_url: &str) {

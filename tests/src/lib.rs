@@ -6,11 +6,12 @@
 //! message that says which one: a skipped test would hide a regression.
 
 pub mod env;
+pub mod logs;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
 
-pub use env::TestEnv;
+pub use env::{TestEnv, TestRole};
 pub use relay::TcpRelay;
 pub use roles::{Receiver, Relay, Worker};
 

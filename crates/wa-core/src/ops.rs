@@ -88,6 +88,6 @@ pub async fn serve(
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
     {
-        tracing::error!(%error, "ops server failed");
+        tracing::error!(error = %crate::telemetry::error_chain(&error), "ops server failed");
     }
 }

@@ -27,14 +27,65 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// An error with its whole cause chain, for a structured log field.
+/// An error with its whole cause chain, for a structured log field: each
+/// cause once. Our error types display only their own layer and return the
+/// cause as `source()`, but some libraries also print their source in their
+/// own text (sqlx: `error returned from database: {source}`): a cause whose
+/// text the line already shows is left out.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{layer}")]
+    struct Layer {
+        layer: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    fn chain(layers: &[&'static str]) -> Layer {
+        layers
+            .iter()
+            .rev()
+            .fold(None, |source, layer| {
+                Some(Layer {
+                    layer,
+                    source: source.map(Box::new),
+                })
+            })
+            .expect("at least one layer")
+    }
+
+    #[test]
+    fn every_cause_is_shown_once() {
+        assert_eq!(
+            error_chain(&chain(&["could not store", "connection reset"])),
+            "could not store: connection reset"
+        );
+    }
+
+    #[test]
+    fn a_cause_already_in_the_text_is_left_out() {
+        // What sqlx does: the outer text quotes its source.
+        let repeated = chain(&["error returned from database: disk full", "disk full", ""]);
+        assert_eq!(
+            error_chain(&repeated),
+            "error returned from database: disk full"
+        );
+    }
 }

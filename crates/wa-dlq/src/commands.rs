@@ -9,9 +9,10 @@ use tokio_util::sync::CancellationToken;
 use wa_core::args::{AmqpArgs, NamespaceArgs};
 use wa_core::broker::{Broker, Outgoing, Topology, headers};
 use wa_core::config::parse_duration;
+use wa_core::telemetry::error_chain;
 
 use crate::entry::DlqEntry;
-use crate::scan::Scan;
+use crate::scan::{Drain, Scan};
 
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
@@ -117,9 +118,12 @@ pub enum DlqCommand {
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
 pub struct ReplaySummary {
+    /// Messages that matched the filters (up to `--limit`).
     pub matched: usize,
     pub replayed: usize,
     pub failed: usize,
+    /// Messages in the DLQ when the command ended.
+    pub remaining: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,28 +149,50 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
             .connected_within(Duration::from_secs(15), &stop)
             .await?;
         let channel = session.connection().create_channel().await?;
-        let scan = Scan::fetch(channel, &dlq_queue, args.scan_limit).await?;
-        let outcome = execute(&args.command, &scan, &broker, &inbound).await;
-        if scan.truncated {
-            eprintln!(
-                "note: read only the first {} messages (--scan-limit)",
-                args.scan_limit
-            );
+        match &args.command {
+            DlqCommand::Replay {
+                filter,
+                limit,
+                rate,
+                dry_run,
+            } => {
+                let drain = Drain::new(channel, &dlq_queue, args.scan_limit);
+                let pace = Pace {
+                    limit: *limit,
+                    rate: *rate,
+                    dry_run: *dry_run,
+                };
+                let summary = replay(drain, &broker, &inbound, filter, pace).await?;
+                report_replay(&summary, *dry_run)
+            }
+            DlqCommand::Purge { older_than, yes } => {
+                if !yes {
+                    bail!("purge deletes messages for good: add --yes to confirm");
+                }
+                let drain = Drain::new(channel, &dlq_queue, args.scan_limit);
+                purge(drain, *older_than).await
+            }
+            command => {
+                let scan = Scan::fetch(channel, &dlq_queue, args.scan_limit).await?;
+                let outcome = execute(command, &scan);
+                if scan.truncated {
+                    eprintln!(
+                        "note: read only the first {} messages (--scan-limit)",
+                        args.scan_limit
+                    );
+                }
+                scan.finish().await;
+                outcome
+            }
         }
-        scan.finish().await;
-        outcome
     }
     .await;
     stop.cancel();
     result
 }
 
-async fn execute(
-    command: &DlqCommand,
-    scan: &Scan,
-    broker: &Broker,
-    inbound: &str,
-) -> anyhow::Result<()> {
+/// The read-only commands, on a bounded snapshot of the DLQ.
+fn execute(command: &DlqCommand, scan: &Scan) -> anyhow::Result<()> {
     match command {
         DlqCommand::Stats { json } => {
             let mut stats = Stats {
@@ -260,128 +286,171 @@ async fn execute(
                 println!("{}", String::from_utf8_lossy(&message.delivery.data));
             }
         }
-        DlqCommand::Replay {
-            filter,
-            limit,
-            rate,
-            dry_run,
-        } => {
-            let summary = replay(scan, broker, inbound, filter, *limit, *rate, *dry_run).await;
-            let verb = if *dry_run { "would replay" } else { "replayed" };
-            println!(
-                "{verb} {} of {} matching message(s); {} failed",
-                if *dry_run {
-                    summary.matched
-                } else {
-                    summary.replayed
-                },
-                summary.matched,
-                summary.failed
-            );
-            if summary.failed > 0 {
-                bail!(
-                    "{} message(s) could not be replayed and stay in the DLQ",
-                    summary.failed
-                );
-            }
-        }
-        DlqCommand::Purge { older_than, yes } => {
-            if !yes {
-                bail!("purge deletes messages for good: add --yes to confirm");
-            }
-            let cutoff = older_than
-                .map(|age| Utc::now() - chrono::Duration::from_std(age).unwrap_or_default());
-            let mut purged = 0;
-            for (entry, message) in &scan.messages {
-                let old_enough =
-                    cutoff.is_none_or(|cutoff| entry.last_failure_at.is_some_and(|at| at < cutoff));
-                if old_enough {
-                    Scan::ack(message).await?;
-                    purged += 1;
-                }
-            }
-            println!("purged {purged} message(s)");
+        DlqCommand::Replay { .. } | DlqCommand::Purge { .. } => {
+            unreachable!("replay and purge drain the queue")
         }
     }
     Ok(())
 }
 
-/// Confirmed publish to `{ns}.inbound` first, then the ack of the DLQ copy:
-/// a crash in between leaves a duplicate, which the pipeline absorbs, never
-/// a lost message.
-async fn replay(
-    scan: &Scan,
-    broker: &Broker,
-    inbound: &str,
-    filter: &Filter,
+fn report_replay(summary: &ReplaySummary, dry_run: bool) -> anyhow::Result<()> {
+    if dry_run {
+        println!(
+            "would replay {} message(s); {} in the DLQ",
+            summary.matched, summary.remaining
+        );
+        return Ok(());
+    }
+    println!(
+        "replayed {} message(s); {} remain in the DLQ",
+        summary.replayed, summary.remaining
+    );
+    if summary.failed > 0 {
+        bail!(
+            "{} message(s) could not be replayed and stay in the DLQ",
+            summary.failed
+        );
+    }
+    Ok(())
+}
+
+/// Deletes every message (or those whose last failure is older than
+/// `older_than`) until the DLQ is empty.
+async fn purge(mut drain: Drain, older_than: Option<Duration>) -> anyhow::Result<()> {
+    let cutoff =
+        older_than.map(|age| Utc::now() - chrono::Duration::from_std(age).unwrap_or_default());
+    let mut purged = 0;
+    let outcome = async {
+        while !drain.is_full() {
+            let Some(message) = drain.next().await? else {
+                break;
+            };
+            let entry = DlqEntry::from_message(&message);
+            let old_enough =
+                cutoff.is_none_or(|cutoff| entry.last_failure_at.is_some_and(|at| at < cutoff));
+            if old_enough {
+                Scan::ack(&message).await?;
+                purged += 1;
+            } else {
+                drain.hold(message);
+            }
+        }
+        anyhow::Ok(drain.remaining().await?)
+    }
+    .await;
+    drain.finish().await;
+    let remaining = outcome?;
+    println!("purged {purged} message(s); {remaining} remain in the DLQ");
+    Ok(())
+}
+
+/// How a replay goes: at most `limit` messages, at most `rate` per second,
+/// or only say what it would do.
+struct Pace {
     limit: Option<usize>,
     rate: Option<f64>,
     dry_run: bool,
-) -> ReplaySummary {
+}
+
+/// Reads the DLQ until it is empty or `limit` messages are replayed; each
+/// one matching goes through a confirmed publish to `{ns}.inbound`, then the
+/// ack of the DLQ copy: a crash in between leaves a duplicate, which the
+/// pipeline absorbs, never a lost message. A message that fails again and
+/// is back before the run ends (it carries this run's replay mark) is left
+/// for the next run instead of going round in circles.
+async fn replay(
+    mut drain: Drain,
+    broker: &Broker,
+    inbound: &str,
+    filter: &Filter,
+    pace: Pace,
+) -> anyhow::Result<ReplaySummary> {
     let mut summary = ReplaySummary::default();
-    let selected: Vec<_> = scan
-        .messages
-        .iter()
-        .filter(|(entry, _)| filter.matches(entry))
-        .take(limit.unwrap_or(usize::MAX))
-        .collect();
-    summary.matched = selected.len();
-    if dry_run {
-        for (entry, _) in &selected {
-            println!(
-                "would replay {} ({}, {})",
-                entry.id,
-                entry.class,
-                one_line(&entry.error, 60)
-            );
-        }
-        return summary;
-    }
-    let mut pace = rate
+    let run_started = Utc::now();
+    let limit = pace.limit.unwrap_or(usize::MAX);
+    let mut interval = pace
+        .rate
         .filter(|r| *r > 0.0)
         .map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / r)));
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    for (i, (entry, message)) in selected.iter().enumerate() {
-        if let Some(pace) = pace.as_mut() {
-            pace.tick().await;
-        }
-        let published = broker
-            .publish(Outgoing {
-                exchange: inbound,
-                routing_key: "",
-                body: &message.delivery.data,
-                properties: replayed_properties(&message.delivery.properties),
-            })
-            .await;
-        match published {
-            Ok(()) => match Scan::ack(message).await {
-                Ok(()) => summary.replayed += 1,
-                Err(error) => {
-                    // Published but still in the DLQ: a later replay makes a duplicate, which is absorbed.
-                    eprintln!(
-                        "replayed {} but could not remove it from the DLQ: {error}",
-                        entry.id
-                    );
-                    summary.failed += 1;
-                }
-            },
-            Err(error) => {
-                eprintln!("could not replay {}: {error}", entry.id);
+    let outcome = async {
+        while summary.matched < limit && !drain.is_full() {
+            let Some(message) = drain.next().await? else {
+                break;
+            };
+            let entry = DlqEntry::from_message(&message);
+            let back_again = entry.replayed_at.is_some_and(|at| at >= run_started);
+            if back_again || !filter.matches(&entry) {
+                drain.hold(message);
+                continue;
+            }
+            summary.matched += 1;
+            if pace.dry_run {
+                println!(
+                    "would replay {} ({}, {})",
+                    entry.id,
+                    entry.class,
+                    one_line(&entry.error, 60)
+                );
+                drain.hold(message);
+                continue;
+            }
+            if let Some(interval) = interval.as_mut() {
+                interval.tick().await;
+            }
+            if replay_one(broker, inbound, &entry, &message).await {
+                summary.replayed += 1;
+            } else {
                 summary.failed += 1;
+                drain.hold(message);
+            }
+            if last_progress.elapsed() >= Duration::from_secs(2) {
+                last_progress = Instant::now();
+                eprintln!(
+                    "progress: {} replayed, {:.1}/s",
+                    summary.replayed,
+                    summary.replayed as f64 / started.elapsed().as_secs_f64()
+                );
             }
         }
-        if last_progress.elapsed() >= Duration::from_secs(2) {
-            last_progress = Instant::now();
-            eprintln!(
-                "progress: {}/{} replayed, {:.1}/s",
-                i + 1,
-                selected.len(),
-                (i + 1) as f64 / started.elapsed().as_secs_f64()
-            );
-        }
+        anyhow::Ok(drain.remaining().await?)
     }
-    summary
+    .await;
+    drain.finish().await;
+    summary.remaining = outcome?;
+    Ok(summary)
+}
+
+/// True when the message was published to `{ns}.inbound` and removed here.
+async fn replay_one(
+    broker: &Broker,
+    inbound: &str,
+    entry: &DlqEntry,
+    message: &lapin::message::BasicGetMessage,
+) -> bool {
+    let published = broker
+        .publish(Outgoing {
+            exchange: inbound,
+            routing_key: "",
+            body: &message.delivery.data,
+            properties: replayed_properties(&message.delivery.properties),
+        })
+        .await;
+    if let Err(error) = published {
+        eprintln!("could not replay {}: {}", entry.id, error_chain(&error));
+        return false;
+    }
+    if let Err(error) = Scan::ack(message).await {
+        // Published but still in the DLQ: a later replay makes a duplicate, which is absorbed.
+        eprintln!(
+            "replayed {} but could not remove it from the DLQ: {}",
+            entry.id,
+            error_chain(&error)
+        );
+        return false;
+    }
+    true
 }
 
 /// The original headers, less the failure history: a replayed message gets

@@ -17,6 +17,8 @@ pub struct DlqEntry {
     pub original_exchange: Option<String>,
     pub original_routing_key: Option<String>,
     pub received_at: Option<DateTime<Utc>>,
+    /// When `dlq replay` last sent it back, if it did.
+    pub replayed_at: Option<DateTime<Utc>>,
     pub bytes: usize,
     /// The wamids inside, when the body parses.
     pub wamids: Vec<String>,
@@ -61,6 +63,7 @@ impl DlqEntry {
                 headers::RECEIVED_AT,
             ))
             .filter(|t| t.timestamp() > 0),
+            replayed_at: time(headers::REPLAYED_AT),
             bytes: message.delivery.data.len(),
             wamids,
         }

@@ -1,8 +1,15 @@
+use std::time::Duration;
+
 use lapin::Channel;
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 
 use crate::entry::DlqEntry;
+
+/// An empty get while the queue's count says otherwise is tried again this
+/// many times, 100 ms apart.
+const EMPTY_CHECKS: usize = 50;
 
 /// Held messages are in memory: stop reading past this many bytes.
 const MAX_SCAN_BYTES: usize = 256 * 1024 * 1024;
@@ -53,5 +60,84 @@ impl Scan {
     /// Gives back every message not acked.
     pub(crate) async fn finish(self) {
         let _ = self.channel.close(200, "dlq scan done".into()).await;
+    }
+}
+
+/// The DLQ read one message at a time until it is empty, for the commands
+/// that act (replay, purge): they end when the queue does, not at a count
+/// read up front, which a quorum queue reports late. The messages a command
+/// passes over are held unacked until [`Drain::finish`], so the same run does
+/// not meet them again; they are bounded like a scan.
+pub(crate) struct Drain {
+    channel: Channel,
+    queue: String,
+    held: Vec<BasicGetMessage>,
+    held_bytes: usize,
+    limit: usize,
+}
+
+impl Drain {
+    pub(crate) fn new(channel: Channel, queue: &str, limit: usize) -> Self {
+        Self {
+            channel,
+            queue: queue.to_owned(),
+            held: Vec::new(),
+            held_bytes: 0,
+            limit,
+        }
+    }
+
+    /// The next message, or `None` once the queue is empty. An empty get is
+    /// checked against the queue's count: messages another reader just gave
+    /// back reach a quorum queue a moment after it says "empty".
+    pub(crate) async fn next(&self) -> lapin::Result<Option<BasicGetMessage>> {
+        for _ in 0..EMPTY_CHECKS {
+            let got = self
+                .channel
+                .basic_get(
+                    self.queue.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?;
+            if got.is_some() || self.ready().await? == 0 {
+                return Ok(got);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(None)
+    }
+
+    /// Keeps a message passed over (or not acted on) until the end.
+    pub(crate) fn hold(&mut self, message: BasicGetMessage) {
+        self.held_bytes += message.delivery.data.len();
+        self.held.push(message);
+    }
+
+    /// True when no more messages can be held: the run stops there.
+    pub(crate) fn is_full(&self) -> bool {
+        self.held.len() >= self.limit || self.held_bytes >= MAX_SCAN_BYTES
+    }
+
+    /// Messages left in the DLQ: the ones held plus those still ready.
+    pub(crate) async fn remaining(&self) -> lapin::Result<usize> {
+        Ok(self.held.len() + self.ready().await?)
+    }
+
+    /// Messages ready in the queue, as the broker counts them now.
+    async fn ready(&self) -> lapin::Result<usize> {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = self
+            .channel
+            .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
+            .await?;
+        Ok(queue.message_count() as usize)
+    }
+
+    /// Gives back every message held.
+    pub(crate) async fn finish(self) {
+        let _ = self.channel.close(200, "dlq drain done".into()).await;
     }
 }

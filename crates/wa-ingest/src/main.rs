@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
-use wa_core::telemetry::{LogFormat, init_logging};
+use wa_core::telemetry::{LogFormat, error_chain, init_logging};
 
 mod migrate;
 
@@ -57,8 +57,9 @@ async fn main() -> ExitCode {
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "wa-ingest failed");
-            eprintln!("wa-ingest: {error:#}");
+            let error = error_chain(error.as_ref());
+            tracing::error!(%error, "wa-ingest failed");
+            eprintln!("wa-ingest: {error}");
             ExitCode::FAILURE
         }
     }

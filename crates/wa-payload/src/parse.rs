@@ -11,7 +11,7 @@ const MAX_ID_LEN: usize = 512;
 /// same bytes will fail the same way on every retry.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
-    #[error("body is not JSON: {0}")]
+    #[error("body is not JSON")]
     NotJson(#[from] serde_json::Error),
     #[error("not a WhatsApp webhook envelope: {0}")]
     NotWhatsApp(&'static str),

@@ -182,7 +182,7 @@ async fn receive(
             return Outcome::TooLarge;
         }
         Err(rejection) => {
-            tracing::debug!(error = %rejection, "could not read the request body");
+            tracing::debug!(error = %error_chain(&rejection), "could not read the request body");
             return Outcome::BadRequest;
         }
     };

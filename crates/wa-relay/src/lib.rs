@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wa_core::backoff::full_jitter;
 use wa_core::broker::{Broker, Topology};
+use wa_core::telemetry::error_chain;
 
 pub use config::RelayConfig;
 pub use release::{Release, release_once};
@@ -64,7 +65,10 @@ pub async fn run(
                 Duration::ZERO
             }
             Err(error) => {
-                tracing::warn!(error = format!("{error:#}"), "release failed; will retry");
+                tracing::warn!(
+                    error = %error_chain(error.as_ref()),
+                    "release failed; will retry"
+                );
                 failures.next().unwrap_or(Duration::from_secs(5))
             }
         };
@@ -75,7 +79,9 @@ pub async fn run(
                     tracing::info!(pruned, "pruned published outbox events")
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "could not prune the outbox"),
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "could not prune the outbox")
+                }
             }
         }
         tokio::select! {

@@ -84,7 +84,7 @@ pub async fn release_once(
     .await;
     if let Some(Err(error)) = published.into_iter().find(Result::is_err) {
         // Nothing is marked: the next release publishes these again, same ids.
-        anyhow::bail!("publishing events failed: {error}");
+        return Err(anyhow::Error::new(error).context("publishing events failed"));
     }
 
     let released: Vec<Released> = by_contact

@@ -4,10 +4,12 @@
 //! in the same transaction.
 
 mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
 pub mod outbox;
 mod persist;
 
-pub use error::StoreError;
+pub use error::{ErrorClass, StoreError, Systemic, sqlstate_class};
 pub use persist::{Persisted, Store};
 
 /// The schema, embedded in the binary (`wa-ingest migrate`).

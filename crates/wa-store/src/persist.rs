@@ -1,8 +1,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use serde_json::{Value, json};
+use sqlx::pool::PoolConnection;
+use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 use wa_payload::{Direction, Event, MessageEvent, OtherEvent, StatusEvent, status_rank};
 
 use crate::StoreError;
@@ -32,63 +33,153 @@ impl Store {
     /// statement per table. Rows are sorted by key so that concurrent
     /// writers lock them in the same order and cannot deadlock each other.
     pub async fn persist(&self, events: &[&Event]) -> Result<Persisted, StoreError> {
-        let mut messages: Vec<&MessageEvent> = Vec::new();
-        let mut statuses: Vec<&StatusEvent> = Vec::new();
-        let mut others: Vec<&OtherEvent> = Vec::new();
-        for event in events {
-            match event {
-                Event::Message(m) => messages.push(m),
-                Event::Status(s) => statuses.push(s),
-                Event::Other(o) => others.push(o),
-            }
+        let mut connection = self.acquire().await?;
+        let persisted = async {
+            let mut tx = connection.begin().await?;
+            let persisted = write(&mut tx, events).await?;
+            tx.commit().await?;
+            Ok(persisted)
         }
-        messages.sort_by(|a, b| a.wamid.cmp(&b.wamid));
-        statuses.sort_by(|a, b| (&a.wamid, &a.status).cmp(&(&b.wamid, &b.status)));
-        others.sort_by(|a, b| a.key.cmp(&b.key));
+        .await;
+        discard_if_systemic(&mut connection, &persisted);
+        persisted
+    }
 
-        let mut tx = self.pool.begin().await.map_err(StoreError::connecting)?;
-        let mut persisted = Persisted::default();
-        let mut outbox_rows = Vec::new();
-        if !messages.is_empty() {
-            let new = insert_messages(&mut tx, &messages).await?;
-            let new_messages: Vec<&MessageEvent> = messages
-                .iter()
-                .copied()
-                .filter(|m| new.contains(&m.wamid))
-                .collect();
-            upsert_contacts(&mut tx, &new_messages).await?;
-            outbox_rows.extend(new_messages.iter().map(|m| OutboxRow::message_created(m)));
-            persisted
-                .inserted
-                .extend(new_messages.iter().map(|m| m.key.clone()));
+    /// Succeeds when a write would succeed now: the server is neither a
+    /// standby nor read-only, and the real statements run with synthetic
+    /// events in a transaction that is rolled back, which checks the
+    /// privileges, the schema and that the server can take the rows. A bare
+    /// `SELECT 1` would pass on a standby.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let mut connection = self.acquire().await?;
+        let probed = async {
+            let (in_recovery, read_only): (bool, String) = sqlx::query_as(
+                "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')",
+            )
+            .fetch_one(&mut *connection)
+            .await?;
+            if in_recovery || read_only == "on" {
+                return Err(StoreError::read_only(in_recovery));
+            }
+            let events = probe_events();
+            let events: Vec<&Event> = events.iter().collect();
+            let mut tx = connection.begin().await?;
+            write(&mut tx, &events).await?;
+            tx.rollback().await?;
+            Ok(())
         }
-        if !statuses.is_empty() {
-            let new = insert_statuses(&mut tx, &statuses).await?;
-            let new_statuses: Vec<&StatusEvent> = statuses
-                .iter()
-                .copied()
-                .filter(|s| new.contains(&(s.wamid.clone(), s.status.clone())))
-                .collect();
-            let advanced = advance_latest_status(&mut tx, &new_statuses).await?;
-            outbox_rows.extend(advanced.into_iter().map(OutboxRow::message_status));
-            persisted
-                .inserted
-                .extend(new_statuses.iter().map(|s| s.key.clone()));
-        }
-        if !others.is_empty() {
-            let new = insert_others(&mut tx, &others).await?;
-            persisted.inserted.extend(new);
-        }
-        outbox::enqueue(&mut tx, outbox_rows).await?;
-        tx.commit().await?;
-        Ok(persisted)
+        .await;
+        discard_if_systemic(&mut connection, &probed);
+        probed
+    }
+
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.pool.acquire().await.map_err(StoreError::connecting)
     }
 }
 
-type Tx = Transaction<'static, Postgres>;
+/// A connection that met a dependency error is not reused: its session may
+/// keep what caused it (a read-only default from before the switch back, a
+/// half-closed socket). The pool opens a fresh one.
+fn discard_if_systemic<T>(
+    connection: &mut PoolConnection<Postgres>,
+    result: &Result<T, StoreError>,
+) {
+    if result.as_ref().is_err_and(StoreError::is_systemic) {
+        connection.close_on_drop();
+    }
+}
+
+async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, StoreError> {
+    #[cfg(feature = "failpoints")]
+    crate::failpoint::check(events)?;
+    let mut messages: Vec<&MessageEvent> = Vec::new();
+    let mut statuses: Vec<&StatusEvent> = Vec::new();
+    let mut others: Vec<&OtherEvent> = Vec::new();
+    for event in events {
+        match event {
+            Event::Message(m) => messages.push(m),
+            Event::Status(s) => statuses.push(s),
+            Event::Other(o) => others.push(o),
+        }
+    }
+    messages.sort_by(|a, b| a.wamid.cmp(&b.wamid));
+    statuses.sort_by(|a, b| (&a.wamid, &a.status).cmp(&(&b.wamid, &b.status)));
+    others.sort_by(|a, b| a.key.cmp(&b.key));
+
+    let mut persisted = Persisted::default();
+    let mut outbox_rows = Vec::new();
+    if !messages.is_empty() {
+        let new = insert_messages(tx, &messages).await?;
+        let new_messages: Vec<&MessageEvent> = messages
+            .iter()
+            .copied()
+            .filter(|m| new.contains(&m.wamid))
+            .collect();
+        upsert_contacts(tx, &new_messages).await?;
+        outbox_rows.extend(new_messages.iter().map(|m| OutboxRow::message_created(m)));
+        persisted
+            .inserted
+            .extend(new_messages.iter().map(|m| m.key.clone()));
+    }
+    if !statuses.is_empty() {
+        let new = insert_statuses(tx, &statuses).await?;
+        let new_statuses: Vec<&StatusEvent> = statuses
+            .iter()
+            .copied()
+            .filter(|s| new.contains(&(s.wamid.clone(), s.status.clone())))
+            .collect();
+        let advanced = advance_latest_status(tx, &new_statuses).await?;
+        outbox_rows.extend(advanced.into_iter().map(OutboxRow::message_status));
+        persisted
+            .inserted
+            .extend(new_statuses.iter().map(|s| s.key.clone()));
+    }
+    if !others.is_empty() {
+        let new = insert_others(tx, &others).await?;
+        persisted.inserted.extend(new);
+    }
+    outbox::enqueue(tx, outbox_rows).await?;
+    Ok(persisted)
+}
+
+/// A message, a status of it and an account update, with keys no webhook
+/// has: every table a real write touches.
+fn probe_events() -> Vec<Event> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let unique = format!(
+        "{}.{}.{}",
+        std::process::id(),
+        Utc::now().timestamp_millis(),
+        PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let wamid = format!("wamid.wa-ingest-probe.{unique}");
+    let value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "0", "phone_number_id": "wa-ingest-probe" },
+        "contacts": [{ "profile": { "name": "probe" }, "wa_id": format!("probe.{unique}") }],
+        "messages": [{
+            "from": format!("probe.{unique}"), "id": wamid, "timestamp": "0",
+            "type": "text", "text": { "body": "probe" }
+        }],
+        "statuses": [{
+            "id": wamid, "status": "sent", "timestamp": "0",
+            "recipient_id": format!("probe.{unique}")
+        }]
+    });
+    let body = json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": "wa-ingest-probe", "time": 0, "changes": [
+            { "field": "messages", "value": value },
+            { "field": "account_update", "value": { "event": "probe", "nonce": unique } }
+        ]}]
+    });
+    wa_payload::parse_payload(body.to_string().as_bytes())
+        .expect("the probe payload is a valid WhatsApp envelope")
+}
 
 async fn insert_messages(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     messages: &[&MessageEvent],
 ) -> Result<HashSet<String>, sqlx::Error> {
     let text = |f: fn(&MessageEvent) -> Option<&str>| -> Vec<Option<&str>> {
@@ -122,7 +213,7 @@ async fn insert_messages(
     .bind(&types)
     .bind(&timestamps)
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(wamid,)| wamid).collect())
 }
@@ -130,7 +221,10 @@ async fn insert_messages(
 /// One row per contact: the earliest and latest sighting in this batch and
 /// the profile name of the latest. `last_seen_at` only moves forward, and the
 /// name is replaced only by a newer message's.
-async fn upsert_contacts(tx: &mut Tx, messages: &[&MessageEvent]) -> Result<(), sqlx::Error> {
+async fn upsert_contacts(
+    tx: &mut PgConnection,
+    messages: &[&MessageEvent],
+) -> Result<(), sqlx::Error> {
     struct Sighting<'a> {
         wa_id: Option<&'a str>,
         user_id: Option<&'a str>,
@@ -193,13 +287,13 @@ async fn upsert_contacts(tx: &mut Tx, messages: &[&MessageEvent]) -> Result<(), 
     .bind(&names)
     .bind(&firsts)
     .bind(&lasts)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 async fn insert_statuses(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     statuses: &[&StatusEvent],
 ) -> Result<HashSet<(String, String)>, sqlx::Error> {
     let text = |f: fn(&StatusEvent) -> Option<&str>| -> Vec<Option<&str>> {
@@ -239,7 +333,7 @@ async fn insert_statuses(
     .bind(json(|s| s.conversation.as_ref()))
     .bind(json(|s| s.pricing.as_ref()))
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().collect())
 }
@@ -248,7 +342,7 @@ async fn insert_statuses(
 /// that was newly stored; a lower or equal rank never replaces a higher one,
 /// whatever the arrival order. Returns the statuses that moved it.
 async fn advance_latest_status<'a>(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     statuses: &[&'a StatusEvent],
 ) -> Result<Vec<&'a StatusEvent>, sqlx::Error> {
     let mut best: BTreeMap<&str, &'a StatusEvent> = BTreeMap::new();
@@ -284,7 +378,7 @@ async fn advance_latest_status<'a>(
     .bind(&names)
     .bind(&ranks)
     .bind(&timestamps)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(advanced
         .into_iter()
@@ -292,7 +386,10 @@ async fn advance_latest_status<'a>(
         .collect())
 }
 
-async fn insert_others(tx: &mut Tx, others: &[&OtherEvent]) -> Result<Vec<String>, sqlx::Error> {
+async fn insert_others(
+    tx: &mut PgConnection,
+    others: &[&OtherEvent],
+) -> Result<Vec<String>, sqlx::Error> {
     let keys: Vec<&str> = others.iter().map(|o| o.key.as_str()).collect();
     let fields: Vec<&str> = others.iter().map(|o| o.field.as_str()).collect();
     let accounts: Vec<Option<&str>> = others.iter().map(|o| o.account_id.as_deref()).collect();
@@ -312,7 +409,26 @@ async fn insert_others(tx: &mut Tx, others: &[&OtherEvent]) -> Result<Vec<String
     .bind(&accounts)
     .bind(&timestamps)
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(key,)| key).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_writes_a_message_a_status_and_another_event() {
+        let events = probe_events();
+        assert!(events.iter().any(|e| matches!(e, Event::Message(_))));
+        assert!(events.iter().any(|e| matches!(e, Event::Status(_))));
+        assert!(events.iter().any(|e| matches!(e, Event::Other(_))));
+        let again = probe_events();
+        assert_ne!(
+            events[0].key(),
+            again[0].key(),
+            "each probe has keys of its own"
+        );
+    }
 }

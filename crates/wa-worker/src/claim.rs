@@ -62,8 +62,14 @@ pub enum Claim {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("Redis is unreachable and claims fail closed: {0}")]
+#[error("Redis is unreachable and claims fail closed")]
 pub struct ClaimsUnavailable(#[source] RedisError);
+
+impl ClaimsUnavailable {
+    pub fn redis_error(&self) -> &RedisError {
+        &self.0
+    }
+}
 
 pub struct Claims {
     url: SecretUrl,
@@ -123,7 +129,7 @@ impl Claims {
             Err(error) if self.config.fail_mode == FailMode::Open => {
                 metrics::counter!("wa_claim_fail_open_total").increment(keys.len() as u64);
                 tracing::warn!(
-                    error = %error,
+                    error = %wa_core::telemetry::error_chain(&error),
                     events = keys.len(),
                     "Redis unreachable: failing open, PostgreSQL deduplicates"
                 );
@@ -142,21 +148,36 @@ impl Claims {
             .run_script(&self.mark_done, token, keys, Some(&done_ms))
             .await
         {
-            tracing::warn!(%error, events = keys.len(), "could not mark claims done");
+            tracing::warn!(
+                error = %wa_core::telemetry::error_chain(&error),
+                events = keys.len(),
+                "could not mark claims done"
+            );
         }
     }
 
     /// Drops our pending claims so that a retry can claim at once.
     pub async fn release(&self, token: &str, keys: &[&str]) {
         if let Err(error) = self.run_script(&self.release, token, keys, None).await {
-            tracing::warn!(%error, events = keys.len(), "could not release claims");
+            tracing::warn!(
+                error = %wa_core::telemetry::error_chain(&error),
+                events = keys.len(),
+                "could not release claims"
+            );
         }
     }
 
-    /// Answers when Redis does.
-    pub async fn ping(&self) -> Result<(), RedisError> {
+    /// Succeeds when Redis takes a write now (a replica answers PING but
+    /// refuses writes): sets a short-lived key of our namespace.
+    pub async fn probe(&self) -> Result<(), RedisError> {
         let mut connection = self.connection().await?;
-        redis::cmd("PING").query_async::<()>(&mut connection).await
+        redis::cmd("SET")
+            .arg(self.namespace.redis("probe"))
+            .arg("probe")
+            .arg("PX")
+            .arg(1000)
+            .query_async::<()>(&mut connection)
+            .await
     }
 
     async fn run_script(

@@ -57,6 +57,19 @@ pub struct WorkerConfig {
     /// Quick in-process retries of a transient store error before a tier.
     #[arg(long, env = "WA_QUICK_RETRIES", value_name = "WA_QUICK_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=10))]
     pub quick_retries: u8,
+    /// The breaker: this many distinct deliveries failing alone with the same
+    /// non-payload error within WA_BREAKER_WINDOW pause the worker as an
+    /// outage would.
+    #[arg(long, env = "WA_BREAKER_THRESHOLD", value_name = "WA_BREAKER_THRESHOLD", default_value_t = 10, value_parser = clap::value_parser!(u16).range(2..))]
+    pub breaker_threshold: u16,
+    /// The window the breaker counts failures in.
+    #[arg(long, env = "WA_BREAKER_WINDOW", value_name = "WA_BREAKER_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub breaker_window: Duration,
+    /// How long a paused worker holds its deliveries before handing them
+    /// back to the queue (republished, so no delivery is counted against
+    /// x-delivery-limit). Keep it under half the broker's consumer_timeout.
+    #[arg(long, env = "WA_PAUSE_HOLD_LIMIT", value_name = "WA_PAUSE_HOLD_LIMIT", default_value = "10m", value_parser = parse_duration)]
+    pub pause_hold_limit: Duration,
     /// How long shutdown waits for batches in flight.
     #[arg(long, env = "WA_SHUTDOWN_GRACE", value_name = "WA_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -76,6 +89,12 @@ impl WorkerConfig {
         }
         if self.retry_tiers.is_empty() || self.retry_tiers.iter().any(Duration::is_zero) {
             return Err("WA_RETRY_TIERS needs at least one non-zero delay".into());
+        }
+        if self.breaker_window.is_zero() {
+            return Err("WA_BREAKER_WINDOW must be longer than 0s".into());
+        }
+        if self.pause_hold_limit < Duration::from_millis(100) {
+            return Err("WA_PAUSE_HOLD_LIMIT must be at least 100ms".into());
         }
         if usize::from(self.batch_size) > usize::from(self.prefetch) {
             return Err("WA_BATCH_SIZE must not exceed WA_PREFETCH".into());

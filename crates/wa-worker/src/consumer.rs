@@ -13,10 +13,11 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wa_core::backoff::full_jitter;
 use wa_core::broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
@@ -37,6 +38,13 @@ struct Shared {
     broker: Broker,
     processor: Arc<Processor>,
     retry: RetryPolicy,
+    shutdown: CancellationToken,
+}
+
+/// Deliveries handled together, and when the first of them arrived.
+struct Batch {
+    deliveries: Vec<Delivery>,
+    since: Instant,
 }
 
 /// Consumes until `shutdown`, then stops taking deliveries and returns once
@@ -54,6 +62,7 @@ pub async fn consume(
         broker: broker.clone(),
         processor,
         retry,
+        shutdown: shutdown.clone(),
     });
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tasks = TaskTracker::new();
@@ -69,7 +78,7 @@ pub async fn consume(
         };
         tracing::info!(queue = %broker.topology().inbound(), "consuming");
         let mut batch: Vec<Delivery> = Vec::with_capacity(settings.batch_size);
-        let mut deadline = Instant::now();
+        let mut since = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -80,17 +89,19 @@ pub async fn consume(
                     break;
                 }
                 () = session.broken() => break,
-                () = tokio::time::sleep_until(deadline), if !batch.is_empty() => {
-                    dispatch(&shared, &slots, &tasks, std::mem::take(&mut batch)).await;
+                () = tokio::time::sleep_until(since + settings.batch_linger), if !batch.is_empty() => {
+                    let deliveries = std::mem::take(&mut batch);
+                    dispatch(&shared, &slots, &tasks, Batch { deliveries, since }).await;
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
                         if batch.is_empty() {
-                            deadline = Instant::now() + settings.batch_linger;
+                            since = Instant::now();
                         }
                         batch.push(delivery);
                         if batch.len() >= settings.batch_size {
-                            dispatch(&shared, &slots, &tasks, std::mem::take(&mut batch)).await;
+                            let deliveries = std::mem::take(&mut batch);
+                            dispatch(&shared, &slots, &tasks, Batch { deliveries, since }).await;
                         }
                     }
                     Some(Err(error)) => {
@@ -109,7 +120,16 @@ pub async fn consume(
         // Deliveries already here are handled, not dropped: their acks still
         // work while the channel is open, and are redelivered if it is not.
         if !batch.is_empty() {
-            dispatch(&shared, &slots, &tasks, batch).await;
+            dispatch(
+                &shared,
+                &slots,
+                &tasks,
+                Batch {
+                    deliveries: batch,
+                    since,
+                },
+            )
+            .await;
         }
         if shutdown.is_cancelled() {
             break;
@@ -142,36 +162,62 @@ async fn open(
 
 /// Waits for a free slot (this is the backpressure: no slot, no new batch),
 /// then handles the batch in a task of its own, so a database transaction is
-/// never dropped halfway by a cancelled future.
-async fn dispatch(
-    shared: &Arc<Shared>,
-    slots: &Arc<Semaphore>,
-    tasks: &TaskTracker,
-    batch: Vec<Delivery>,
-) {
-    let Ok(slot) = slots.clone().acquire_owned().await else {
-        return;
+/// never dropped halfway by a cancelled future. While the worker is paused
+/// the batch does not wait here: its task dead-letters what does not parse
+/// at once and waits for a slot itself, so the consumer keeps sorting out
+/// poison payloads among the deliveries the prefetch lets in.
+async fn dispatch(shared: &Arc<Shared>, slots: &Arc<Semaphore>, tasks: &TaskTracker, batch: Batch) {
+    let slot = tokio::select! {
+        slot = slots.clone().acquire_owned() => slot.ok(),
+        () = shared.processor.paused() => None,
     };
     let shared = shared.clone();
-    metrics::gauge!("wa_deliveries_in_flight").increment(batch.len() as f64);
+    let slots = slots.clone();
+    metrics::gauge!("wa_deliveries_in_flight").increment(batch.deliveries.len() as f64);
     tasks.spawn(async move {
-        let size = batch.len();
-        handle(&shared, batch).await;
+        let size = batch.deliveries.len();
+        handle(&shared, batch, slot, &slots).await;
         metrics::gauge!("wa_deliveries_in_flight").decrement(size as f64);
-        drop(slot);
     });
 }
 
-async fn handle(shared: &Shared, batch: Vec<Delivery>) {
-    let bodies: Vec<&[u8]> = batch.iter().map(|d| d.data.as_slice()).collect();
-    let decisions = shared.processor.process(&bodies).await;
+async fn handle(
+    shared: &Shared,
+    batch: Batch,
+    slot: Option<OwnedSemaphorePermit>,
+    slots: &Arc<Semaphore>,
+) {
+    let deliveries = &batch.deliveries;
+    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+    let parsed = shared.processor.parse(&bodies);
+    // A payload that is not a webhook leaves at once, even while the store
+    // waits out an outage: a poison message is dead-lettered, not held.
+    let rejected = deliveries
+        .iter()
+        .zip(&parsed)
+        .filter_map(|(delivery, parsed)| {
+            let failure = parsed.events.as_ref().err()?;
+            Some(settle(
+                shared,
+                delivery,
+                Disposition::DeadLetter(failure.clone()),
+            ))
+        });
+    let storing = async {
+        let slot = match slot {
+            Some(slot) => Some(slot),
+            None => slots.clone().acquire_owned().await.ok(),
+        };
+        (slot, shared.processor.store(&parsed, batch.since).await)
+    };
+    let (_, (_slot, decisions)) = tokio::join!(futures_util::future::join_all(rejected), storing);
     let started = std::time::Instant::now();
     // Acks and moves go out together: waiting for each in turn would make
     // the batch pay one trip through the connection per delivery.
-    let settling = batch
+    let settling = deliveries
         .iter()
         .zip(decisions)
-        .map(|(delivery, decision)| settle(shared, delivery, decision));
+        .filter_map(|(delivery, decision)| Some(settle(shared, delivery, decision?)));
     futures_util::future::join_all(settling).await;
     crate::pipeline::record_stage("settle", started);
 }
@@ -197,13 +243,14 @@ async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
         Disposition::DeadLetter(failure) => {
             Some(("dead_lettered", shared.retry.dead_letter(&origin, failure)))
         }
+        Disposition::HandBack => Some(("handed_back", handed_back(shared, &origin))),
         Disposition::Requeue => {
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()
             };
             if let Err(error) = delivery.nack(requeue).await {
-                tracing::debug!(%error, "could not requeue; the broker will redeliver");
+                tracing::debug!(error = %error_chain(&error), "could not requeue; the broker will redeliver");
             }
             return;
         }
@@ -228,32 +275,80 @@ async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
     }
     if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
         // The broker redelivers it; the claims and the database absorb that.
-        tracing::debug!(%error, "ack failed");
+        tracing::debug!(error = %error_chain(&error), "ack failed");
     }
 }
 
-/// Publishes the delivery to its next queue with a confirm. On failure the
-/// delivery is given back to the queue instead of being acked.
+/// The same message, back to `{ns}.inbound` as the receiver published it:
+/// a new message to the broker, so its delivery count starts again.
+fn handed_back(shared: &Shared, origin: &Origin<'_>) -> Hop {
+    let mut properties = origin.properties.clone();
+    if let Some(table) = origin.properties.headers() {
+        let mut headers = lapin::types::FieldTable::default();
+        for (key, value) in table.inner() {
+            if key.as_str() != "x-delivery-count" {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
+        properties = properties.with_headers(headers);
+    }
+    Hop {
+        exchange: shared.broker.topology().inbound(),
+        queue: String::new(),
+        properties,
+    }
+}
+
+/// Publishes the delivery to its next queue with a confirm. While the broker
+/// refuses (a full or missing queue, a lost confirm) the delivery is held
+/// and the publish tried again with backoff: a requeue would count against
+/// the delivery limit, and this batch holding its slot slows the worker
+/// down instead. False when the delivery cannot be acked any more (its
+/// channel is gone, and the broker redelivers it) or the worker stops.
 async fn forward(shared: &Shared, delivery: &Delivery, hop: &Hop) -> bool {
-    let published = shared
-        .broker
-        .publish(Outgoing {
-            exchange: "",
-            routing_key: &hop.queue,
-            body: &delivery.data,
-            properties: hop.properties.clone(),
-        })
-        .await;
-    match published {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(queue = %hop.queue, %error, "could not move delivery; requeueing");
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            let _ = delivery.nack(requeue).await;
-            false
+    let mut delays = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
+    let mut failures = 0u32;
+    loop {
+        let published = shared
+            .broker
+            .publish(Outgoing {
+                exchange: &hop.exchange,
+                routing_key: &hop.queue,
+                body: &delivery.data,
+                properties: hop.properties.clone(),
+            })
+            .await;
+        let error = match published {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(queue = %hop.destination(), failures, "delivery moved after all");
+                }
+                return true;
+            }
+            Err(error) => error,
+        };
+        failures += 1;
+        if failures == 1 {
+            tracing::warn!(
+                queue = %hop.destination(),
+                error = %error_chain(&error),
+                "could not move delivery; holding it and trying again"
+            );
+        }
+        if !delivery.acker.usable() {
+            return false;
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.shutdown.cancelled() => {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = delivery.nack(requeue).await;
+                return false;
+            }
         }
     }
 }

@@ -2,11 +2,13 @@
 //! event in them exactly once, however often and however concurrently Meta
 //! delivered them.
 
+mod breaker;
 pub mod claim;
 mod config;
 mod consumer;
 pub mod failure;
 mod monitor;
+mod pause;
 pub mod pipeline;
 pub mod retry;
 
@@ -20,7 +22,7 @@ pub use config::WorkerConfig;
 
 use crate::claim::{ClaimConfig, Claims};
 use crate::consumer::ConsumeSettings;
-use crate::pipeline::{Health, Processor};
+use crate::pipeline::{Processor, ProcessorSettings};
 use crate::retry::RetryPolicy;
 
 /// Runs until `shutdown` fires, then stops consuming, finishes and acks the
@@ -57,19 +59,27 @@ pub async fn run(
             timeout: config.redis.redis_timeout,
         },
     );
-    let health = Arc::new(Health::default());
-    let processor = Arc::new(Processor::new(
+    let processor = Processor::start(
         claims,
         wa_store::Store::new(pool.clone()),
-        usize::from(config.quick_retries),
-        health.clone(),
+        ProcessorSettings {
+            quick_retries: usize::from(config.quick_retries),
+            breaker_threshold: usize::from(config.breaker_threshold),
+            breaker_window: config.breaker_window,
+            hold_limit: config.pause_hold_limit,
+        },
         shutdown.clone(),
-    ));
+    );
 
     let ops_stop = CancellationToken::new();
     let readiness = {
         let broker = broker.clone();
-        move || broker.check_connected().and_then(|()| health.check())
+        let processor = processor.clone();
+        move || {
+            broker
+                .check_connected()
+                .and_then(|()| processor.check_ready())
+        }
     };
     let ops = tokio::spawn(wa_core::ops::serve(
         ops_listener,

@@ -1,21 +1,29 @@
 //! One batch of deliveries, from raw bodies to a decision per delivery:
 //! parse every event, drop duplicates inside the batch, claim the rest in one
 //! Redis round trip, store the claimed ones in one transaction, mark them
-//! done. Nothing here talks to RabbitMQ; the consumer carries out the
-//! decisions.
+//! done. Every write passes the [`Gate`] first: a failure that would hit any
+//! message the same way closes it, and the batches wait, unfailed, until a
+//! probe of what failed passes. Nothing here talks to RabbitMQ; the consumer
+//! carries out the decisions.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wa_core::backoff::full_jitter;
+use wa_core::telemetry::error_chain;
 use wa_payload::{Event, parse_payload};
-use wa_store::{Store, StoreError};
+use wa_store::{ErrorClass, Store, StoreError};
 
-use crate::claim::{Claim, Claims};
-use crate::failure::{Failure, FailureClass};
+use crate::breaker::Breaker;
+use crate::claim::{Claim, Claims, ClaimsUnavailable};
+use crate::failure::{
+    Dependency, Failed, Failure, FailureClass, Pause, PauseReason, StoreOutcome, redis_class,
+};
+use crate::pause::{Admit, Gate};
 
 /// What the consumer must do with one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,204 +37,279 @@ pub enum Disposition {
     Retry(Failure),
     /// Will never succeed: to the DLQ at once.
     DeadLetter(Failure),
-    /// Not handled (shutdown during an outage): give it back to the queue.
+    /// Not handled (shutdown while paused): give it back to the queue.
     Requeue,
+    /// Held past the hold limit while paused: republish it to the queue,
+    /// unchanged, and ack this copy. Unlike a requeue, that does not count
+    /// against the queue's delivery limit.
+    HandBack,
 }
 
-/// Whether the dependencies answered the last time we asked; `/readyz`
-/// reports it.
-#[derive(Debug)]
-pub struct Health {
-    database: AtomicBool,
-    redis: AtomicBool,
+/// One delivery's body, parsed.
+pub struct Parsed {
+    pub events: Result<Vec<Event>, Failure>,
+    /// Tells deliveries apart for the breaker; copies of one body are one.
+    fingerprint: u64,
 }
 
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            database: AtomicBool::new(true),
-            redis: AtomicBool::new(true),
-        }
-    }
-}
-
-impl Health {
-    pub fn check(&self) -> Result<(), String> {
-        match (
-            self.database.load(Ordering::Relaxed),
-            self.redis.load(Ordering::Relaxed),
-        ) {
-            (true, true) => Ok(()),
-            (false, _) => Err("PostgreSQL unreachable; paused".to_owned()),
-            (_, false) => Err("Redis unreachable and claims fail closed; paused".to_owned()),
-        }
-    }
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    pub quick_retries: usize,
+    pub breaker_threshold: usize,
+    pub breaker_window: Duration,
+    pub hold_limit: Duration,
 }
 
 pub struct Processor {
-    claims: Claims,
+    claims: Arc<Claims>,
     store: Store,
-    quick_retries: usize,
-    health: Arc<Health>,
+    gate: Arc<Gate>,
+    breaker: Breaker,
+    settings: ProcessorSettings,
     shutdown: CancellationToken,
-}
-
-/// A dependency outage: the batch waits for it, it does not fail.
-enum Outage {
-    Database,
-    Redis,
 }
 
 /// The unique events of a batch, each with the deliveries it came from.
 struct Unique<'a> {
     events: Vec<&'a Event>,
     owners: Vec<Vec<usize>>,
+    duplicates: Vec<&'a Event>,
+}
+
+/// How one try of a set of deliveries ended.
+enum Attempt {
+    /// Stored; these deliveries are to be deferred.
+    Stored(Vec<usize>),
+    Failed(Failed),
+    /// Not tried: shutdown or the hold limit came first.
+    Stopped(Disposition),
 }
 
 impl Processor {
-    pub fn new(
+    /// Starts paused until PostgreSQL passes a first probe: a worker is
+    /// ready only once it has reached the database.
+    pub fn start(
         claims: Claims,
         store: Store,
-        quick_retries: usize,
-        health: Arc<Health>,
+        settings: ProcessorSettings,
         shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            claims,
+    ) -> Arc<Self> {
+        let starting = Pause {
+            dependency: Dependency::Postgresql,
+            reason: PauseReason::Starting,
+            detail: String::new(),
+        };
+        let processor = Arc::new(Self {
+            claims: Arc::new(claims),
             store,
-            quick_retries,
-            health,
+            gate: Arc::new(Gate::closed(starting.clone())),
+            breaker: Breaker::new(settings.breaker_threshold, settings.breaker_window),
+            settings,
             shutdown,
-        }
-    }
-
-    pub fn health(&self) -> Arc<Health> {
-        self.health.clone()
-    }
-
-    /// Handles a batch and returns one decision per body, in order.
-    pub async fn process(&self, bodies: &[&[u8]]) -> Vec<Disposition> {
-        let started = Instant::now();
-        metrics::histogram!("wa_batch_size").record(bodies.len() as f64);
-        let parsed: Vec<_> = timed("parse", || {
-            bodies.iter().map(|body| parse_payload(body)).collect()
         });
-        let mut decisions: Vec<Option<Disposition>> = parsed
-            .iter()
-            .map(|p| match p {
-                Ok(_) => None,
-                Err(error) => {
-                    tracing::warn!(%error, "undeliverable payload");
-                    Some(Disposition::DeadLetter(Failure::from(error)))
-                }
-            })
-            .collect();
-        let events: Vec<(usize, &Event)> = parsed
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.as_ref().ok().map(|events| (i, events)))
-            .flat_map(|(i, events)| events.iter().map(move |e| (i, e)))
-            .collect();
+        processor.spawn_probe(starting);
+        processor
+    }
 
-        match self.store_unique(&events).await {
-            Ok(deferred) => {
-                for (i, decision) in decisions.iter_mut().enumerate() {
-                    decision.get_or_insert(if deferred.contains(&i) {
-                        Disposition::Defer
-                    } else {
-                        Disposition::Ack
-                    });
+    /// For `/readyz`: `Err` with the reason while paused.
+    pub fn check_ready(&self) -> Result<(), String> {
+        self.gate.check()
+    }
+
+    /// Resolves once the worker is paused.
+    pub async fn paused(&self) {
+        self.gate.wait_closed().await;
+    }
+
+    /// Parses every body. The ones that fail are the payload's fault and
+    /// can be dead-lettered at once, even while the worker is paused.
+    pub fn parse(&self, bodies: &[&[u8]]) -> Vec<Parsed> {
+        metrics::histogram!("wa_batch_size").record(bodies.len() as f64);
+        timed("parse", || {
+            bodies
+                .iter()
+                .map(|body| Parsed {
+                    events: parse_payload(body).map_err(|error| {
+                        tracing::warn!(error = %error_chain(&error), "undeliverable payload");
+                        Failure::from(&error)
+                    }),
+                    fingerprint: fingerprint(body),
+                })
+                .collect()
+        })
+    }
+
+    /// Stores the parsed deliveries and decides each of them; `None` for
+    /// those that did not parse. `held_since` is when the deliveries
+    /// arrived: past the hold limit, a paused worker hands them back.
+    pub async fn store(&self, parsed: &[Parsed], held_since: Instant) -> Vec<Option<Disposition>> {
+        let started = std::time::Instant::now();
+        let hold_until = held_since + self.settings.hold_limit;
+        let pending: Vec<usize> = (0..parsed.len())
+            .filter(|&i| parsed[i].events.is_ok())
+            .collect();
+        let mut decisions: Vec<Option<Disposition>> = vec![None; parsed.len()];
+        if pending.len() > 1 {
+            match self
+                .store_when_open(parsed, &pending, true, hold_until)
+                .await
+            {
+                Attempt::Stored(deferred) => {
+                    for &i in &pending {
+                        decisions[i] = Some(if deferred.contains(&i) {
+                            Disposition::Defer
+                        } else {
+                            Disposition::Ack
+                        });
+                    }
+                    metrics::histogram!("wa_batch_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return decisions;
                 }
+                Attempt::Stopped(disposition) => {
+                    for &i in &pending {
+                        decisions[i] = Some(disposition.clone());
+                    }
+                    return decisions;
+                }
+                // One delivery at a time: only the ones that fail alone are
+                // failed, and the breaker sees each of them.
+                Attempt::Failed(_) => {}
             }
-            Err(BatchError::Failed(failure)) => {
-                let healthy = decisions.iter().filter(|d| d.is_none()).count();
-                if failure.class == FailureClass::Permanent && healthy > 1 {
-                    // One bad payload must not take the others down: one at a time.
-                    return Box::pin(self.process_one_by_one(bodies, decisions)).await;
-                }
-                for decision in decisions.iter_mut().filter(|d| d.is_none()) {
-                    *decision = Some(match failure.class {
-                        FailureClass::Transient => Disposition::Retry(failure.clone()),
-                        FailureClass::Permanent => Disposition::DeadLetter(failure.clone()),
-                    });
-                }
-            }
-            Err(BatchError::ShuttingDown) => {
-                for decision in decisions.iter_mut().filter(|d| d.is_none()) {
-                    *decision = Some(Disposition::Requeue);
-                }
-            }
+        }
+        let alone = pending.len() == 1;
+        for &i in &pending {
+            decisions[i] = Some(self.store_alone(parsed, i, alone, hold_until).await);
         }
         metrics::histogram!("wa_batch_duration_seconds").record(started.elapsed().as_secs_f64());
         decisions
-            .into_iter()
-            .map(|d| d.unwrap_or(Disposition::Ack))
-            .collect()
     }
 
-    async fn process_one_by_one(
+    /// Stores one delivery. A transient failure counts towards the breaker;
+    /// the failure that trips it is not spent: the delivery waits for the
+    /// probe like the others.
+    async fn store_alone(
         &self,
-        bodies: &[&[u8]],
-        mut decisions: Vec<Option<Disposition>>,
-    ) -> Vec<Disposition> {
-        for (body, decision) in bodies.iter().zip(decisions.iter_mut()) {
-            if decision.is_none() {
-                *decision = self.process(&[body]).await.pop();
+        parsed: &[Parsed],
+        delivery: usize,
+        quick_retries: bool,
+        hold_until: Instant,
+    ) -> Disposition {
+        loop {
+            let attempt = self
+                .store_when_open(parsed, &[delivery], quick_retries, hold_until)
+                .await;
+            let failed = match attempt {
+                Attempt::Stored(deferred) if deferred.is_empty() => return Disposition::Ack,
+                Attempt::Stored(_) => return Disposition::Defer,
+                Attempt::Stopped(disposition) => return disposition,
+                Attempt::Failed(failed) => failed,
+            };
+            if failed.failure.class == FailureClass::Permanent {
+                return Disposition::DeadLetter(failed.failure);
             }
+            if !self.gate.is_open() {
+                // Another batch paused the worker meanwhile, most likely for
+                // this same error: wait for the probe instead of spending an attempt.
+                continue;
+            }
+            let now = std::time::Instant::now();
+            if !self
+                .breaker
+                .record(&failed.signature, parsed[delivery].fingerprint, now)
+            {
+                return Disposition::Retry(failed.failure);
+            }
+            self.pause(Pause {
+                dependency: failed.dependency,
+                reason: PauseReason::Breaker,
+                detail: failed.failure.reason,
+            });
         }
-        decisions
-            .into_iter()
-            .map(|d| d.unwrap_or(Disposition::Ack))
-            .collect()
     }
 
-    /// Claims and stores the unique events; returns the deliveries to defer.
-    async fn store_unique(&self, events: &[(usize, &Event)]) -> Result<Vec<usize>, BatchError> {
-        let unique = Unique::of(events);
-        if unique.events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let keys: Vec<&str> = unique.events.iter().map(|e| e.key()).collect();
-        let claims = loop {
-            let stage = Instant::now();
-            let claimed = self.claims.claim(&token, &keys).await;
-            record_stage("claim", stage);
-            match claimed {
-                Ok(claims) => break claims,
-                Err(error) => {
-                    tracing::warn!(%error, "claims unavailable");
-                    self.wait_out(Outage::Redis).await?;
+    /// Waits for the gate, then tries; a systemic failure closes the gate
+    /// and the same deliveries wait and try again.
+    async fn store_when_open(
+        &self,
+        parsed: &[Parsed],
+        deliveries: &[usize],
+        quick_retries: bool,
+        hold_until: Instant,
+    ) -> Attempt {
+        loop {
+            let admitted = tokio::select! {
+                biased;
+                admitted = self.gate.wait_open(hold_until) => admitted,
+                () = self.shutdown.cancelled() => {
+                    return Attempt::Stopped(Disposition::Requeue);
                 }
+            };
+            if admitted == Admit::HoldLimit {
+                return Attempt::Stopped(Disposition::HandBack);
             }
-        };
+            match self.store_once(parsed, deliveries, quick_retries).await {
+                Ok(deferred) => return Attempt::Stored(deferred),
+                Err(StoreOutcome::Pause(pause)) => self.pause(pause),
+                Err(StoreOutcome::Failed(failed)) => return Attempt::Failed(failed),
+            }
+        }
+    }
 
+    /// Claims and stores the events of `deliveries`; returns the deliveries
+    /// to defer. Outcomes are counted only here, on success, so a batch that
+    /// is tried again counts each event once.
+    async fn store_once(
+        &self,
+        parsed: &[Parsed],
+        deliveries: &[usize],
+        quick_retries: bool,
+    ) -> Result<Vec<usize>, StoreOutcome> {
+        let events: Vec<(usize, &Event)> = deliveries
+            .iter()
+            .filter_map(|&i| parsed[i].events.as_ref().ok().map(|events| (i, events)))
+            .flat_map(|(i, events)| events.iter().map(move |e| (i, e)))
+            .collect();
+        let unique = Unique::of(&events);
+        let mut outcomes: Vec<(&Event, &'static str)> = unique
+            .duplicates
+            .iter()
+            .map(|event| (*event, "duplicate_batch"))
+            .collect();
+        let mut deferred = Vec::new();
         let mut to_store = Vec::new();
         let mut claimed_keys = Vec::new();
-        let mut deferred = Vec::new();
-        for ((event, owners), claim) in unique.events.iter().zip(&unique.owners).zip(&claims) {
-            match claim {
-                Claim::Claimed => {
-                    claimed_keys.push(event.key());
-                    to_store.push(*event);
-                }
-                Claim::Unguarded => to_store.push(*event),
-                Claim::Done => count(event, "duplicate_claim"),
-                Claim::HeldByOther => {
-                    count(event, "deferred");
-                    deferred.extend(owners);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        if !unique.events.is_empty() {
+            let keys: Vec<&str> = unique.events.iter().map(|e| e.key()).collect();
+            let stage = std::time::Instant::now();
+            let claimed = self.claims.claim(&token, &keys).await;
+            record_stage("claim", stage);
+            let claims = claimed.map_err(|error| claims_outcome(&error))?;
+            for ((event, owners), claim) in unique.events.iter().zip(&unique.owners).zip(&claims) {
+                match claim {
+                    Claim::Claimed => {
+                        claimed_keys.push(event.key());
+                        to_store.push(*event);
+                    }
+                    Claim::Unguarded => to_store.push(*event),
+                    Claim::Done => outcomes.push((event, "duplicate_claim")),
+                    Claim::HeldByOther => {
+                        outcomes.push((event, "deferred"));
+                        deferred.extend(owners);
+                    }
                 }
             }
         }
 
-        let stage = Instant::now();
-        let persisted = self.persist(&to_store).await;
+        let stage = std::time::Instant::now();
+        let persisted = self.persist(&to_store, quick_retries).await;
         record_stage("store", stage);
         let persisted = match persisted {
             Ok(persisted) => persisted,
-            Err(error) => {
+            Err(outcome) => {
                 self.claims.release(&token, &claimed_keys).await;
-                return Err(error);
+                return Err(outcome);
             }
         };
         for event in &to_store {
@@ -235,9 +318,12 @@ impl Processor {
             } else {
                 "duplicate_db"
             };
+            outcomes.push((event, outcome));
+        }
+        for (event, outcome) in outcomes {
             count(event, outcome);
         }
-        let stage = Instant::now();
+        let stage = std::time::Instant::now();
         self.claims.mark_done(&token, &claimed_keys).await;
         record_stage("mark_done", stage);
         deferred.sort_unstable();
@@ -245,87 +331,214 @@ impl Processor {
         Ok(deferred)
     }
 
-    /// Stores with a few quick retries for transient errors; waits out an
-    /// unreachable database without spending any attempt.
-    async fn persist(&self, events: &[&Event]) -> Result<wa_store::Persisted, BatchError> {
+    /// Stores with a few quick retries for transient errors.
+    async fn persist(
+        &self,
+        events: &[&Event],
+        quick_retries: bool,
+    ) -> Result<wa_store::Persisted, StoreOutcome> {
         if events.is_empty() {
             return Ok(wa_store::Persisted::default());
         }
+        let retries = if quick_retries {
+            self.settings.quick_retries
+        } else {
+            0
+        };
         let mut delays = full_jitter(
             Duration::from_millis(50),
             Duration::from_secs(1),
-            Some(self.quick_retries),
+            Some(retries),
         );
         loop {
-            match self.store.persist(events).await {
+            let error = match self.store.persist(events).await {
                 Ok(persisted) => return Ok(persisted),
-                Err(error) if error.is_unreachable() => {
-                    tracing::warn!(%error, "PostgreSQL unreachable");
-                    self.wait_out(Outage::Database).await?;
+                Err(error) => error,
+            };
+            let outcome = StoreOutcome::from(&error);
+            if let StoreOutcome::Failed(failed) = &outcome {
+                if failed.failure.class == FailureClass::Transient
+                    && let Some(delay) = delays.next()
+                {
+                    tracing::info!(
+                        error = %error_chain(&error),
+                        ?delay,
+                        "transient store error; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
-                Err(error) => {
-                    let failure = Failure::from(&error);
-                    match delays.next() {
-                        Some(delay) if error.is_transient() => {
-                            tracing::info!(%error, ?delay, "transient store error; retrying");
-                            tokio::time::sleep(delay).await;
-                        }
-                        _ => {
-                            log_store_failure(&error);
-                            return Err(BatchError::Failed(failure));
-                        }
-                    }
-                }
+                log_store_failure(&error);
             }
+            return Err(outcome);
         }
     }
 
-    /// Marks the worker unready and probes the dependency with backoff until
-    /// it answers. Deliveries wait unacked meanwhile: prefetch bounds them,
-    /// and none spends a retry attempt on someone else's outage.
-    async fn wait_out(&self, outage: Outage) -> Result<(), BatchError> {
-        let flag = match outage {
-            Outage::Database => &self.health.database,
-            Outage::Redis => &self.health.redis,
-        };
-        flag.store(false, Ordering::Relaxed);
-        metrics::gauge!("wa_dependency_up", "dependency" => outage.name()).set(0.0);
-        let mut delays = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
-        loop {
-            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+    /// Closes the gate; the first to close it logs why and starts the probe.
+    fn pause(&self, pause: Pause) {
+        if !self.gate.close(pause.clone()) {
+            return;
+        }
+        tracing::warn!(
+            dependency = pause.dependency.as_str(),
+            reason = pause.reason.as_str(),
+            error = %pause.detail,
+            "worker paused: deliveries wait unacked while it probes"
+        );
+        metrics::counter!(
+            "wa_worker_pauses_total",
+            "dependency" => pause.dependency.as_str(),
+            "reason" => pause.reason.as_str()
+        )
+        .increment(1);
+        self.spawn_probe(pause);
+    }
+
+    fn spawn_probe(&self, pause: Pause) {
+        set_paused_gauge(&pause, 1.0);
+        metrics::gauge!("wa_dependency_up", "dependency" => pause.dependency.as_str()).set(0.0);
+        tokio::spawn(probe_until_back(
+            self.store.clone(),
+            self.claims.clone(),
+            self.gate.clone(),
+            pause,
+            self.shutdown.clone(),
+        ));
+    }
+}
+
+/// Probes what failed, with backoff, until it takes writes again; then opens
+/// the gate. While the worker starts the first probe runs at once; after a
+/// breaker trip the probes start later, since the probe may not meet the
+/// unknown error that tripped it.
+async fn probe_until_back(
+    store: Store,
+    claims: Arc<Claims>,
+    gate: Arc<Gate>,
+    pause: Pause,
+    shutdown: CancellationToken,
+) {
+    let started = std::time::Instant::now();
+    let (min, max) = match pause.reason {
+        PauseReason::Breaker => (Duration::from_secs(1), Duration::from_secs(10)),
+        _ => (Duration::from_millis(200), Duration::from_secs(5)),
+    };
+    let mut delays = full_jitter(min, max, None);
+    let mut probes = 0u64;
+    let mut current = pause.clone();
+    loop {
+        if probes > 0 || pause.reason != PauseReason::Starting {
+            let delay = delays.next().unwrap_or(max).max(min / 2);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = self.shutdown.cancelled() => return Err(BatchError::ShuttingDown),
-            }
-            let answered = match outage {
-                Outage::Database => sqlx::query("SELECT 1")
-                    .execute(self.store.pool())
-                    .await
-                    .is_ok(),
-                Outage::Redis => self.claims.ping().await.is_ok(),
-            };
-            if answered {
-                flag.store(true, Ordering::Relaxed);
-                metrics::gauge!("wa_dependency_up", "dependency" => outage.name()).set(1.0);
-                tracing::info!(dependency = outage.name(), "dependency is back; resuming");
-                return Ok(());
+                () = shutdown.cancelled() => return,
             }
         }
+        probes += 1;
+        let probed = match pause.dependency {
+            Dependency::Postgresql => store
+                .probe()
+                .await
+                .map_err(|e| (error_chain(&e), e.class())),
+            Dependency::Redis => claims
+                .probe()
+                .await
+                .map_err(|e| (error_chain(&e), redis_class(&e))),
+        };
+        // A probe that meets an error about the attempt (a deadlock, a
+        // trigger's exception) found the dependency up: the writes decide
+        // from there, and the breaker watches them. Only a breaker trip needs
+        // a clean probe, since its error is of that kind.
+        let probed = match probed {
+            Err((_, ErrorClass::Transient | ErrorClass::Permanent))
+                if pause.reason != PauseReason::Breaker =>
+            {
+                Ok(())
+            }
+            Err((error, class)) => {
+                if let (ErrorClass::Systemic(systemic), false) =
+                    (class, pause.reason == PauseReason::Breaker)
+                {
+                    let found = Pause {
+                        dependency: pause.dependency,
+                        reason: PauseReason::Systemic(systemic),
+                        detail: error.clone(),
+                    };
+                    if found.reason != current.reason && gate.update(found.clone()) {
+                        set_paused_gauge(&current, 0.0);
+                        set_paused_gauge(&found, 1.0);
+                        tracing::info!(
+                            dependency = found.dependency.as_str(),
+                            reason = found.reason.as_str(),
+                            "still paused, for another reason"
+                        );
+                        current = found;
+                    }
+                }
+                Err(error)
+            }
+            Ok(()) => Ok(()),
+        };
+        match probed {
+            Ok(()) => break,
+            // Said once: the pause already logged its cause.
+            Err(error) if probes == 1 && pause.reason == PauseReason::Starting => {
+                tracing::warn!(
+                    dependency = pause.dependency.as_str(),
+                    %error,
+                    "cannot write to the database yet; probing"
+                );
+            }
+            Err(error) => tracing::debug!(
+                dependency = pause.dependency.as_str(),
+                %error,
+                "still paused"
+            ),
+        }
+    }
+    gate.open();
+    set_paused_gauge(&current, 0.0);
+    metrics::gauge!("wa_dependency_up", "dependency" => pause.dependency.as_str()).set(1.0);
+    if pause.reason == PauseReason::Starting {
+        tracing::info!(dependency = pause.dependency.as_str(), "database reached");
+    } else {
+        tracing::info!(
+            dependency = pause.dependency.as_str(),
+            reason = pause.reason.as_str(),
+            paused_for = ?started.elapsed(),
+            probes,
+            "worker resumed: the probe passed"
+        );
     }
 }
 
-impl Outage {
-    fn name(&self) -> &'static str {
-        match self {
-            Outage::Database => "postgresql",
-            Outage::Redis => "redis",
-        }
-    }
+fn set_paused_gauge(pause: &Pause, value: f64) {
+    metrics::gauge!(
+        "wa_worker_paused",
+        "dependency" => pause.dependency.as_str(),
+        "reason" => pause.reason.as_str()
+    )
+    .set(value);
 }
 
-enum BatchError {
-    Failed(Failure),
-    ShuttingDown,
+/// A claim round trip that failed while claims fail closed.
+fn claims_outcome(error: &ClaimsUnavailable) -> StoreOutcome {
+    let detail = error_chain(error);
+    match redis_class(error.redis_error()) {
+        ErrorClass::Systemic(systemic) => StoreOutcome::Pause(Pause {
+            dependency: Dependency::Redis,
+            reason: PauseReason::Systemic(systemic),
+            detail,
+        }),
+        ErrorClass::Transient | ErrorClass::Permanent => {
+            tracing::warn!(error = %detail, "could not claim the batch's events");
+            StoreOutcome::Failed(Failed {
+                failure: Failure::transient(format!("Redis error: {detail}")),
+                signature: format!("redis {:?}", error.redis_error().kind()),
+                dependency: Dependency::Redis,
+            })
+        }
+    }
 }
 
 impl<'a> Unique<'a> {
@@ -335,11 +548,12 @@ impl<'a> Unique<'a> {
         let mut unique = Unique {
             events: Vec::with_capacity(events.len()),
             owners: Vec::with_capacity(events.len()),
+            duplicates: Vec::new(),
         };
         for &(delivery, event) in events {
             match index.get(event.key()) {
                 Some(&at) => {
-                    count(event, "duplicate_batch");
+                    unique.duplicates.push(event);
                     if !unique.owners[at].contains(&delivery) {
                         unique.owners[at].push(delivery);
                     }
@@ -355,14 +569,20 @@ impl<'a> Unique<'a> {
     }
 }
 
+fn fingerprint(body: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Where batch time goes, for profiling in production: `wa_stage_seconds{stage}`.
-pub(crate) fn record_stage(stage: &'static str, started: Instant) {
+pub(crate) fn record_stage(stage: &'static str, started: std::time::Instant) {
     metrics::histogram!("wa_stage_seconds", "stage" => stage)
         .record(started.elapsed().as_secs_f64());
 }
 
 fn timed<T>(stage: &'static str, work: impl FnOnce() -> T) -> T {
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let result = work();
     record_stage(stage, started);
     result
@@ -375,9 +595,9 @@ fn count(event: &Event, outcome: &'static str) {
 
 fn log_store_failure(error: &StoreError) {
     tracing::warn!(
-        error = %wa_core::telemetry::error_chain(error),
+        error = %error_chain(error),
         sqlstate = error.sqlstate().as_deref().unwrap_or(""),
-        transient = error.is_transient(),
+        class = ?error.class(),
         "could not store batch"
     );
 }

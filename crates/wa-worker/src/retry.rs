@@ -18,11 +18,24 @@ use crate::failure::Failure;
 /// Error texts are cut to this many bytes in headers.
 const MAX_ERROR_LEN: usize = 1024;
 
-/// A queue to publish to (through the default exchange) and the properties
-/// to publish with.
+/// Where to publish (a queue through the default exchange, or an exchange)
+/// and the properties to publish with.
 pub struct Hop {
+    /// Empty for the default exchange, which routes by queue name.
+    pub exchange: String,
     pub queue: String,
     pub properties: BasicProperties,
+}
+
+impl Hop {
+    /// The queue or exchange it goes to, for logs.
+    pub fn destination(&self) -> &str {
+        if self.exchange.is_empty() {
+            &self.queue
+        } else {
+            &self.exchange
+        }
+    }
 }
 
 /// Where the deliveries of one delivery's failure go.
@@ -52,6 +65,7 @@ impl RetryPolicy {
         let tier = usize::try_from(attempts - 1).ok();
         match tier.and_then(|t| self.topology.retry_tiers().get(t)) {
             Some(&delay) => Hop {
+                exchange: String::new(),
                 queue: self.topology.retry_queue(delay),
                 properties: self.failed(origin, failure, attempts),
             },
@@ -78,6 +92,7 @@ impl RetryPolicy {
         let deferrals = headers::int(origin.properties, DEFERRALS) + 1;
         headers.insert(DEFERRALS.into(), AMQPValue::LongLongInt(deferrals));
         Hop {
+            exchange: String::new(),
             queue: self.topology.retry_queue(delay),
             properties: origin.properties.clone().with_headers(headers),
         }
@@ -88,6 +103,7 @@ impl RetryPolicy {
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(DEAD_LETTERED_BY.into(), text(&self.worker_id));
         Hop {
+            exchange: String::new(),
             queue: self.topology.dlq(),
             properties: properties.with_headers(headers),
         }

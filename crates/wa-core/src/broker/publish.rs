@@ -24,7 +24,7 @@ pub enum PublishError {
     Nacked,
     #[error("the message was unroutable: {0}")]
     Returned(String),
-    #[error("publish failed: {0}")]
+    #[error("publish failed")]
     Amqp(#[from] lapin::Error),
 }
 
