@@ -9,4 +9,5 @@ mod failure;
 mod operations;
 mod pipeline;
 mod receiver;
+mod tls;
 mod worker;

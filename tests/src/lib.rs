@@ -10,6 +10,7 @@ pub mod env;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
+pub mod tls;
 
 pub use env::TestEnv;
 pub use relay::TcpRelay;
