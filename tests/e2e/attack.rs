@@ -17,9 +17,9 @@ use wa_e2e::{TestEnv, eventually, metric_sum};
 const BINARY: &str = env!("CARGO_BIN_EXE_wa-ingest");
 
 /// What README.md promises for the receiver's resident memory at the default
-/// settings: the binary itself, WA_BODY_BUFFER (24 MiB) and
-/// WA_MAX_CONNECTIONS (1024) connections at most 32 KiB each outside it.
-const DOCUMENTED_PEAK_RSS: u64 = 96 * 1024 * 1024;
+/// settings: 32 MiB + 32 KiB x WA_MAX_CONNECTIONS (1024) + 2 x WA_BODY_BUFFER
+/// (24 MiB).
+const DOCUMENTED_PEAK_RSS: u64 = 112 * 1024 * 1024;
 
 /// Server-enforced deadlines are asserted with this bound (defaults: 10 s
 /// for a head, 20 s for a body that trickles).
