@@ -40,6 +40,57 @@ fn unfinished_head() -> Vec<u8> {
     b"POST /webhooks/whatsapp HTTP/1.1\r\nhost: receiver\r\nx-a: ".to_vec()
 }
 
+/// `count` connections that each send `first`, then `each` every second,
+/// until the receiver closes them; each yields how long that took.
+fn attackers(
+    addr: std::net::SocketAddr,
+    count: usize,
+    first: Vec<u8>,
+    each: &'static [u8],
+) -> Vec<tokio::task::JoinHandle<Option<Duration>>> {
+    (0..count)
+        .map(|_| {
+            tokio::spawn(trickle(
+                addr,
+                first.clone(),
+                each,
+                Duration::from_secs(1),
+                CLOSED_WITHIN + Duration::from_secs(10),
+            ))
+        })
+        .collect()
+}
+
+async fn wait_open(receiver: &ReceiverProcess, count: usize) {
+    eventually(
+        &format!("{count} connections open"),
+        Duration::from_secs(30),
+        || async {
+            let open = metric_sum(
+                &receiver.metrics().await,
+                "wa_receiver_connections_open",
+                &[],
+            );
+            if open >= count as f64 {
+                Ok(())
+            } else {
+                Err(format!("{open} open"))
+            }
+        },
+    )
+    .await;
+}
+
+async fn closes(
+    attackers: Vec<tokio::task::JoinHandle<Option<Duration>>>,
+) -> Vec<Option<Duration>> {
+    join_all(attackers)
+        .await
+        .into_iter()
+        .map(|r| r.expect("attacker"))
+        .collect()
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -51,42 +102,10 @@ async fn slow_bodies_and_unfinished_heads_do_not_stop_signed_webhooks() {
     let addr = receiver.addr;
     let traffic_for = Duration::from_secs(30);
 
-    let slow_bodies: Vec<_> = (0..32)
-        .map(|_| {
-            tokio::spawn(trickle(
-                addr,
-                slow_body_head(),
-                b"{}",
-                Duration::from_secs(1),
-                CLOSED_WITHIN + Duration::from_secs(10),
-            ))
-        })
-        .collect();
-    let unfinished_heads: Vec<_> = (0..300)
-        .map(|_| {
-            tokio::spawn(trickle(
-                addr,
-                unfinished_head(),
-                b"a",
-                Duration::from_secs(1),
-                CLOSED_WITHIN + Duration::from_secs(10),
-            ))
-        })
-        .collect();
+    let slow_bodies = attackers(addr, 32, slow_body_head(), b"{}");
+    let unfinished_heads = attackers(addr, 300, unfinished_head(), b"a");
     // Let the attack take hold before the signed traffic starts.
-    eventually(
-        "the attack connections to be open",
-        Duration::from_secs(20),
-        || async {
-            let open = metric_sum(&receiver.metrics().await, "wa_receiver_connections_open", &[]);
-            if open >= 332.0 {
-                Ok(())
-            } else {
-                Err(format!("{open} open"))
-            }
-        },
-    )
-    .await;
+    wait_open(&receiver, 332).await;
 
     let gate = Arc::new(Barrier::new(8));
     let url = receiver.url("/webhooks/whatsapp");
@@ -123,16 +142,8 @@ async fn slow_bodies_and_unfinished_heads_do_not_stop_signed_webhooks() {
     let refused: Vec<u16> = results.iter().flat_map(|(_, o)| o.clone()).collect();
     let sent = accepted as usize + refused.len();
 
-    let slow: Vec<Option<Duration>> = join_all(slow_bodies)
-        .await
-        .into_iter()
-        .map(|r| r.expect("attacker"))
-        .collect();
-    let heads: Vec<Option<Duration>> = join_all(unfinished_heads)
-        .await
-        .into_iter()
-        .map(|r| r.expect("attacker"))
-        .collect();
+    let slow = closes(slow_bodies).await;
+    let heads = closes(unfinished_heads).await;
     let peak = receiver.peak_rss();
     let metrics = receiver.metrics().await;
     let closed = |reason: &str| {
@@ -189,33 +200,11 @@ async fn a_header_flood_up_to_the_cap_does_not_lock_out_a_signed_request() {
     let env = TestEnv::new().await;
     let receiver = ReceiverProcess::start(BINARY, &env, &[]).await;
     let addr = receiver.addr;
-    let cap = 1024; // the default WA_MAX_CONNECTIONS
+    let cap: usize = 1024; // the default WA_MAX_CONNECTIONS
     let header_timeout = Duration::from_secs(10); // the default WA_HEADER_TIMEOUT
 
-    let flood: Vec<_> = (0..cap)
-        .map(|_| {
-            tokio::spawn(trickle(
-                addr,
-                b"POST /webhooks/whats".to_vec(),
-                b"",
-                Duration::from_secs(1),
-                CLOSED_WITHIN + Duration::from_secs(10),
-            ))
-        })
-        .collect();
-    eventually(
-        "the flood to fill the connection cap",
-        Duration::from_secs(30),
-        || async {
-            let open = metric_sum(&receiver.metrics().await, "wa_receiver_connections_open", &[]);
-            if open >= f64::from(cap) {
-                Ok(())
-            } else {
-                Err(format!("{open} open"))
-            }
-        },
-    )
-    .await;
+    let flood = attackers(addr, cap, b"POST /webhooks/whats".to_vec(), b"");
+    wait_open(&receiver, cap).await;
 
     let client = reqwest::Client::builder()
         .timeout(header_timeout)
@@ -230,11 +219,7 @@ async fn a_header_flood_up_to_the_cap_does_not_lock_out_a_signed_request() {
     .await;
     let took = started.elapsed();
 
-    let closes: Vec<Option<Duration>> = join_all(flood)
-        .await
-        .into_iter()
-        .map(|r| r.expect("attacker"))
-        .collect();
+    let closes = closes(flood).await;
     let metrics = receiver.metrics().await;
     let closed = |reason: &str| {
         metric_sum(
@@ -259,12 +244,10 @@ async fn a_header_flood_up_to_the_cap_does_not_lock_out_a_signed_request() {
     assert_eq!(env.queue_depth("inbound").await, 1);
     assert!(closed("shed") >= 1.0, "a flood connection made room");
     assert!(
-        closes
-            .iter()
-            .all(|c| c.is_some_and(|c| c <= CLOSED_WITHIN)),
+        closes.iter().all(|c| c.is_some_and(|c| c <= CLOSED_WITHIN)),
         "every flood connection closed by the server within {CLOSED_WITHIN:?}"
     );
-    assert_eq!(closed("shed") + closed("header_timeout"), f64::from(cap));
+    assert_eq!(closed("shed") + closed("header_timeout"), cap as f64);
     assert!(peak <= DOCUMENTED_PEAK_RSS);
     assert!(receiver.stop().await.success());
 }

@@ -10,14 +10,8 @@ use wa_e2e::payloads::{self, post_signed};
 use wa_e2e::{Receiver, TestEnv, eventually, metric_sum};
 
 async fn closed(receiver: &Receiver, reason: &str) -> f64 {
-    let metrics = reqwest::get(receiver.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
     metric_sum(
-        &metrics,
+        &receiver.metrics().await,
         "wa_receiver_connections_closed_total",
         &[("reason", reason)],
     )
@@ -259,16 +253,94 @@ async fn a_cap_full_of_requests_in_progress_refuses_new_connections_after_the_he
     // The slots come back: the receiver serves again.
     let client = reqwest::Client::new();
     let url = receiver.url("/webhooks/whatsapp");
-    eventually("a 200 once the slots are free", Duration::from_secs(10), || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            match post_signed(&client, &url, payloads::mixed("after", 1)).await {
-                200 => Ok(()),
-                other => Err(other.to_string()),
+    eventually(
+        "a 200 once the slots are free",
+        Duration::from_secs(10),
+        || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                match post_signed(&client, &url, payloads::mixed("after", 1)).await {
+                    200 => Ok(()),
+                    other => Err(other.to_string()),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     assert_eq!(closed(&receiver, "refused").await, 1.0);
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_its_answers_is_closed_when_writes_stall() {
+    let env = TestEnv::new().await;
+    // A write may wait for the client as long as a head may take.
+    let receiver = Receiver::start(&env, &env.amqp_url, &["--header-timeout", "1s"]).await;
+    let stream = connect(receiver.addr).await;
+    let (_unread, mut writer) = stream.into_split();
+    // 150,000 pipelined requests: their answers (about 16 MB) fill both
+    // socket buffers, and the receiver's write of the next answer stalls.
+    let requests = tokio::spawn(async move {
+        let batch = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n".repeat(1000);
+        for _ in 0..150 {
+            if writer.write_all(&batch).await.is_err() {
+                break;
+            }
+        }
+        writer
+    });
+    eventually(
+        "the stalled connection to be closed",
+        Duration::from_secs(60),
+        || async {
+            match closed(&receiver, "write_timeout").await {
+                1.0 => Ok(()),
+                seen => Err(seen.to_string()),
+            }
+        },
+    )
+    .await;
+    requests.abort();
+    receiver.stop().await;
+}
+
+#[tokio::test]
+async fn six_3_mib_bodies_at_once_and_one_at_a_modest_pace_are_all_accepted() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start(&env, &env.amqp_url, &[]).await;
+    let large = |tag: &str| {
+        let mut body =
+            format!(r#"{{"object":"whatsapp_business_account","entry":[],"tag":"{tag}","pad":""#)
+                .into_bytes();
+        body.resize(3 * 1024 * 1024 - 2, b'x');
+        body.extend_from_slice(b"\"}");
+        body
+    };
+    let client = reqwest::Client::new();
+    let url = receiver.url("/webhooks/whatsapp");
+    // 6 x 3 MiB = 18 MiB fits the default 24 MiB body budget.
+    let at_once = (0..6).map(|i| {
+        let (client, url, body) = (client.clone(), url.clone(), large(&format!("fast{i}")));
+        tokio::spawn(async move { post_signed(&client, &url, body).await })
+    });
+    // One written at about 1 MiB/s in 64 KiB pieces, as a slow link would.
+    let paced = tokio::spawn({
+        let addr = receiver.addr;
+        let request = signed_request(&large("paced"), "");
+        async move {
+            let mut stream = connect(addr).await;
+            for piece in request.chunks(64 * 1024) {
+                stream.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(62)).await;
+            }
+            read_head(&mut stream, Duration::from_secs(30)).await
+        }
+    });
+    for answer in futures_util::future::join_all(at_once).await {
+        assert_eq!(answer.expect("task"), 200);
+    }
+    let paced = paced.await.expect("task");
+    assert!(paced.starts_with("HTTP/1.1 200"), "{paced}");
+    assert_eq!(env.queue_depth("inbound").await, 7);
     receiver.stop().await;
 }

@@ -326,12 +326,16 @@ async fn announced_lengths_take_no_body_budget_but_arrived_bytes_do() {
             .expect("write");
         senders.push(stream);
     }
-    eventually("the budget to be taken", Duration::from_secs(10), || async {
-        match buffered().await {
-            full if full >= 8.0 * 1024.0 * 1024.0 => Ok(()),
-            other => Err(other.to_string()),
-        }
-    })
+    eventually(
+        "the budget to be taken",
+        Duration::from_secs(10),
+        || async {
+            match buffered().await {
+                full if full >= 8.0 * 1024.0 * 1024.0 => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    )
     .await;
     assert_eq!(
         post_signed(&client, &url, payloads::mixed("squeezed", 1)).await,

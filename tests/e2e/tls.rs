@@ -10,6 +10,17 @@ use wa_e2e::{Receiver, TestEnv};
 
 const META_CN: &str = "client.webhooks.fbclientcerts.com";
 
+/// A receiver terminating TLS with a certificate from `pki`, plus `extra`
+/// options; the PEM folder lives as long as the test holds it.
+async fn tls_receiver(env: &TestEnv, pki: &Ca, files: &PemDir, extra: &[&str]) -> Receiver {
+    let server = pki.server();
+    let cert = files.write("server.pem", &server.cert_pem);
+    let key = files.write("server.key", &server.key_pem);
+    let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    Receiver::start_with_ops(env, &args).await
+}
+
 fn signed_headers(body: &[u8]) -> Vec<(&'static str, String)> {
     vec![
         ("content-type", "application/json".to_owned()),
@@ -24,22 +35,12 @@ async fn mutual_tls_admits_only_the_configured_ca_and_common_name() {
     let client_ca = Ca::new("test stand-in for Meta's client CA");
     let other_ca = Ca::new("someone else's CA");
     let files = PemDir::new();
-    let server = pki.server();
-    let cert = files.write("server.pem", &server.cert_pem);
-    let key = files.write("server.key", &server.key_pem);
     let ca = files.write("client-ca.pem", &client_ca.pem());
-    let receiver = Receiver::start_with_ops(
+    let receiver = tls_receiver(
         &env,
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-client-ca",
-            &ca,
-            "--tls-client-cn",
-            META_CN,
-        ],
+        &pki,
+        &files,
+        &["--tls-client-ca", &ca, "--tls-client-cn", META_CN],
     )
     .await;
     let addr = receiver.addr;
@@ -61,7 +62,9 @@ async fn mutual_tls_admits_only_the_configured_ca_and_common_name() {
 
     let wrong_cn = client_ca.client("client.example.com");
     assert_eq!(
-        post(client_config(&pki, Some(&wrong_cn))).await.map(|r| r.0),
+        post(client_config(&pki, Some(&wrong_cn)))
+            .await
+            .map(|r| r.0),
         Ok(403),
         "the right CA, the wrong common name"
     );
@@ -125,11 +128,7 @@ async fn tls_without_client_certificates_serves_webhooks_to_any_client() {
     let env = TestEnv::new().await;
     let pki = Ca::new("wa-ingest test server CA");
     let files = PemDir::new();
-    let server = pki.server();
-    let cert = files.write("server.pem", &server.cert_pem);
-    let key = files.write("server.key", &server.key_pem);
-    let receiver =
-        Receiver::start_with_ops(&env, &["--tls-cert", &cert, "--tls-key", &key]).await;
+    let receiver = tls_receiver(&env, &pki, &files, &[]).await;
     let body = payloads::mixed("tls", 1);
     let headers = signed_headers(&body);
     let answer = request(
@@ -186,35 +185,14 @@ async fn a_stalled_tls_handshake_is_closed_after_the_header_timeout() {
     let env = TestEnv::new().await;
     let pki = Ca::new("wa-ingest test server CA");
     let files = PemDir::new();
-    let server = pki.server();
-    let cert = files.write("server.pem", &server.cert_pem);
-    let key = files.write("server.key", &server.key_pem);
-    let receiver = Receiver::start_with_ops(
-        &env,
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--header-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let receiver = tls_receiver(&env, &pki, &files, &["--header-timeout", "1s"]).await;
     let mut silent = wa_e2e::edge::connect(receiver.addr).await;
     let (_, closed) =
         wa_e2e::edge::read_until_closed(&mut silent, std::time::Duration::from_secs(10)).await;
     assert!(closed, "closed by the handshake deadline");
-    let ops = receiver.ops_addr.expect("ops listener");
-    let metrics = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
     assert_eq!(
         wa_e2e::metric_sum(
-            &metrics,
+            &receiver.metrics().await,
             "wa_receiver_connections_closed_total",
             &[("reason", "tls_handshake_timeout")]
         ),

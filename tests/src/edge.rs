@@ -157,19 +157,13 @@ impl ReceiverProcess {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.ops_addr))
-            .await
-            .expect("metrics endpoint")
-            .text()
-            .await
-            .expect("metrics body")
+        crate::scrape(self.ops_addr).await
     }
 
     /// Peak resident memory so far, in bytes (VmHWM of /proc/PID/status).
     pub fn peak_rss(&self) -> u64 {
         let pid = self.child.id().expect("receiver running");
-        let status =
-            std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
         let line = status
             .lines()
             .find(|l| l.starts_with("VmHWM:"))

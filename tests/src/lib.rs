@@ -38,6 +38,16 @@ where
     }
 }
 
+/// The Prometheus text a role serves on `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics endpoint")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// Sums the samples of a Prometheus counter whose labels contain every
 /// `label="value"` pair given.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

@@ -118,6 +118,11 @@ impl Receiver {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `/metrics`, from the plain ops listener when there is one.
+    pub async fn metrics(&self) -> String {
+        crate::scrape(self.ops_addr.unwrap_or(self.addr)).await
+    }
+
     pub async fn wait_ready(&self) {
         wait_ready(self.addr).await;
     }
@@ -188,12 +193,7 @@ impl Worker {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.ops_addr))
-            .await
-            .expect("metrics endpoint")
-            .text()
-            .await
-            .expect("metrics body")
+        crate::scrape(self.ops_addr).await
     }
 
     pub async fn wait_ready(&self) {

@@ -44,8 +44,9 @@ impl Ca {
 
     /// A server certificate for 127.0.0.1 and localhost.
     pub fn server(&self) -> Identity {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("server parameters");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server parameters");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params)
     }
@@ -53,7 +54,9 @@ impl Ca {
     /// A client certificate whose subject common name is `common_name`.
     pub fn client(&self, common_name: &str) -> Identity {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("client parameters");
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params)
     }
@@ -156,9 +159,7 @@ pub async fn request(
     for (name, value) in headers {
         builder = builder.header(*name, value);
     }
-    let request = builder
-        .body(Full::new(Bytes::from(body)))
-        .expect("request");
+    let request = builder.body(Full::new(Bytes::from(body))).expect("request");
     let response = sender
         .send_request(request)
         .await

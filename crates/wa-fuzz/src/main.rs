@@ -45,7 +45,10 @@ fn alloc_bound(len: usize) -> usize {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "wa-fuzz", about = "Fuzz the webhook parser and the signature check")]
+#[command(
+    name = "wa-fuzz",
+    about = "Fuzz the webhook parser and the signature check"
+)]
 struct Args {
     /// Inputs per target.
     #[arg(long, default_value_t = 20_000)]
@@ -108,7 +111,8 @@ fn load_corpus(folder: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 fn input_rng(seed: u64, target: Target, index: u64) -> StdRng {
     let target = target as u64 + 1;
     StdRng::seed_from_u64(
-        seed ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03),
+        seed ^ target.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03),
     )
 }
 

@@ -123,18 +123,28 @@ fn signature_input(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
             intact = false;
         }
         2 => {
-            let junk: Vec<u8> = (0..rng.random_range(1..300)).map(|_| rng.random()).collect();
+            let junk: Vec<u8> = (0..rng.random_range(1..300))
+                .map(|_| rng.random())
+                .collect();
             header.extend(junk);
             intact = false;
         }
         3 => {
-            header = (0..rng.random_range(0..200)).map(|_| rng.random()).collect();
+            header = (0..rng.random_range(0..200))
+                .map(|_| rng.random())
+                .collect();
             intact = false;
         }
         4 => {
             // Spelling that must still verify: upper-case hex, whitespace.
             let (prefix, digest) = header.split_at(7);
-            header = [b"  ".as_slice(), prefix, &digest.to_ascii_uppercase(), b" \t"].concat();
+            header = [
+                b"  ".as_slice(),
+                prefix,
+                &digest.to_ascii_uppercase(),
+                b" \t",
+            ]
+            .concat();
         }
         5 if !body.is_empty() => {
             let at = rng.random_range(0..body.len());
@@ -166,8 +176,7 @@ fn check_signature(input: &[u8]) -> Result<(), String> {
     }
     let (header, rest) = rest.split_at(length);
     let (flags, body) = rest.split_first().expect("length checked");
-    let verifier =
-        SignatureVerifier::new(SECRETS.iter().map(|s| SecretString::new(*s)).collect());
+    let verifier = SignatureVerifier::new(SECRETS.iter().map(|s| SecretString::new(*s)).collect());
 
     let at_once = verifier.verify(Some(header), body);
     // Fed in pieces, as the receiver does while the body arrives.
@@ -203,7 +212,9 @@ fn check_signature(input: &[u8]) -> Result<(), String> {
         .map(<[u8]>::trim_ascii)
         .is_some_and(|hex| hex.len() == 64 && hex.iter().all(u8::is_ascii_hexdigit));
     if parsed.is_ok() != well_formed {
-        return Err(format!("header parse {parsed:?}, well formed {well_formed}"));
+        return Err(format!(
+            "header parse {parsed:?}, well formed {well_formed}"
+        ));
     }
     if matches!(at_once, Err(SignatureError::Malformed)) == well_formed {
         return Err("malformed is reported exactly for malformed headers".to_owned());

@@ -8,7 +8,14 @@ use std::process::Command;
 fn twenty_thousand_inputs_per_target_break_nothing() {
     let out = std::env::temp_dir().join(format!("wa-fuzz-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_wa-fuzz"))
-        .args(["--inputs", "20000", "--seed", "20261101", "--time-limit", "10s"])
+        .args([
+            "--inputs",
+            "20000",
+            "--seed",
+            "20261101",
+            "--time-limit",
+            "10s",
+        ])
         .arg("--out")
         .arg(&out)
         .output()

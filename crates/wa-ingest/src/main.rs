@@ -80,8 +80,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(addr) => Some(listen(addr, "WA_OPS_ADDR").await?),
                 None => None,
             };
-            wa_receiver::run_with_ops(listener, ops, config, wa_core::shutdown::on_signal())
-                .await
+            wa_receiver::run_with_ops(listener, ops, config, wa_core::shutdown::on_signal()).await
         }
         Command::Worker(config) => {
             let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;

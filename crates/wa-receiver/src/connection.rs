@@ -30,6 +30,11 @@ pub enum CloseReason {
     KeepAliveTimeout,
     /// The body missed its deadline (first byte, minimum rate or maximum duration).
     BodyTimeout,
+    /// A request took longer than any legitimate one can.
+    RequestTimeout,
+    /// An answer could not be written for WA_HEADER_TIMEOUT: the client does
+    /// not read.
+    WriteTimeout,
     /// No TLS handshake within WA_HEADER_TIMEOUT.
     TlsHandshakeTimeout,
     /// The TLS handshake failed (not TLS, no common parameters, a client
@@ -52,6 +57,8 @@ impl CloseReason {
             CloseReason::HeaderTimeout => "header_timeout",
             CloseReason::KeepAliveTimeout => "keepalive_timeout",
             CloseReason::BodyTimeout => "body_timeout",
+            CloseReason::RequestTimeout => "request_timeout",
+            CloseReason::WriteTimeout => "write_timeout",
             CloseReason::TlsHandshakeTimeout => "tls_handshake_timeout",
             CloseReason::TlsHandshakeFailed => "tls_handshake_failed",
             CloseReason::Shed => "shed",
@@ -72,6 +79,9 @@ impl CloseReason {
 pub(crate) struct Timeouts {
     pub header: Duration,
     pub keepalive: Duration,
+    /// From a complete head to the response handed to hyper: longer than
+    /// the body deadline and the broker's confirm together (a backstop).
+    pub request: Duration,
 }
 
 /// What a connection's watchdog decided.
@@ -79,8 +89,13 @@ pub(crate) struct Timeouts {
 pub(crate) enum Expiry {
     /// The request head is late; `respond` when bytes of it arrived (a 408
     /// tells the client why), silent when nothing did.
-    HeaderTimeout { respond: bool },
+    HeaderTimeout {
+        respond: bool,
+    },
     KeepAliveTimeout,
+    RequestTimeout,
+    /// A write has made no progress for the header timeout.
+    WriteTimeout,
     Shed,
 }
 
@@ -94,7 +109,9 @@ enum Phase {
         wait: u64,
     },
     /// Between a complete head and the end of the response.
-    InRequest,
+    InRequest {
+        since: Instant,
+    },
     Closed,
 }
 
@@ -113,6 +130,9 @@ pub(crate) struct ConnState {
     /// arrived on a kept-alive connection (or one of the markers above).
     head_first_byte: AtomicU64,
     shed: AtomicBool,
+    /// Milliseconds after `epoch` (plus one) since when a write has been
+    /// waiting for the client to read; 0 while writes go through.
+    write_stalled: AtomicU64,
     close_reason: Mutex<Option<CloseReason>>,
     changed: Notify,
 }
@@ -133,6 +153,7 @@ impl ConnState {
             bytes_read: AtomicU64::new(0),
             head_first_byte: AtomicU64::new(FIRST_BYTE_DISARMED),
             shed: AtomicBool::new(false),
+            write_stalled: AtomicU64::new(0),
             close_reason: Mutex::new(None),
             changed: Notify::new(),
         });
@@ -152,7 +173,9 @@ impl ConnState {
         if let Phase::AwaitingHead { wait, .. } = *phase {
             self.registry.waiting().remove(&wait);
         }
-        *phase = Phase::InRequest;
+        *phase = Phase::InRequest {
+            since: Instant::now(),
+        };
         self.head_first_byte
             .store(FIRST_BYTE_DISARMED, Ordering::Relaxed);
         drop(phase);
@@ -162,7 +185,7 @@ impl ConnState {
     /// The response is written: the connection waits for its next request.
     pub(crate) fn request_finished(self: &Arc<Self>) {
         let mut phase = self.phase();
-        if !matches!(*phase, Phase::InRequest) {
+        if !matches!(*phase, Phase::InRequest { .. }) {
             return;
         }
         let wait = self.registry.next_wait();
@@ -209,7 +232,7 @@ impl ConnState {
     fn note_read(&self, bytes: usize) {
         self.bytes_read.fetch_add(bytes as u64, Ordering::Relaxed);
         if self.head_first_byte.load(Ordering::Relaxed) == FIRST_BYTE_ARMED {
-            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 2);
+            let now = self.millis_since_epoch();
             let _ = self.head_first_byte.compare_exchange(
                 FIRST_BYTE_ARMED,
                 now,
@@ -219,12 +242,49 @@ impl ConnState {
         }
     }
 
-    /// What expires next and when; `None` while inside a request.
+    fn millis_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 2)
+    }
+
+    fn note_write(&self, ready: bool) {
+        if ready {
+            if self.write_stalled.load(Ordering::Relaxed) != 0 {
+                self.write_stalled.store(0, Ordering::Relaxed);
+            }
+        } else if self.write_stalled.load(Ordering::Relaxed) == 0 {
+            self.write_stalled
+                .store(self.millis_since_epoch() + 1, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// What expires next and when: the phase's deadline, or a stalled
+    /// write's if that comes first; `None` once closed.
     fn next_expiry(&self, timeouts: &Timeouts) -> Option<(Instant, Expiry)> {
-        let phase = *self.phase();
-        let Phase::AwaitingHead { since, first, .. } = phase else {
-            self.shed.store(false, Ordering::SeqCst);
-            return None;
+        let phase = self.phase_expiry(timeouts)?;
+        match self.write_stalled.load(Ordering::Relaxed) {
+            0 => Some(phase),
+            since => {
+                let stall = self.epoch + Duration::from_millis(since - 1) + timeouts.header;
+                Some(if stall < phase.0 && phase.1 != Expiry::Shed {
+                    (stall, Expiry::WriteTimeout)
+                } else {
+                    phase
+                })
+            }
+        }
+    }
+
+    fn phase_expiry(&self, timeouts: &Timeouts) -> Option<(Instant, Expiry)> {
+        let (since, first) = match *self.phase() {
+            Phase::AwaitingHead { since, first, .. } => (since, first),
+            Phase::InRequest { since } => {
+                // A request cannot be shed: a shed that raced with its head
+                // is void.
+                self.shed.store(false, Ordering::SeqCst);
+                return Some((since + timeouts.request, Expiry::RequestTimeout));
+            }
+            Phase::Closed => return None,
         };
         if self.shed.load(Ordering::SeqCst) {
             return Some((since, Expiry::Shed));
@@ -334,11 +394,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.note_write(polled.is_ready());
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.state.note_write(polled.is_ready());
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -350,7 +414,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.note_write(polled.is_ready());
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

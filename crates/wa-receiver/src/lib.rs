@@ -89,6 +89,7 @@ pub async fn run_with_ops(
             timeouts: connection::Timeouts {
                 header: edge.header_timeout,
                 keepalive: edge.keepalive_timeout,
+                request: edge.body_max_duration + config.amqp.confirm_timeout + edge.header_timeout,
             },
             max_connections: edge.max_connections as usize,
         },

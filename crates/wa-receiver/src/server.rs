@@ -186,15 +186,25 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let state = ConnState::open(&shared.registry);
     let reason = match &shared.tls {
-        None => serve_http(stream, ClientIdentity::Anonymous, &state, &shared, &shutdown).await,
+        None => {
+            serve_http(
+                stream,
+                ClientIdentity::Anonymous,
+                &state,
+                &shared,
+                &shutdown,
+            )
+            .await
+        }
         Some(acceptor) => {
             let handshake = tokio::select! {
                 handshake = acceptor.accept(stream) => Ok(handshake),
                 expiry = state.expiry(&shared.timeouts) => Err(match expiry {
                     Expiry::Shed => CloseReason::Shed,
-                    Expiry::HeaderTimeout { .. } | Expiry::KeepAliveTimeout => {
-                        CloseReason::TlsHandshakeTimeout
-                    }
+                    Expiry::HeaderTimeout { .. }
+                    | Expiry::KeepAliveTimeout
+                    | Expiry::RequestTimeout
+                    | Expiry::WriteTimeout => CloseReason::TlsHandshakeTimeout,
                 }),
                 _ = shutdown.cancelled() => Err(CloseReason::Shutdown),
             };
@@ -291,6 +301,8 @@ where
             CloseReason::HeaderTimeout
         }
         Stop::Expired(Expiry::KeepAliveTimeout) => CloseReason::KeepAliveTimeout,
+        Stop::Expired(Expiry::RequestTimeout) => CloseReason::RequestTimeout,
+        Stop::Expired(Expiry::WriteTimeout) => CloseReason::WriteTimeout,
         Stop::Expired(Expiry::Shed) => CloseReason::Shed,
         Stop::Shutdown => CloseReason::Shutdown,
     }

@@ -98,7 +98,12 @@ pub(crate) fn load(args: &TlsArgs) -> anyhow::Result<Option<(TlsAcceptor, Option
 fn certificates(path: &Path, variable: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("{variable} {}: cannot read PEM certificates", path.display()))?;
+        .with_context(|| {
+            format!(
+                "{variable} {}: cannot read PEM certificates",
+                path.display()
+            )
+        })?;
     if chain.is_empty() {
         anyhow::bail!("{variable} {}: holds no certificate", path.display());
     }
@@ -107,7 +112,10 @@ fn certificates(path: &Path, variable: &str) -> anyhow::Result<Vec<CertificateDe
 
 /// The identity a finished handshake established.
 pub(crate) fn client_identity(connection: &ServerConnection) -> ClientIdentity {
-    let Some(leaf) = connection.peer_certificates().and_then(|chain| chain.first()) else {
+    let Some(leaf) = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    else {
         return ClientIdentity::Anonymous;
     };
     ClientIdentity::Verified {

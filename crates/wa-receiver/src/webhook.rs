@@ -70,10 +70,12 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/webhooks/whatsapp",
-            get(verify).post(receive).route_layer(middleware::from_fn_with_state(
-                state.clone(),
-                require_client_certificate,
-            )),
+            get(verify)
+                .post(receive)
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_client_certificate,
+                )),
         )
         .with_state(state)
         .merge(wa_core::ops::router(Arc::new(readiness)))
