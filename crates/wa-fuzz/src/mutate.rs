@@ -85,7 +85,9 @@ fn mutate_once(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
     let mut bytes = match serde_json::from_slice::<Value>(seed) {
         Ok(mut value) if rng.random_bool(0.9) => {
             for _ in 0..rng.random_range(1..=4) {
-                mutate_value(rng, &mut value);
+                // What the document may still grow by: mutations compound.
+                let room = MAX_INPUT_LEN.saturating_sub(encoded_len(&value));
+                mutate_value(rng, &mut value, room);
             }
             serde_json::to_vec(&value).expect("a Value always serializes")
         }
@@ -99,12 +101,20 @@ fn mutate_once(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
     bytes
 }
 
-fn mutate_value(rng: &mut StdRng, root: &mut Value) {
+fn mutate_value(rng: &mut StdRng, root: &mut Value, room: usize) {
+    if rng.random_ratio(1, 9) {
+        // Graft a copy of one part of the document onto another.
+        let graft = pick_subtree(rng, root).clone();
+        if encoded_len(&graft) <= room {
+            *pick_node(rng, root) = graft;
+        }
+        return;
+    }
     let target = pick_node(rng, root);
-    match rng.random_range(0..9) {
+    match rng.random_range(0..8) {
         0 => *target = random_value(rng, 2),
         1 => delete_child(rng, target),
-        2 => duplicate_child(rng, target),
+        2 => duplicate_child(rng, target, room),
         3 => {
             let depth = rng.random_range(1..=300);
             nest(rng, target, depth);
@@ -116,12 +126,6 @@ fn mutate_value(rng: &mut StdRng, root: &mut Value) {
                 let key = (*KEYS.choose(rng).expect("keys")).to_owned();
                 map.insert(key, random_value(rng, 2));
             }
-        }
-        7 => {
-            // Graft a copy of another part of the document here.
-            let graft = pick_node(rng, &mut root.clone()).clone();
-            let target = pick_node(rng, root);
-            *target = graft;
         }
         _ => {
             if let Value::Object(map) = target {
@@ -152,6 +156,26 @@ fn pick_node<'a>(rng: &mut StdRng, root: &'a mut Value) -> &'a mut Value {
     }
 }
 
+fn encoded_len(value: &Value) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+/// Like [`pick_node`], for reading.
+fn pick_subtree<'a>(rng: &mut StdRng, root: &'a Value) -> &'a Value {
+    let mut node = root;
+    loop {
+        let children: Vec<&Value> = match node {
+            Value::Array(items) => items.iter().collect(),
+            Value::Object(map) => map.values().collect(),
+            _ => Vec::new(),
+        };
+        match children.choose(rng) {
+            Some(child) if !rng.random_bool(0.25) => node = child,
+            _ => return node,
+        }
+    }
+}
+
 fn delete_child(rng: &mut StdRng, node: &mut Value) {
     match node {
         Value::Array(items) if !items.is_empty() => {
@@ -171,7 +195,7 @@ fn delete_child(rng: &mut StdRng, node: &mut Value) {
 
 /// Repeats an element many times: the shape of quadratic work and of
 /// allocation amplification.
-fn duplicate_child(rng: &mut StdRng, node: &mut Value) {
+fn duplicate_child(rng: &mut StdRng, node: &mut Value, room: usize) {
     if let Value::Array(items) = node
         && let Some(item) = items.choose(rng).cloned()
     {
@@ -180,6 +204,7 @@ fn duplicate_child(rng: &mut StdRng, node: &mut Value) {
         } else {
             rng.random_range(1..=8)
         };
+        let copies = copies.min(room / encoded_len(&item).max(1));
         items.extend(std::iter::repeat_n(item, copies));
     }
 }
