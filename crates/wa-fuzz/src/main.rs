@@ -63,7 +63,7 @@ struct Args {
     #[arg(long, requires_all = ["seed", "target"])]
     only: Option<u64>,
     /// Longest one input may run.
-    #[arg(long, default_value = "2s", value_parser = wa_core::config::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = wa_core::config::parse_duration)]
     time_limit: Duration,
     /// The corpus: a folder of JSON bodies.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../wa-payload/tests/fixtures"))]
