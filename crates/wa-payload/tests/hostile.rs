@@ -77,5 +77,9 @@ fn a_deeply_nested_entry_is_one_event() {
     let events = parse_payload(&body).unwrap();
     assert_eq!(events.len(), 1);
     assert!(events[0].key().starts_with("event:"));
-    assert_eq!(parse_payload(&body).unwrap(), events, "parsing is deterministic");
+    assert_eq!(
+        parse_payload(&body).unwrap(),
+        events,
+        "parsing is deterministic"
+    );
 }
