@@ -258,7 +258,7 @@ fn body_failure(error: BodyError, connection: Option<&Extension<ConnContext>>) -
             Outcome::Unavailable
         }
         BodyError::Read(error) => {
-            tracing::debug!(%error, "could not read the request body");
+            tracing::debug!(error = %error_chain(&error), "could not read the request body");
             Outcome::BadRequest
         }
     }
