@@ -79,9 +79,10 @@ pub struct EdgeArgs {
     #[arg(long, env = "WA_KEEPALIVE_TIMEOUT", value_name = "WA_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_positive_duration)]
     pub keepalive_timeout: Duration,
     /// Open connections at most. At the cap a new connection takes the place
-    /// of the one that has waited longest for a request head; when every
-    /// connection is inside a request, it waits up to WA_HEADER_TIMEOUT for
-    /// one to end and is refused after that.
+    /// of the one that has waited longest for a request head, else of the
+    /// one that has been sending an unverified body longest; when every
+    /// connection holds a verified request, it waits up to WA_HEADER_TIMEOUT
+    /// for one to end and is refused after that.
     #[arg(long, env = "WA_MAX_CONNECTIONS", value_name = "WA_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 }

@@ -40,11 +40,13 @@ pub enum CloseReason {
     /// The TLS handshake failed (not TLS, no common parameters, a client
     /// certificate that does not chain to WA_TLS_CLIENT_CA, ...).
     TlsHandshakeFailed,
-    /// Closed to make room for a new connection at WA_MAX_CONNECTIONS.
+    /// Closed to make room for a new connection at WA_MAX_CONNECTIONS
+    /// (waiting for a request head, or sending an unverified body).
     Shed,
-    /// Refused at WA_MAX_CONNECTIONS: every connection was inside a request.
+    /// Refused at WA_MAX_CONNECTIONS: every connection held a verified request.
     Refused,
-    /// Closed by the receiver's shutdown while waiting for a request.
+    /// Closed by the receiver's shutdown while waiting for a request or
+    /// sending an unverified body.
     Shutdown,
     /// An I/O or HTTP protocol error.
     Error,
@@ -108,9 +110,12 @@ enum Phase {
         first: bool,
         wait: u64,
     },
-    /// Between a complete head and the end of the response.
+    /// Between a complete head and the end of the response; `reading` while
+    /// its body arrives and nobody knows yet whether it is signed (then it
+    /// may be shed, after every connection waiting for a head).
     InRequest {
         since: Instant,
+        reading: Option<u64>,
     },
     Closed,
 }
@@ -165,9 +170,8 @@ impl ConnState {
         self.phase.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A request head is complete: no connection deadline applies until the
-    /// response is done (the body has its own), and the connection is no
-    /// longer a candidate for shedding.
+    /// A request head is complete: the body has deadlines of its own, and
+    /// the connection is no longer among those waiting for a head.
     pub(crate) fn request_started(&self) {
         let mut phase = self.phase();
         if let Phase::AwaitingHead { wait, .. } = *phase {
@@ -175,6 +179,7 @@ impl ConnState {
         }
         *phase = Phase::InRequest {
             since: Instant::now(),
+            reading: None,
         };
         self.head_first_byte
             .store(FIRST_BYTE_DISARMED, Ordering::Relaxed);
@@ -182,11 +187,37 @@ impl ConnState {
         self.changed.notify_one();
     }
 
+    /// The body of an unverified request starts to arrive: until
+    /// [`ConnState::body_read`], the connection may be shed at the cap.
+    pub(crate) fn body_reading(self: &Arc<Self>) {
+        let mut phase = self.phase();
+        if let Phase::InRequest { reading, .. } = &mut *phase
+            && reading.is_none()
+        {
+            let order = self.registry.next_wait();
+            *reading = Some(order);
+            self.registry.reading().insert(order, self.clone());
+        }
+    }
+
+    /// The body is in (or abandoned): the request is no longer sheddable.
+    pub(crate) fn body_read(&self) {
+        let mut phase = self.phase();
+        if let Phase::InRequest { reading, .. } = &mut *phase
+            && let Some(order) = reading.take()
+        {
+            self.registry.reading().remove(&order);
+        }
+    }
+
     /// The response is written: the connection waits for its next request.
     pub(crate) fn request_finished(self: &Arc<Self>) {
         let mut phase = self.phase();
-        if !matches!(*phase, Phase::InRequest { .. }) {
+        let Phase::InRequest { reading, .. } = *phase else {
             return;
+        };
+        if let Some(order) = reading {
+            self.registry.reading().remove(&order);
         }
         let wait = self.registry.next_wait();
         *phase = Phase::AwaitingHead {
@@ -203,14 +234,33 @@ impl ConnState {
 
     pub(crate) fn closed(&self) {
         let mut phase = self.phase();
-        if let Phase::AwaitingHead { wait, .. } = *phase {
-            self.registry.waiting().remove(&wait);
+        match *phase {
+            Phase::AwaitingHead { wait, .. } => {
+                self.registry.waiting().remove(&wait);
+            }
+            Phase::InRequest {
+                reading: Some(order),
+                ..
+            } => {
+                self.registry.reading().remove(&order);
+            }
+            _ => {}
         }
         *phase = Phase::Closed;
     }
 
-    pub(crate) fn awaiting_head(&self) -> bool {
-        matches!(*self.phase(), Phase::AwaitingHead { .. })
+    /// Waiting for a request head, or reading a body not yet verified:
+    /// nothing is lost by closing it (Meta retries what it did not get a
+    /// 200 for).
+    pub(crate) fn sheddable(&self) -> bool {
+        matches!(
+            *self.phase(),
+            Phase::AwaitingHead { .. }
+                | Phase::InRequest {
+                    reading: Some(_),
+                    ..
+                }
+        )
     }
 
     /// Asks the watchdog to close the connection if it still waits for a
@@ -278,9 +328,12 @@ impl ConnState {
     fn phase_expiry(&self, timeouts: &Timeouts) -> Option<(Instant, Expiry)> {
         let (since, first) = match *self.phase() {
             Phase::AwaitingHead { since, first, .. } => (since, first),
-            Phase::InRequest { since } => {
-                // A request cannot be shed: a shed that raced with its head
-                // is void.
+            Phase::InRequest { since, reading } => {
+                if reading.is_some() && self.shed.load(Ordering::SeqCst) {
+                    return Some((since, Expiry::Shed));
+                }
+                // Past its body a request is not shed: a shed that raced
+                // with the end of the body is void.
                 self.shed.store(false, Ordering::SeqCst);
                 return Some((since + timeouts.request, Expiry::RequestTimeout));
             }
@@ -324,12 +377,13 @@ impl ConnState {
     }
 }
 
-/// Every open connection, and those waiting for a request head in the order
-/// they started waiting.
+/// The connections that may be shed at the cap, in the order they started
+/// to wait for a request head, or to read an unverified body.
 #[derive(Default)]
 pub(crate) struct Registry {
     next_wait: AtomicU64,
     waiting: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+    reading: Mutex<BTreeMap<u64, Arc<ConnState>>>,
 }
 
 impl Registry {
@@ -341,10 +395,17 @@ impl Registry {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn reading(&self) -> MutexGuard<'_, BTreeMap<u64, Arc<ConnState>>> {
+        self.reading.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Asks the connection that has waited longest for a request head to
-    /// close; false when every connection is inside a request.
+    /// close, or if none waits, the one that has been reading an unverified
+    /// body the longest (a legitimate body takes milliseconds; Meta retries
+    /// what is cut); false when neither exists.
     pub(crate) fn shed_oldest(&self) -> bool {
         let oldest = self.waiting().pop_first();
+        let oldest = oldest.or_else(|| self.reading().pop_first());
         match oldest {
             Some((_, connection)) => {
                 connection.shed();

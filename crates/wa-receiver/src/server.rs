@@ -46,7 +46,8 @@ pub(crate) struct Listener {
 }
 
 /// Serves `listener` until `shutdown`, then stops accepting, closes the
-/// connections that wait for a request and lets the others finish theirs.
+/// connections that wait for a request or still read an unverified body,
+/// and lets verified requests finish.
 pub(crate) async fn serve(listener: TcpListener, config: Listener, shutdown: CancellationToken) {
     let shared = Arc::new(Shared::new(config));
     let connections = TaskTracker::new();
@@ -125,9 +126,10 @@ impl Shared {
     }
 
     /// A connection slot: a free one, or the one of the connection that has
-    /// waited longest for a request head (shed for this one). When every
-    /// connection is inside a request, waits up to the header timeout for
-    /// one to finish; `None` after that.
+    /// waited longest for a request head, else of the one that has been
+    /// reading an unverified body longest (shed for this one). When every
+    /// connection is past its body, waits up to the header timeout for one
+    /// to finish; `None` after that.
     async fn slot(&self) -> Option<OwnedSemaphorePermit> {
         let give_up = Instant::now() + self.timeouts.header;
         loop {
@@ -270,10 +272,10 @@ where
             finished = &mut conn => break Stop::Finished(finished),
             expiry = state.expiry(&shared.timeouts) => break Stop::Expired(expiry),
             _ = shutdown.cancelled(), if !draining => {
-                if state.awaiting_head() {
+                if state.sheddable() {
                     break Stop::Shutdown;
                 }
-                // Inside a request: finish it, then close.
+                // A verified request: finish it, then close.
                 draining = true;
                 std::pin::Pin::new(&mut conn).graceful_shutdown();
             }
@@ -305,5 +307,29 @@ where
         Stop::Expired(Expiry::WriteTimeout) => CloseReason::WriteTimeout,
         Stop::Expired(Expiry::Shed) => CloseReason::Shed,
         Stop::Shutdown => CloseReason::Shutdown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cap_of_connections_past_their_bodies_refuses_after_the_header_timeout() {
+        let shared = Shared::new(Listener {
+            app: Router::new(),
+            tls: None,
+            timeouts: Timeouts {
+                header: Duration::from_millis(200),
+                keepalive: Duration::from_secs(1),
+                request: Duration::from_secs(1),
+            },
+            max_connections: 1,
+        });
+        // A connection past its body holds the only slot and is not sheddable.
+        let busy = shared.slot().await.expect("the first slot");
+        assert!(shared.slot().await.is_none(), "refused at the cap");
+        drop(busy);
+        assert!(shared.slot().await.is_some(), "a slot once it is free");
     }
 }

@@ -21,7 +21,7 @@ use wa_core::telemetry::error_chain;
 
 use crate::body::{BodyBudget, BodyError, BodyRules, RateDeadline, read_body};
 use crate::config::ReceiverConfig;
-use crate::connection::CloseReason;
+use crate::connection::{CloseReason, ConnState};
 use crate::server::ConnContext;
 use crate::signature::{SIGNATURE_HEADER, SignatureVerifier};
 use crate::tls::ClientAuth;
@@ -224,10 +224,14 @@ async fn receive(
     };
     let declared = declared.and_then(|length| usize::try_from(length).ok());
     let deadline = RateDeadline::new(head_done, rules);
+    let sheddable = connection
+        .as_ref()
+        .map(|c| SheddableWhileReading::new(&c.state));
     let body = match read_body(body, declared, rules, deadline, &state.budget, &mut check).await {
         Ok(body) => body,
         Err(error) => return body_failure(error, connection.as_ref()),
     };
+    drop(sheddable);
     if let Err(error) = check.finish() {
         tracing::warn!(%error, bytes = body.bytes.len(), "webhook refused");
         return Outcome::Unauthorized;
@@ -241,6 +245,23 @@ async fn receive(
         return Outcome::Unavailable;
     };
     enqueue(&state.broker, &body.bytes, signature.map(|v| v.as_bytes())).await
+}
+
+/// Marks the connection sheddable at the cap while its unverified body
+/// arrives, and not after (also when the read ends early).
+struct SheddableWhileReading<'a>(&'a Arc<ConnState>);
+
+impl<'a> SheddableWhileReading<'a> {
+    fn new(state: &'a Arc<ConnState>) -> Self {
+        state.body_reading();
+        Self(state)
+    }
+}
+
+impl Drop for SheddableWhileReading<'_> {
+    fn drop(&mut self) {
+        self.0.body_read();
+    }
 }
 
 fn body_failure(error: BodyError, connection: Option<&Extension<ConnContext>>) -> Outcome {
