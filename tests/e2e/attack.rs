@@ -91,6 +91,15 @@ async fn closes(
         .collect()
 }
 
+/// Connections the receiver closed for `reason`, from its metrics.
+fn closed_for(metrics: &str, reason: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "wa_receiver_connections_closed_total",
+        &[("reason", reason)],
+    )
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -146,13 +155,7 @@ async fn slow_bodies_and_unfinished_heads_do_not_stop_signed_webhooks() {
     let heads = closes(unfinished_heads).await;
     let peak = receiver.peak_rss();
     let metrics = receiver.metrics().await;
-    let closed = |reason: &str| {
-        metric_sum(
-            &metrics,
-            "wa_receiver_connections_closed_total",
-            &[("reason", reason)],
-        )
-    };
+    let closed = |reason: &str| closed_for(&metrics, reason);
     let slowest = |closes: &[Option<Duration>]| closes.iter().flatten().max().copied();
     println!(
         "signed webhooks: {sent} sent, {accepted} answered 200, others {refused:?}; \
@@ -221,13 +224,7 @@ async fn a_header_flood_up_to_the_cap_does_not_lock_out_a_signed_request() {
 
     let closes = closes(flood).await;
     let metrics = receiver.metrics().await;
-    let closed = |reason: &str| {
-        metric_sum(
-            &metrics,
-            "wa_receiver_connections_closed_total",
-            &[("reason", reason)],
-        )
-    };
+    let closed = |reason: &str| closed_for(&metrics, reason);
     let peak = receiver.peak_rss();
     println!(
         "signed request during a flood of {cap} unfinished heads: {status} after {took:?}; \
