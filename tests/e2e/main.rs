@@ -2,10 +2,13 @@
 //! has its own namespace and database, so they run in parallel and beside a
 //! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
 
+mod attack;
+mod edge;
 mod events;
 mod failure;
 mod operations;
 mod pipeline;
 mod receiver;
 mod systemic;
+mod tls;
 mod worker;

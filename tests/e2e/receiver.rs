@@ -275,39 +275,87 @@ async fn shutdown_finishes_requests_in_flight() {
 }
 
 #[tokio::test]
-async fn large_bodies_beyond_the_buffer_budget_get_503_not_memory() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn announced_lengths_take_no_body_budget_but_arrived_bytes_do() {
+    use tokio::io::AsyncWriteExt;
+    use wa_e2e::edge::{connect, post_head};
     let env = TestEnv::new().await;
     let receiver = Receiver::start(&env, &env.amqp_url, &["--body-buffer", "8388608"]).await;
-    // Clients that announce 3 MB and then stall: each holds its share of
-    // the 8 MiB budget while its body is (not) arriving.
-    let announce = || async {
-        let head =
-            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: wa\r\nContent-Length: 3000000\r\n\r\n";
-        let mut stream = tokio::net::TcpStream::connect(receiver.addr)
-            .await
-            .expect("connect");
-        stream.write_all(head.as_bytes()).await.expect("write");
-        stream
-    };
-    let stalled = vec![announce().await, announce().await];
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut third = announce().await;
-    let mut answer = vec![0u8; 64];
-    let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut answer))
-        .await
-        .expect("answered at once")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-
-    // Small webhooks still fit in what is left.
     let client = reqwest::Client::new();
     let url = receiver.url("/webhooks/whatsapp");
+    let signature = format!("x-hub-signature-256: sha256={}\r\n", "0".repeat(64));
+    let announce = |length: usize| post_head(&format!("content-length: {length}\r\n{signature}"));
+    let buffered = || async {
+        let metrics = reqwest::get(receiver.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        wa_e2e::metric_sum(&metrics, "wa_receiver_body_buffer_bytes", &[])
+    };
+
+    // Eight clients announce 4 MiB each (32 MiB, four times the budget) and
+    // send nothing: they hold no budget, signed webhooks go through.
+    let mut announcers = Vec::new();
+    for _ in 0..8 {
+        let mut stream = connect(receiver.addr).await;
+        stream
+            .write_all(announce(4 * 1024 * 1024).as_bytes())
+            .await
+            .expect("write");
+        announcers.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         post_signed(&client, &url, payloads::mixed("small", 1)).await,
         200
     );
-    drop(stalled);
+
+    // Two that really send 3.5 MiB of 4 MiB hold the whole budget (their
+    // buffers grow to the 4 MiB announced): now a body gets 503.
+    let mut senders = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(receiver.addr).await;
+        stream
+            .write_all(announce(4 * 1024 * 1024).as_bytes())
+            .await
+            .expect("write");
+        stream
+            .write_all(&vec![b' '; 3 * 1024 * 1024 + 512 * 1024])
+            .await
+            .expect("write");
+        senders.push(stream);
+    }
+    eventually(
+        "the budget to be taken",
+        Duration::from_secs(10),
+        || async {
+            match buffered().await {
+                full if full >= 8.0 * 1024.0 * 1024.0 => Ok(()),
+                other => Err(other.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        post_signed(&client, &url, payloads::mixed("squeezed", 1)).await,
+        503
+    );
+
+    // Their connections gone, the budget is back.
+    drop(senders);
+    eventually("the budget to be free", Duration::from_secs(10), || async {
+        match buffered().await {
+            0.0 => Ok(()),
+            other => Err(other.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(
+        post_signed(&client, &url, payloads::mixed("after", 1)).await,
+        200
+    );
+    assert_eq!(env.queue_depth("inbound").await, 2);
+    drop(announcers);
     receiver.stop().await;
 }

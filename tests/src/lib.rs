@@ -5,11 +5,13 @@
 //! Tests need the three servers. A missing server fails the test with a
 //! message that says which one: a skipped test would hide a regression.
 
+pub mod edge;
 pub mod env;
 pub mod logs;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
+pub mod tls;
 
 pub use env::{TestEnv, TestRole};
 pub use relay::TcpRelay;
@@ -35,6 +37,16 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// The Prometheus text a role serves on `addr`.
+pub async fn scrape(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics endpoint")
+        .text()
+        .await
+        .expect("metrics body")
 }
 
 /// Sums the samples of a Prometheus counter whose labels contain every

@@ -55,6 +55,8 @@ where
 
 pub struct Receiver {
     pub addr: SocketAddr,
+    /// The plain ops listener, when started with one.
+    pub ops_addr: Option<SocketAddr>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
 }
@@ -62,6 +64,40 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver talking to RabbitMQ at `amqp_url` (the env's, or a relay's).
     pub async fn start(env: &TestEnv, amqp_url: &str, extra: &[&str]) -> Self {
+        let config = Self::config(env, amqp_url, extra);
+        let (addr, shutdown, task) =
+            spawn(|listener, shutdown| wa_receiver::run(listener, config, shutdown)).await;
+        let receiver = Self {
+            addr,
+            ops_addr: None,
+            shutdown,
+            task,
+        };
+        receiver.wait_ready().await;
+        receiver
+    }
+
+    /// A receiver that also serves `/healthz`, `/readyz` and `/metrics` on
+    /// a plain ops listener (WA_OPS_ADDR), and is waited for there: for
+    /// receivers whose public listener speaks TLS.
+    pub async fn start_with_ops(env: &TestEnv, extra: &[&str]) -> Self {
+        let config = Self::config(env, &env.amqp_url, extra);
+        let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ops_addr = ops.local_addr().expect("address");
+        let (addr, shutdown, task) = spawn(|listener, shutdown| {
+            wa_receiver::run_with_ops(listener, Some(ops), config, shutdown)
+        })
+        .await;
+        wait_ready(ops_addr).await;
+        Self {
+            addr,
+            ops_addr: Some(ops_addr),
+            shutdown,
+            task,
+        }
+    }
+
+    fn config(env: &TestEnv, amqp_url: &str, extra: &[&str]) -> wa_receiver::ReceiverConfig {
         let mut args = owned(&[
             "--namespace",
             env.namespace.as_str(),
@@ -75,20 +111,16 @@ impl Receiver {
             "2s",
         ]);
         args.extend(owned(extra));
-        let config: wa_receiver::ReceiverConfig = parse(args);
-        let (addr, shutdown, task) =
-            spawn(|listener, shutdown| wa_receiver::run(listener, config, shutdown)).await;
-        let receiver = Self {
-            addr,
-            shutdown,
-            task,
-        };
-        receiver.wait_ready().await;
-        receiver
+        parse(args)
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// `/metrics`, from the plain ops listener when there is one.
+    pub async fn metrics(&self) -> String {
+        crate::scrape(self.ops_addr.unwrap_or(self.addr)).await
     }
 
     pub async fn wait_ready(&self) {
@@ -161,12 +193,7 @@ impl Worker {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.ops_addr))
-            .await
-            .expect("metrics endpoint")
-            .text()
-            .await
-            .expect("metrics body")
+        crate::scrape(self.ops_addr).await
     }
 
     pub async fn wait_ready(&self) {

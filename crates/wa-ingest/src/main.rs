@@ -77,7 +77,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Receiver(config) => {
             let listener = listen(config.listen_addr, "LISTEN_ADDR").await?;
-            wa_receiver::run(listener, config, wa_core::shutdown::on_signal()).await
+            let ops = match config.ops_addr {
+                Some(addr) => Some(listen(addr, "WA_OPS_ADDR").await?),
+                None => None,
+            };
+            wa_receiver::run_with_ops(listener, ops, config, wa_core::shutdown::on_signal()).await
         }
         Command::Worker(config) => {
             let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;

@@ -34,9 +34,36 @@ pub(crate) fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// `sha256(field || 0x00 || canonical(value))` as lowercase hex.
+#[cfg(test)]
 pub(crate) fn content_hash(field: &str, value: &Value) -> String {
     let mut canonical = String::new();
     write_canonical(value, &mut canonical);
+    hash(field, &canonical)
+}
+
+/// [`content_hash`] of `{"account_id": account_id, "time": time, "value":
+/// value}` (the keys in canonical order), written straight from the parts:
+/// building that object would copy `value`, which may be most of the body.
+pub(crate) fn identity_hash(
+    field: &str,
+    account_id: Option<&str>,
+    time: &Value,
+    value: &Value,
+) -> String {
+    let mut canonical = String::from("{\"account_id\":");
+    match account_id {
+        Some(id) => write_canonical(&Value::String(id.to_owned()), &mut canonical),
+        None => canonical.push_str("null"),
+    }
+    canonical.push_str(",\"time\":");
+    write_canonical(time, &mut canonical);
+    canonical.push_str(",\"value\":");
+    write_canonical(value, &mut canonical);
+    canonical.push('}');
+    hash(field, &canonical)
+}
+
+fn hash(field: &str, canonical: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(field.as_bytes());
     hasher.update([0u8]);
@@ -48,6 +75,30 @@ pub(crate) fn content_hash(field: &str, value: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_identity_hash_is_the_hash_of_the_identity_object() {
+        let values = [
+            json!({"b": [1, {"z": null, "a": "é\n\"q\""}], "a": 1.5}),
+            json!([]),
+            json!("text"),
+            json!(null),
+        ];
+        for value in &values {
+            for (account, time) in [
+                (Some("102290129340398"), json!(1_700_000_000)),
+                (None, json!(null)),
+                (Some("a\"b"), json!("1700000000")),
+            ] {
+                let object = json!({"account_id": account, "time": time, "value": value});
+                assert_eq!(
+                    identity_hash("f", account, &time, value),
+                    content_hash("f", &object),
+                    "{object}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn key_order_does_not_change_the_hash() {

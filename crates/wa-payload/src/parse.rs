@@ -1,6 +1,6 @@
 use serde_json::{Map, Value};
 
-use crate::canonical::content_hash;
+use crate::canonical::identity_hash;
 use crate::event::{Contact, Direction, Event, MessageEvent, OtherEvent, StatusEvent};
 use crate::timestamp::meta_timestamp;
 
@@ -34,21 +34,24 @@ pub fn parse_payload(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
             ));
         }
     }
-    let Some(Value::Array(entries)) = envelope.get("entry") else {
+    // Owned from here on: what is kept whole (an odd entry or change) moves
+    // into its event instead of being copied.
+    let mut envelope = envelope;
+    let Some(Value::Array(entries)) = envelope.remove("entry") else {
         return Err(PayloadError::NotWhatsApp("no `entry` array"));
     };
 
     let mut events = Vec::new();
     for entry in entries {
-        let Value::Object(entry) = entry else {
-            events.push(other("entry", &EntryContext::default(), entry.clone()));
+        let Value::Object(mut entry) = entry else {
+            events.push(other("entry", &EntryContext::default(), entry));
             continue;
         };
         let context = EntryContext {
-            account_id: string_field(entry, "id"),
+            account_id: string_field(&entry, "id"),
             time: entry.get("time").cloned().unwrap_or(Value::Null),
         };
-        let Some(Value::Array(changes)) = entry.get("changes") else {
+        let Some(Value::Array(changes)) = entry.remove("changes") else {
             continue;
         };
         for change in changes {
@@ -68,13 +71,15 @@ struct EntryContext {
     time: Value,
 }
 
-fn parse_change(change: &Value, entry: &EntryContext, events: &mut Vec<Event>) {
+fn parse_change(change: Value, entry: &EntryContext, events: &mut Vec<Event>) {
     let field = change
         .get("field")
         .and_then(Value::as_str)
-        .unwrap_or("unknown");
+        .unwrap_or("unknown")
+        .to_owned();
+    let field = field.as_str();
     let Some(Value::Object(value)) = change.get("value") else {
-        events.push(other(field, entry, change.clone()));
+        events.push(other(field, entry, change));
         return;
     };
     let before = events.len();
@@ -89,9 +94,10 @@ fn parse_change(change: &Value, entry: &EntryContext, events: &mut Vec<Event>) {
     for item in array(value, "statuses") {
         events.push(status(item, &context, field, entry));
     }
+    let error_metadata = error_metadata(value);
     for error in array(value, "errors") {
         let raw = serde_json::json!({
-            "metadata": value.get("metadata"),
+            "metadata": error_metadata,
             "error": error,
         });
         events.push(other(&format!("{field}.errors"), entry, raw));
@@ -100,8 +106,38 @@ fn parse_change(change: &Value, entry: &EntryContext, events: &mut Vec<Event>) {
     // A change we extracted nothing from (a template update, an account
     // update, a field we have never seen) is stored whole.
     if events.len() == before {
-        events.push(other(field, entry, Value::Object(value.clone())));
+        let mut change = change;
+        let value = change.get_mut("value").map(Value::take).unwrap_or_default();
+        events.push(other(field, entry, value));
     }
+}
+
+/// Meta's `metadata` (two short ids) is copied into every error event;
+/// larger than this it is not Meta's, and copying it once per error would
+/// make a small body take memory and time in the square of its size.
+const MAX_ERROR_METADATA_LEN: usize = 1024;
+
+/// The `metadata` each error event of a change carries: Meta's as it is,
+/// anything larger cut down to the ids that say which number it is about.
+fn error_metadata(value: &Map<String, Value>) -> Option<Value> {
+    let metadata = value.get("metadata")?;
+    let small = serde_json::to_vec(metadata)
+        .map(|encoded| encoded.len() <= MAX_ERROR_METADATA_LEN)
+        .unwrap_or(false);
+    if small {
+        return Some(metadata.clone());
+    }
+    let Value::Object(fields) = metadata else {
+        return Some(Value::Null);
+    };
+    let ids = ["display_phone_number", "phone_number_id"]
+        .into_iter()
+        .filter_map(|key| {
+            let id = string_field(fields, key).filter(|id| id.len() <= MAX_ID_LEN)?;
+            Some((key.to_owned(), Value::String(id)))
+        })
+        .collect();
+    Some(Value::Object(ids))
 }
 
 /// What every item of one change shares: the business number and the
@@ -228,13 +264,9 @@ fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryC
 /// Keyed by the hash of the field and the canonical content, with the entry's
 /// account and time: a redelivery hashes the same, a new notification does not.
 fn other(field: &str, entry: &EntryContext, raw: Value) -> Event {
-    let identity = serde_json::json!({
-        "account_id": entry.account_id,
-        "time": entry.time,
-        "value": raw,
-    });
+    let hash = identity_hash(field, entry.account_id.as_deref(), &entry.time, &raw);
     Event::Other(OtherEvent {
-        key: format!("event:{}", content_hash(field, &identity)),
+        key: format!("event:{hash}"),
         field: field.to_owned(),
         account_id: entry.account_id.clone(),
         timestamp: meta_timestamp(Some(&entry.time)),

@@ -29,19 +29,67 @@ impl SignatureVerifier {
         Self { secrets }
     }
 
+    /// Checks `header` against the whole of `body` at once.
     pub fn verify(&self, header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
-        let header = header.ok_or(SignatureError::Missing)?;
-        let hex_digest = header
-            .strip_prefix(b"sha256=")
-            .ok_or(SignatureError::Malformed)?;
-        let expected =
-            hex::decode(hex_digest.trim_ascii()).map_err(|_| SignatureError::Malformed)?;
-        let matches = self.secrets.iter().any(|secret| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-                .expect("HMAC accepts keys of any length");
-            mac.update(body);
-            mac.verify_slice(&expected).is_ok()
-        });
+        let mut check = self.start(header)?;
+        check.update(body);
+        check.finish()
+    }
+
+    /// Parses the header and starts one HMAC per secret, to be fed the body
+    /// while it arrives ([`BodySignature::update`]). A missing or malformed
+    /// header fails here, before any byte of the body is read.
+    pub fn start(&self, header: Option<&[u8]>) -> Result<BodySignature, SignatureError> {
+        let expected = parse_signature_header(header)?;
+        let macs = self
+            .secrets
+            .iter()
+            .map(|secret| {
+                Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+                    .expect("HMAC accepts keys of any length")
+            })
+            .collect();
+        Ok(BodySignature { macs, expected })
+    }
+}
+
+/// Length of an HMAC-SHA256 digest.
+const DIGEST_LEN: usize = 32;
+
+/// The digest in `sha256=<64 hex digits>` (surrounding whitespace allowed,
+/// hex digits in either case).
+pub fn parse_signature_header(header: Option<&[u8]>) -> Result<[u8; DIGEST_LEN], SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    let hex_digest = header
+        .trim_ascii()
+        .strip_prefix(b"sha256=")
+        .ok_or(SignatureError::Malformed)?;
+    let mut digest = [0u8; DIGEST_LEN];
+    hex::decode_to_slice(hex_digest.trim_ascii(), &mut digest)
+        .map_err(|_| SignatureError::Malformed)?;
+    Ok(digest)
+}
+
+/// The signature check of one body in progress.
+pub struct BodySignature {
+    macs: Vec<Hmac<Sha256>>,
+    expected: [u8; DIGEST_LEN],
+}
+
+impl BodySignature {
+    pub fn update(&mut self, chunk: &[u8]) {
+        for mac in &mut self.macs {
+            mac.update(chunk);
+        }
+    }
+
+    /// Whether the bytes fed match the header under any secret (constant time).
+    pub fn finish(self) -> Result<(), SignatureError> {
+        let expected = self.expected;
+        let matches = self
+            .macs
+            .into_iter()
+            .fold(false, |any, mac| mac.verify_slice(&expected).is_ok() | any);
         if matches {
             Ok(())
         } else {
@@ -72,6 +120,45 @@ mod tests {
         let v = verifier(&["old", "new"]);
         assert_eq!(v.verify(Some(sign("old", body).as_bytes()), body), Ok(()));
         assert_eq!(v.verify(Some(sign("new", body).as_bytes()), body), Ok(()));
+    }
+
+    #[test]
+    fn fed_in_pieces_is_the_same_as_at_once() {
+        let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1"}]}"#;
+        let v = verifier(&["old", "new"]);
+        let header = sign("new", body);
+        for split in [0, 1, 17, body.len()] {
+            let mut check = v.start(Some(header.as_bytes())).unwrap();
+            check.update(&body[..split]);
+            check.update(&body[split..]);
+            assert_eq!(check.finish(), Ok(()), "split at {split}");
+        }
+        let mut short = v.start(Some(header.as_bytes())).unwrap();
+        short.update(&body[1..]);
+        assert_eq!(short.finish(), Err(SignatureError::Mismatch));
+    }
+
+    #[test]
+    fn header_spelling() {
+        let digest = "ab".repeat(32);
+        assert!(parse_signature_header(Some(format!(" sha256={digest} ").as_bytes())).is_ok());
+        assert!(
+            parse_signature_header(Some(format!("sha256={}", digest.to_uppercase()).as_bytes()))
+                .is_ok()
+        );
+        for bad in [
+            format!("sha256={}", &digest[1..]),
+            format!("sha256={digest}00"),
+            format!("SHA256={digest}"),
+            format!("sha1={digest}"),
+            "sha256=".to_owned(),
+        ] {
+            assert_eq!(
+                parse_signature_header(Some(bad.as_bytes())),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -4,14 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use sha2::{Digest, Sha256};
@@ -20,8 +19,12 @@ use wa_core::SecretString;
 use wa_core::broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
+use crate::body::{BodyBudget, BodyError, BodyRules, RateDeadline, read_body};
 use crate::config::ReceiverConfig;
+use crate::connection::{CloseReason, ConnState};
+use crate::server::ConnContext;
 use crate::signature::{SIGNATURE_HEADER, SignatureVerifier};
+use crate::tls::ClientAuth;
 
 /// Meta's challenge is a short number; anything longer is not echoed.
 const MAX_CHALLENGE_LEN: usize = 1024;
@@ -30,23 +33,33 @@ pub(crate) struct AppState {
     verifier: SignatureVerifier,
     verify_token: SecretString,
     broker: Broker,
+    /// Verified requests waiting for the broker.
     in_flight: Semaphore,
-    /// KiB of bodies that may be buffered at once.
-    buffer_kib: Semaphore,
-    body_limit: usize,
+    budget: BodyBudget,
+    body_rules: BodyRules,
+    /// Set when the webhook route demands a client certificate.
+    client_auth: Option<ClientAuth>,
 }
 
 impl AppState {
-    pub(crate) fn new(config: &ReceiverConfig, broker: Broker) -> Self {
+    pub(crate) fn new(
+        config: &ReceiverConfig,
+        broker: Broker,
+        client_auth: Option<ClientAuth>,
+    ) -> Self {
         Self {
             verifier: SignatureVerifier::new(config.app_secret.secrets.clone()),
             verify_token: config.verify_token.clone(),
             broker,
             in_flight: Semaphore::new(config.max_in_flight as usize),
-            buffer_kib: Semaphore::new(
-                usize::try_from(config.body_buffer / 1024).unwrap_or(usize::MAX),
-            ),
-            body_limit: usize::try_from(config.body_limit).unwrap_or(usize::MAX),
+            budget: BodyBudget::new(config.body_buffer),
+            body_rules: BodyRules {
+                limit: usize::try_from(config.body_limit).unwrap_or(usize::MAX),
+                initial: config.edge.body_timeout,
+                min_rate: config.edge.body_min_rate,
+                max_duration: config.edge.body_max_duration,
+            },
+            client_auth,
         }
     }
 }
@@ -59,9 +72,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
             "/webhooks/whatsapp",
             get(verify)
                 .post(receive)
-                .route_layer(middleware::from_fn_with_state(state.clone(), admit)),
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    require_client_certificate,
+                )),
         )
-        .layer(DefaultBodyLimit::max(state.body_limit))
         .with_state(state)
         .merge(wa_core::ops::router(Arc::new(readiness)))
 }
@@ -71,7 +86,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 enum Outcome {
     Accepted,
     Unauthorized,
+    /// No client certificate, or not the required one (mTLS only).
+    Forbidden,
     BadRequest,
+    /// The body missed its deadline.
+    Timeout,
     TooLarge,
     Unavailable,
 }
@@ -81,6 +100,8 @@ impl Outcome {
         match self {
             Outcome::Accepted => "accepted",
             Outcome::Unauthorized => "unauthorized",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Timeout => "timeout",
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
             Outcome::Unavailable => "unavailable",
@@ -91,6 +112,8 @@ impl Outcome {
         match self {
             Outcome::Accepted => StatusCode::OK,
             Outcome::Unauthorized => StatusCode::UNAUTHORIZED,
+            Outcome::Forbidden => StatusCode::FORBIDDEN,
+            Outcome::Timeout => StatusCode::REQUEST_TIMEOUT,
             Outcome::BadRequest => StatusCode::BAD_REQUEST,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Outcome::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,11 +127,20 @@ impl IntoResponse for Outcome {
         let body = match self {
             Outcome::Accepted => "ok",
             Outcome::Unauthorized => "invalid signature",
+            Outcome::Forbidden => "client certificate required",
+            Outcome::Timeout => "body too slow",
             Outcome::BadRequest => "body is not JSON",
             Outcome::TooLarge => "body too large",
             Outcome::Unavailable => "cannot enqueue now, retry later",
         };
-        (self.status(), body).into_response()
+        let mut response = (self.status(), body).into_response();
+        if matches!(self, Outcome::Timeout | Outcome::TooLarge) {
+            // What is left of the body is not worth reading.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
 }
 
@@ -144,61 +176,113 @@ fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     Sha256::digest(given) == Sha256::digest(expected)
 }
 
-/// Takes a request slot and its share of the body buffer before the body is
-/// read, so that a flood of large bodies is answered 503 instead of filling
-/// memory. The permits are held until the answer.
-async fn admit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let limit = state.body_limit;
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Outcome::TooLarge.into_response();
+/// With WA_TLS_CLIENT_CA, the webhook route answers only clients whose
+/// certificate the handshake verified (and that carry WA_TLS_CLIENT_CN).
+async fn require_client_certificate(
+    State(state): State<Arc<AppState>>,
+    connection: Option<Extension<ConnContext>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(auth) = &state.client_auth {
+        let admitted = connection.is_some_and(|Extension(c)| auth.admits(&c.identity));
+        if !admitted {
+            tracing::warn!("webhook route refused: no acceptable client certificate");
+            return Outcome::Forbidden.into_response();
+        }
     }
-    let kib = declared.unwrap_or(limit).min(limit).div_ceil(1024).max(1);
-    let admitted = state.in_flight.try_acquire().and_then(|slot| {
-        let buffer = state
-            .buffer_kib
-            .try_acquire_many(u32::try_from(kib).unwrap_or(u32::MAX))?;
-        Ok((slot, buffer))
-    });
-    let Ok(_permits) = admitted else {
-        tracing::warn!("too many webhooks in flight; shedding load");
-        return Outcome::Unavailable.into_response();
-    };
     next.run(request).await
 }
 
+/// Checks what the head says before reading a byte of the body (a missing
+/// or malformed signature, an announced length over the limit), then reads
+/// the body under its deadline and budget while hashing it, and only once
+/// the signature holds checks the JSON and publishes.
 async fn receive(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    connection: Option<Extension<ConnContext>>,
+    request: Request,
 ) -> Outcome {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Outcome::TooLarge;
-        }
-        Err(rejection) => {
-            tracing::debug!(error = %error_chain(&rejection), "could not read the request body");
-            return Outcome::BadRequest;
+    let head_done = tokio::time::Instant::now();
+    let (parts, body) = request.into_parts();
+    let rules = &state.body_rules;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > rules.limit as u64) {
+        return Outcome::TooLarge;
+    }
+    let signature = parts.headers.get(SIGNATURE_HEADER);
+    let mut check = match state.verifier.start(signature.map(|v| v.as_bytes())) {
+        Ok(check) => check,
+        Err(error) => {
+            tracing::warn!(%error, "webhook refused before its body");
+            return Outcome::Unauthorized;
         }
     };
-    let signature = headers.get(SIGNATURE_HEADER);
-    if let Err(error) = state
-        .verifier
-        .verify(signature.map(|v| v.as_bytes()), &body)
-    {
-        tracing::warn!(%error, bytes = body.len(), "webhook refused");
+    let declared = declared.and_then(|length| usize::try_from(length).ok());
+    let deadline = RateDeadline::new(head_done, rules);
+    let sheddable = connection
+        .as_ref()
+        .map(|c| SheddableWhileReading::new(&c.state));
+    let body = match read_body(body, declared, rules, deadline, &state.budget, &mut check).await {
+        Ok(body) => body,
+        Err(error) => return body_failure(error, connection.as_ref()),
+    };
+    drop(sheddable);
+    if let Err(error) = check.finish() {
+        tracing::warn!(%error, bytes = body.bytes.len(), "webhook refused");
         return Outcome::Unauthorized;
     }
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err() {
-        tracing::warn!(bytes = body.len(), "signed webhook body is not JSON");
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body.bytes).is_err() {
+        tracing::warn!(bytes = body.bytes.len(), "signed webhook body is not JSON");
         return Outcome::BadRequest;
     }
-    enqueue(&state.broker, &body, signature.map(|v| v.as_bytes())).await
+    let Ok(_in_flight) = state.in_flight.try_acquire() else {
+        tracing::warn!("too many webhooks waiting for the broker; shedding load");
+        return Outcome::Unavailable;
+    };
+    enqueue(&state.broker, &body.bytes, signature.map(|v| v.as_bytes())).await
+}
+
+/// Marks the connection sheddable at the cap while its unverified body
+/// arrives, and not after (also when the read ends early).
+struct SheddableWhileReading<'a>(&'a Arc<ConnState>);
+
+impl<'a> SheddableWhileReading<'a> {
+    fn new(state: &'a Arc<ConnState>) -> Self {
+        state.body_reading();
+        Self(state)
+    }
+}
+
+impl Drop for SheddableWhileReading<'_> {
+    fn drop(&mut self) {
+        self.0.body_read();
+    }
+}
+
+fn body_failure(error: BodyError, connection: Option<&Extension<ConnContext>>) -> Outcome {
+    match error {
+        BodyError::TooLarge(_) => Outcome::TooLarge,
+        BodyError::TooSlow(bytes) => {
+            tracing::warn!(bytes, "webhook body too slow; closing the connection");
+            if let Some(Extension(connection)) = connection {
+                connection.state.set_close_reason(CloseReason::BodyTimeout);
+            }
+            Outcome::Timeout
+        }
+        BodyError::BudgetExhausted => {
+            tracing::warn!("body buffer budget exhausted; shedding load");
+            Outcome::Unavailable
+        }
+        BodyError::Read(error) => {
+            tracing::debug!(error = %error_chain(&error), "could not read the request body");
+            Outcome::BadRequest
+        }
+    }
 }
 
 async fn enqueue(broker: &Broker, body: &Bytes, signature: Option<&[u8]>) -> Outcome {
