@@ -103,6 +103,18 @@ ROLES = ("migrate", "receiver", "worker", "relay")
 # --------------------------------------------------------------- compose
 
 
+def fixed_host_port(port):
+    """The fixed host port a compose `ports` entry publishes, or None when it
+    publishes none or a free one chosen per container ("127.0.0.1::9090")."""
+    if isinstance(port, dict):
+        published = str(port.get("published") or "")
+    else:
+        parts = str(port).split("/", 1)[0].rsplit(":", 2)
+        published = parts[-2] if len(parts) >= 2 else ""
+    return published if published not in ("", "0") else None
+
+
+
 def check_compose(resolved_path, help_dir):
     binary = Binary(help_dir)
     config = json.load(open(resolved_path))
@@ -138,8 +150,12 @@ def check_compose(resolved_path, help_dir):
             if f":{port}/readyz" not in test:
                 problem(where, f"health check must probe /readyz on port {port}: {test!r}")
         if role in REPLICATED:
-            if svc.get("ports"):
-                problem(where, f"{role}s must not publish host ports (replicas would clash)")
+            for port in svc.get("ports") or []:
+                if fixed_host_port(port):
+                    problem(
+                        where,
+                        f"{role}s must not publish a fixed host port (replicas would clash): {port!r}",
+                    )
             if (svc.get("deploy") or {}).get("replicas", 1) < 2:
                 problem(where, f"expected several {role} replicas (deploy.replicas)")
             deps = svc.get("depends_on") or {}
