@@ -4,10 +4,12 @@
 //! in the same transaction.
 
 mod error;
+mod identity;
 pub mod outbox;
 mod persist;
 
 pub use error::StoreError;
+pub use identity::ContactChanges;
 pub use persist::{Persisted, Store};
 
 /// The schema, embedded in the binary (`wa-ingest migrate`).
