@@ -2,8 +2,11 @@
 //! has its own namespace and database, so they run in parallel and beside a
 //! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
 
+mod contacts;
 mod events;
 mod failure;
+mod groups;
+mod migration;
 mod operations;
 mod pipeline;
 mod receiver;

@@ -9,10 +9,12 @@ pub mod env;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
+pub mod sink;
 
 pub use env::TestEnv;
 pub use relay::TcpRelay;
 pub use roles::{Receiver, Relay, Worker};
+pub use sink::Sink;
 
 use std::future::Future;
 use std::time::Duration;

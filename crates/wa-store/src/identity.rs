@@ -405,6 +405,33 @@ impl Book {
             .bind(&into)
             .execute(&mut **tx)
             .await?;
+            // Group memberships follow the person; where both records have
+            // one for a group, the later change (Meta time) wins.
+            sqlx::query(
+                "WITH moved AS (
+                     DELETE FROM group_members m
+                     USING UNNEST($1::text[], $2::text[]) AS u(key, survivor)
+                     WHERE m.contact_key = u.key
+                     RETURNING m.group_id, u.survivor, m.is_member, m.wa_id, m.user_id,
+                               m.changed_at, m.event_key)
+                 INSERT INTO group_members AS g (group_id, contact_key, is_member, wa_id,
+                                                 user_id, changed_at, event_key)
+                 SELECT DISTINCT ON (group_id, survivor) *
+                 FROM moved
+                 ORDER BY group_id, survivor, changed_at DESC, event_key DESC
+                 ON CONFLICT (group_id, contact_key) DO UPDATE SET
+                     is_member = EXCLUDED.is_member,
+                     wa_id = COALESCE(g.wa_id, EXCLUDED.wa_id),
+                     user_id = COALESCE(g.user_id, EXCLUDED.user_id),
+                     changed_at = EXCLUDED.changed_at,
+                     event_key = EXCLUDED.event_key,
+                     updated_at = now()
+                 WHERE (g.changed_at, g.event_key) < (EXCLUDED.changed_at, EXCLUDED.event_key)",
+            )
+            .bind(&keys)
+            .bind(&into)
+            .execute(&mut **tx)
+            .await?;
         }
         if !updated.is_empty() {
             let columns = Columns::of(updated.iter().copied());
