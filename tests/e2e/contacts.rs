@@ -2,12 +2,9 @@
 //! phone number and BSUID, then by BSUID alone is one contact record with
 //! one ordering key, and concurrent batches never split or duplicate it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use serde_json::json;
-use tokio::sync::Barrier;
 use wa_e2e::payloads::envelope;
 use wa_e2e::{Relay, Sink, TestEnv, Worker, eventually};
 
@@ -231,15 +228,7 @@ async fn concurrent_batches_naming_the_same_people_three_ways_make_one_record_ea
         Worker::start(&env, &one_by_one).await,
         Worker::start(&env, &one_by_one).await,
     ];
-    let gate = Arc::new(Barrier::new(deliveries.len()));
-    join_all(deliveries.into_iter().map(|body| {
-        let (gate, env) = (gate.clone(), &env);
-        async move {
-            gate.wait().await;
-            env.publish_inbound(body).await;
-        }
-    }))
-    .await;
+    env.publish_inbound_at_once(&deliveries).await;
     wait_count(&env, "SELECT count(*) FROM messages", people * 3).await;
     // Every person is one live record holding both ids, whatever the order.
     assert_eq!(

@@ -4,11 +4,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
-use tokio::sync::Barrier;
 use wa_core::broker::event_shard;
 use wa_e2e::env::TEST_EVENT_SHARDS;
 use wa_e2e::payloads::{Participant, envelope, group_receipt, group_text_message, groups_envelope};
@@ -86,20 +83,12 @@ async fn five_participants_receipts_sent_three_times_at_once_out_of_order_are_te
     // first; each receipt three times, all 30 at once.
     bodies.reverse();
     let deliveries: Vec<&Vec<u8>> = bodies.iter().flat_map(|b| [b, b, b]).collect();
-    let gate = Arc::new(Barrier::new(deliveries.len()));
     let workers = [
         Worker::start(&env, &["--batch-size", "4"]).await,
         Worker::start(&env, &["--batch-size", "4"]).await,
     ];
     let relay = Relay::start(&env, &["--reorder-window", "5s"]).await;
-    join_all(deliveries.into_iter().map(|body| {
-        let (gate, env) = (gate.clone(), &env);
-        async move {
-            gate.wait().await;
-            env.publish_inbound(body).await;
-        }
-    }))
-    .await;
+    env.publish_inbound_at_once(&deliveries).await;
 
     settled(&env, "SELECT count(*) FROM message_statuses", 10).await;
     let rows: Vec<(String, String)> = sqlx::query_as(
@@ -493,5 +482,73 @@ async fn membership_follows_meta_time_whatever_the_arrival_order() {
     .await
     .expect("derived state");
     assert_eq!((delivered, read, members), (2, 1, Some(2)));
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_membership_follows_the_person_when_their_two_records_merge() {
+    let env = TestEnv::new().await;
+    let group = "Y2FwaV9ncm91cDptZXJnZQ";
+    let (wa_id, user_id) = ("15550000042", "US.42");
+    let worker = Worker::start(&env, &[]).await;
+    // Seen first by number (a 1:1 message), then joining the group by BSUID
+    // only: two records, the membership on the BSUID's.
+    let steps = [
+        envelope(
+            &[wa_e2e::payloads::text_message(
+                "wamid.by.number",
+                wa_id,
+                1_750_000_050,
+            )],
+            &[],
+        ),
+        groups_envelope(
+            "group_participants_update",
+            &[
+                serde_json::json!({"timestamp": "1750000100", "group_id": group,
+                "type": "group_participants_add", "reason": "invite_link",
+                "added_participants": [{"user_id": user_id}]}),
+            ],
+        ),
+        // Then Meta shows both ids together: one person.
+        envelope(
+            &[group_text_message(
+                "wamid.by.both",
+                group,
+                Some(wa_id),
+                Some(user_id),
+                1_750_000_200,
+            )],
+            &[],
+        ),
+    ];
+    for (i, body) in steps.iter().enumerate() {
+        env.publish_inbound(body).await;
+        let stored = i as i64 + 1;
+        eventually("the step stored", LIMIT, || async {
+            let n = env.count("SELECT count(*) FROM messages").await
+                + env.count("SELECT count(*) FROM group_events").await;
+            if n == stored {
+                Ok(())
+            } else {
+                Err(n.to_string())
+            }
+        })
+        .await;
+    }
+    // The number's record was seen first and survives; the membership moved.
+    let members: Vec<(String, bool)> =
+        sqlx::query_as("SELECT contact_key, is_member FROM group_members")
+            .fetch_all(&env.db)
+            .await
+            .expect("members");
+    assert_eq!(members, [(wa_id.to_owned(), true)]);
+    let merged: Option<String> =
+        sqlx::query_scalar("SELECT merged_into FROM contacts WHERE contact_key = $1")
+            .bind(user_id)
+            .fetch_one(&env.db)
+            .await
+            .expect("tombstone");
+    assert_eq!(merged.as_deref(), Some(wa_id));
     worker.stop().await;
 }

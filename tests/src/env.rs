@@ -141,6 +141,21 @@ impl TestEnv {
         self.publish(&self.queue("inbound"), "", body).await;
     }
 
+    /// Publishes every body to `{ns}.inbound` at the same moment (each on
+    /// its own channel, all released by one barrier), as Meta's concurrent
+    /// redeliveries arrive.
+    pub async fn publish_inbound_at_once(&self, bodies: &[&Vec<u8>]) {
+        let gate = std::sync::Arc::new(tokio::sync::Barrier::new(bodies.len()));
+        futures_util::future::join_all(bodies.iter().map(|body| {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                self.publish_inbound(body).await;
+            }
+        }))
+        .await;
+    }
+
     /// Publishes many bodies to `{ns}.inbound` on one channel, confirms
     /// awaited together.
     pub async fn publish_inbound_all(&self, bodies: &[Vec<u8>]) {

@@ -407,27 +407,21 @@ impl Book {
             .await?;
             // Group memberships follow the person; where both records have
             // one for a group, the later change (Meta time) wins.
-            sqlx::query(
+            sqlx::query(concat!(
                 "WITH moved AS (
-                     DELETE FROM group_members m
+                     DELETE FROM group_members g
                      USING UNNEST($1::text[], $2::text[]) AS u(key, survivor)
-                     WHERE m.contact_key = u.key
-                     RETURNING m.group_id, u.survivor, m.is_member, m.wa_id, m.user_id,
-                               m.changed_at, m.event_key)
-                 INSERT INTO group_members AS g (group_id, contact_key, is_member, wa_id,
+                     WHERE g.contact_key = u.key
+                     RETURNING g.group_id, u.survivor, g.is_member, g.wa_id, g.user_id,
+                               g.changed_at, g.event_key)
+                 INSERT INTO group_members AS m (group_id, contact_key, is_member, wa_id,
                                                  user_id, changed_at, event_key)
                  SELECT DISTINCT ON (group_id, survivor) *
                  FROM moved
                  ORDER BY group_id, survivor, changed_at DESC, event_key DESC
-                 ON CONFLICT (group_id, contact_key) DO UPDATE SET
-                     is_member = EXCLUDED.is_member,
-                     wa_id = COALESCE(g.wa_id, EXCLUDED.wa_id),
-                     user_id = COALESCE(g.user_id, EXCLUDED.user_id),
-                     changed_at = EXCLUDED.changed_at,
-                     event_key = EXCLUDED.event_key,
-                     updated_at = now()
-                 WHERE (g.changed_at, g.event_key) < (EXCLUDED.changed_at, EXCLUDED.event_key)",
-            )
+                 ",
+                later_membership_wins!()
+            ))
             .bind(&keys)
             .bind(&into)
             .execute(&mut **tx)
@@ -435,7 +429,7 @@ impl Book {
         }
         if !updated.is_empty() {
             let columns = Columns::of(updated.iter().copied());
-            sqlx::query(
+            let update = sqlx::query_as(
                 "UPDATE contacts c
                  SET wa_id = u.wa_id, user_id = u.user_id, parent_user_id = u.parent_user_id,
                      username = u.username, profile_name = u.profile_name,
@@ -445,42 +439,25 @@ impl Book {
                              $6::text[], $7::timestamptz[], $8::timestamptz[])
                       AS u(key, wa_id, user_id, parent_user_id, username, profile_name,
                            first_seen_at, last_seen_at)
-                 WHERE c.contact_key = u.key",
-            )
-            .bind(&columns.keys)
-            .bind(&columns.wa_ids)
-            .bind(&columns.user_ids)
-            .bind(&columns.parent_user_ids)
-            .bind(&columns.usernames)
-            .bind(&columns.profile_names)
-            .bind(&columns.first_seen)
-            .bind(&columns.last_seen)
-            .execute(&mut **tx)
-            .await?;
+                 WHERE c.contact_key = u.key
+                 RETURNING c.contact_key",
+            );
+            let _: Vec<(String,)> = columns.bind(update).fetch_all(&mut **tx).await?;
         }
         for attempt in 0..KEY_ATTEMPTS {
             if created.is_empty() {
                 return Ok(());
             }
             let columns = Columns::of(created.iter());
-            let inserted: Vec<(String,)> = sqlx::query_as(
+            let insert = sqlx::query_as(
                 "INSERT INTO contacts (contact_key, wa_id, user_id, parent_user_id, username,
                                        profile_name, first_seen_at, last_seen_at)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                       $6::text[], $7::timestamptz[], $8::timestamptz[])
                  ON CONFLICT (contact_key) DO NOTHING
                  RETURNING contact_key",
-            )
-            .bind(&columns.keys)
-            .bind(&columns.wa_ids)
-            .bind(&columns.user_ids)
-            .bind(&columns.parent_user_ids)
-            .bind(&columns.usernames)
-            .bind(&columns.profile_names)
-            .bind(&columns.first_seen)
-            .bind(&columns.last_seen)
-            .fetch_all(&mut **tx)
-            .await?;
+            );
+            let inserted: Vec<(String,)> = columns.bind(insert).fetch_all(&mut **tx).await?;
             let inserted: std::collections::HashSet<String> =
                 inserted.into_iter().map(|(key,)| key).collect();
             created.retain(|r| !inserted.contains(&r.contact_key));
@@ -531,7 +508,23 @@ struct Columns<'a> {
     last_seen: Vec<Option<DateTime<Utc>>>,
 }
 
+/// A statement over `UNNEST` of the eight record columns, in `Columns` order.
+type RecordsQuery<'q> =
+    sqlx::query::QueryAs<'q, Postgres, (String,), <Postgres as sqlx::Database>::Arguments>;
+
 impl<'a> Columns<'a> {
+    fn bind<'q>(&'q self, query: RecordsQuery<'q>) -> RecordsQuery<'q> {
+        query
+            .bind(&self.keys)
+            .bind(&self.wa_ids)
+            .bind(&self.user_ids)
+            .bind(&self.parent_user_ids)
+            .bind(&self.usernames)
+            .bind(&self.profile_names)
+            .bind(&self.first_seen)
+            .bind(&self.last_seen)
+    }
+
     fn of(records: impl Iterator<Item = &'a Record>) -> Self {
         let mut columns = Columns {
             keys: Vec::new(),

@@ -487,20 +487,14 @@ async fn update_membership(
     let user_ids: Vec<Option<&str>> = changes.clone().map(|c| c.user_id).collect();
     let times: Vec<DateTime<Utc>> = changes.clone().map(|c| c.at).collect();
     let event_keys: Vec<&str> = changes.map(|c| c.event_key).collect();
-    sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO group_members AS m (group_id, contact_key, is_member, wa_id, user_id,
                                          changed_at, event_key)
          SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[],
                               $6::timestamptz[], $7::text[])
-         ON CONFLICT (group_id, contact_key) DO UPDATE SET
-             is_member = EXCLUDED.is_member,
-             wa_id = COALESCE(EXCLUDED.wa_id, m.wa_id),
-             user_id = COALESCE(EXCLUDED.user_id, m.user_id),
-             changed_at = EXCLUDED.changed_at,
-             event_key = EXCLUDED.event_key,
-             updated_at = now()
-         WHERE (m.changed_at, m.event_key) < (EXCLUDED.changed_at, EXCLUDED.event_key)",
-    )
+         ",
+        later_membership_wins!()
+    ))
     .bind(&group_ids)
     .bind(&contact_keys)
     .bind(&members)
