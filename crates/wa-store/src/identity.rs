@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres};
 use wa_payload::Contact;
 
 /// How many times a new record's key is retried with a suffix when another
@@ -105,7 +105,7 @@ struct Entry {
 /// Resolves every sighting and writes what changed. Sightings without any
 /// id are skipped.
 pub(crate) async fn resolve(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     sightings: &[Sighting<'_>],
 ) -> Result<(Directory, ContactChanges), sqlx::Error> {
     let mut sightings: Vec<&Sighting<'_>> = sightings
@@ -137,7 +137,7 @@ pub(crate) async fn resolve(
     )
     .bind(&wa_ids)
     .bind(&user_ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
 
     let mut book = Book::default();
@@ -154,7 +154,7 @@ pub(crate) async fn resolve(
 
 /// Transaction-scoped advisory locks on every id, in one sorted order.
 async fn lock_ids(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     wa_ids: &[&str],
     user_ids: &[&str],
 ) -> Result<(), sqlx::Error> {
@@ -167,7 +167,7 @@ async fn lock_ids(
     locks.dedup();
     sqlx::query("SELECT pg_advisory_xact_lock(k) FROM UNNEST($1::int8[]) AS k")
         .bind(&locks)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(())
 }
@@ -379,7 +379,7 @@ impl Book {
 
     /// Tombstones first (they give their ids up), then updates, then new
     /// records: each statement sees the ids the previous one freed.
-    async fn write(&mut self, tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    async fn write(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
         let mut tombstones: Vec<(&str, &str)> = Vec::new();
         let mut updated: Vec<&Record> = Vec::new();
         let mut created: Vec<Record> = Vec::new();
@@ -403,7 +403,7 @@ impl Book {
             )
             .bind(&keys)
             .bind(&into)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
             // Group memberships follow the person; where both records have
             // one for a group, the later change (Meta time) wins.
@@ -424,7 +424,7 @@ impl Book {
             ))
             .bind(&keys)
             .bind(&into)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await?;
         }
         if !updated.is_empty() {
@@ -442,7 +442,7 @@ impl Book {
                  WHERE c.contact_key = u.key
                  RETURNING c.contact_key",
             );
-            let _: Vec<(String,)> = columns.bind(update).fetch_all(&mut **tx).await?;
+            let _: Vec<(String,)> = columns.bind(update).fetch_all(&mut *tx).await?;
         }
         for attempt in 0..KEY_ATTEMPTS {
             if created.is_empty() {
@@ -457,7 +457,7 @@ impl Book {
                  ON CONFLICT (contact_key) DO NOTHING
                  RETURNING contact_key",
             );
-            let inserted: Vec<(String,)> = columns.bind(insert).fetch_all(&mut **tx).await?;
+            let inserted: Vec<(String,)> = columns.bind(insert).fetch_all(&mut *tx).await?;
             let inserted: std::collections::HashSet<String> =
                 inserted.into_iter().map(|(key,)| key).collect();
             created.retain(|r| !inserted.contains(&r.contact_key));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use wa_payload::{Contact, GroupEvent, MessageEvent, StatusEvent};
 
 use crate::StoreError;
@@ -192,7 +192,7 @@ pub(crate) fn participant_json(
 }
 
 pub(crate) async fn enqueue(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     mut rows: Vec<OutboxRow<'_>>,
 ) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
@@ -206,7 +206,7 @@ pub(crate) async fn enqueue(
          ON CONFLICT DO NOTHING",
     )
     .bind(&contacts)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
@@ -228,7 +228,7 @@ pub(crate) async fn enqueue(
     .bind(&wamids)
     .bind(&timestamps)
     .bind(sqlx::types::Json(&payloads))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -2,7 +2,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 use wa_payload::{
     Event, GroupEvent, MessageEvent, OtherEvent, ParticipantChange, StatusEvent, status_rank,
 };
@@ -39,93 +39,98 @@ impl Store {
     /// the users the events name are resolved to their contact records
     /// first (see [`crate::identity`]), which also locks in one order.
     pub async fn persist(&self, events: &[&Event]) -> Result<Persisted, StoreError> {
-        let mut messages: Vec<&MessageEvent> = Vec::new();
-        let mut statuses: Vec<&StatusEvent> = Vec::new();
-        let mut groups: Vec<&GroupEvent> = Vec::new();
-        let mut others: Vec<&OtherEvent> = Vec::new();
-        for event in events {
-            match event {
-                Event::Message(m) => messages.push(m),
-                Event::Status(s) => statuses.push(s),
-                Event::Group(g) => groups.push(g),
-                Event::Other(o) => others.push(o),
-            }
-        }
-        messages.sort_by(|a, b| a.wamid.cmp(&b.wamid));
-        statuses.sort_by(|a, b| {
-            (&a.wamid, &a.status, &a.participant).cmp(&(&b.wamid, &b.status, &b.participant))
-        });
-        groups.sort_by(|a, b| a.key.cmp(&b.key));
-        others.sort_by(|a, b| a.key.cmp(&b.key));
-
         let mut tx = self.pool.begin().await.map_err(StoreError::connecting)?;
-        let mut persisted = Persisted::default();
-        let mut outbox_rows = Vec::new();
-        let (contacts, changes) =
-            identity::resolve(&mut tx, &sightings(&messages, &statuses, &groups)).await?;
-        persisted.contacts = changes;
-        if !messages.is_empty() {
-            let new = insert_messages(&mut tx, &messages, &contacts).await?;
-            for message in messages.iter().filter(|m| new.contains(&m.wamid)) {
-                let contact_key = contacts.key_of(&message.contact);
-                outbox_rows.push(OutboxRow::message_created(message, contact_key));
-                persisted.inserted.insert(message.key.clone());
-            }
-        }
-        if !statuses.is_empty() {
-            let new = insert_statuses(&mut tx, &statuses, &contacts).await?;
-            let new_statuses: Vec<&StatusEvent> = statuses
-                .iter()
-                .copied()
-                .filter(|s| new.contains(&status_row(s)))
-                .collect();
-            let (receipts, own): (Vec<&StatusEvent>, Vec<&StatusEvent>) =
-                new_statuses.iter().partition(|s| s.participant.is_some());
-            // A message's own status gives an event when it advances.
-            for status in advance_latest_status(&mut tx, &own).await? {
-                let contact_key = contacts.key_of(&status.contact);
-                outbox_rows.push(OutboxRow::message_status(status, contact_key, None));
-            }
-            // Every group receipt is news (who got or read it, when), with
-            // the participant's state, which never goes backwards.
-            let states = advance_participant_status(&mut tx, &receipts, &contacts).await?;
-            for receipt in receipts {
-                let contact_key = contacts.key_of(&receipt.contact);
-                let state = states.get(&participant_row(receipt)).map(String::as_str);
-                outbox_rows.push(OutboxRow::message_status(receipt, contact_key, state));
-            }
-            persisted
-                .inserted
-                .extend(new_statuses.iter().map(|s| s.key.clone()));
-        }
-        if !groups.is_empty() {
-            let new = insert_groups(&mut tx, &groups).await?;
-            let new_groups: Vec<&GroupEvent> = groups
-                .iter()
-                .copied()
-                .filter(|g| new.contains(&g.key))
-                .collect();
-            update_membership(&mut tx, &new_groups, &contacts).await?;
-            for group in &new_groups {
-                let participants = group
-                    .participants
-                    .iter()
-                    .map(|p| {
-                        participant_json(p.change.as_str(), &p.contact, contacts.key_of(&p.contact))
-                    })
-                    .collect();
-                outbox_rows.push(OutboxRow::group_event(group, participants));
-            }
-            persisted.inserted.extend(new);
-        }
-        if !others.is_empty() {
-            let new = insert_others(&mut tx, &others).await?;
-            persisted.inserted.extend(new);
-        }
-        outbox::enqueue(&mut tx, outbox_rows).await?;
+        let persisted = write(&mut tx, events).await?;
         tx.commit().await?;
         Ok(persisted)
     }
+}
+
+async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, StoreError> {
+    let mut messages: Vec<&MessageEvent> = Vec::new();
+    let mut statuses: Vec<&StatusEvent> = Vec::new();
+    let mut groups: Vec<&GroupEvent> = Vec::new();
+    let mut others: Vec<&OtherEvent> = Vec::new();
+    for event in events {
+        match event {
+            Event::Message(m) => messages.push(m),
+            Event::Status(s) => statuses.push(s),
+            Event::Group(g) => groups.push(g),
+            Event::Other(o) => others.push(o),
+        }
+    }
+    messages.sort_by(|a, b| a.wamid.cmp(&b.wamid));
+    statuses.sort_by(|a, b| {
+        (&a.wamid, &a.status, &a.participant).cmp(&(&b.wamid, &b.status, &b.participant))
+    });
+    groups.sort_by(|a, b| a.key.cmp(&b.key));
+    others.sort_by(|a, b| a.key.cmp(&b.key));
+
+    let mut persisted = Persisted::default();
+    let mut outbox_rows = Vec::new();
+    let (contacts, changes) =
+        identity::resolve(tx, &sightings(&messages, &statuses, &groups)).await?;
+    persisted.contacts = changes;
+    if !messages.is_empty() {
+        let new = insert_messages(tx, &messages, &contacts).await?;
+        for message in messages.iter().filter(|m| new.contains(&m.wamid)) {
+            let contact_key = contacts.key_of(&message.contact);
+            outbox_rows.push(OutboxRow::message_created(message, contact_key));
+            persisted.inserted.insert(message.key.clone());
+        }
+    }
+    if !statuses.is_empty() {
+        let new = insert_statuses(tx, &statuses, &contacts).await?;
+        let new_statuses: Vec<&StatusEvent> = statuses
+            .iter()
+            .copied()
+            .filter(|s| new.contains(&status_row(s)))
+            .collect();
+        let (receipts, own): (Vec<&StatusEvent>, Vec<&StatusEvent>) =
+            new_statuses.iter().partition(|s| s.participant.is_some());
+        // A message's own status gives an event when it advances.
+        for status in advance_latest_status(tx, &own).await? {
+            let contact_key = contacts.key_of(&status.contact);
+            outbox_rows.push(OutboxRow::message_status(status, contact_key, None));
+        }
+        // Every group receipt is news (who got or read it, when), with
+        // the participant's state, which never goes backwards.
+        let states = advance_participant_status(tx, &receipts, &contacts).await?;
+        for receipt in receipts {
+            let contact_key = contacts.key_of(&receipt.contact);
+            let state = states.get(&participant_row(receipt)).map(String::as_str);
+            outbox_rows.push(OutboxRow::message_status(receipt, contact_key, state));
+        }
+        persisted
+            .inserted
+            .extend(new_statuses.iter().map(|s| s.key.clone()));
+    }
+    if !groups.is_empty() {
+        let new = insert_groups(tx, &groups).await?;
+        let new_groups: Vec<&GroupEvent> = groups
+            .iter()
+            .copied()
+            .filter(|g| new.contains(&g.key))
+            .collect();
+        update_membership(tx, &new_groups, &contacts).await?;
+        for group in &new_groups {
+            let participants = group
+                .participants
+                .iter()
+                .map(|p| {
+                    participant_json(p.change.as_str(), &p.contact, contacts.key_of(&p.contact))
+                })
+                .collect();
+            outbox_rows.push(OutboxRow::group_event(group, participants));
+        }
+        persisted.inserted.extend(new);
+    }
+    if !others.is_empty() {
+        let new = insert_others(tx, &others).await?;
+        persisted.inserted.extend(new);
+    }
+    outbox::enqueue(tx, outbox_rows).await?;
+    Ok(persisted)
 }
 
 /// The unique identity of a status row.
@@ -171,10 +176,8 @@ fn sightings<'a>(
     messages.chain(statuses).chain(participants).collect()
 }
 
-type Tx = Transaction<'static, Postgres>;
-
 async fn insert_messages(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     messages: &[&MessageEvent],
     contacts: &Directory,
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -215,13 +218,13 @@ async fn insert_messages(
     .bind(&timestamps)
     .bind(text(|m| m.group_id.as_deref()))
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(wamid,)| wamid).collect())
 }
 
 async fn insert_statuses(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     statuses: &[&StatusEvent],
     contacts: &Directory,
 ) -> Result<HashSet<(String, String, String)>, sqlx::Error> {
@@ -276,7 +279,7 @@ async fn insert_statuses(
     .bind(json(|s| s.conversation.as_ref()))
     .bind(json(|s| s.pricing.as_ref()))
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().collect())
 }
@@ -285,7 +288,7 @@ async fn insert_statuses(
 /// that was newly stored; a lower or equal rank never replaces a higher one,
 /// whatever the arrival order. Returns the statuses that moved it.
 async fn advance_latest_status<'a>(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     statuses: &[&'a StatusEvent],
 ) -> Result<Vec<&'a StatusEvent>, sqlx::Error> {
     let mut best: BTreeMap<&str, &'a StatusEvent> = BTreeMap::new();
@@ -321,7 +324,7 @@ async fn advance_latest_status<'a>(
     .bind(&names)
     .bind(&ranks)
     .bind(&timestamps)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(advanced
         .into_iter()
@@ -333,7 +336,7 @@ async fn advance_latest_status<'a>(
 /// participant) exactly as [`advance_latest_status`] does per wamid, and
 /// returns every touched participant's state after the move.
 async fn advance_participant_status(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     receipts: &[&StatusEvent],
     contacts: &Directory,
 ) -> Result<HashMap<(String, String), String>, sqlx::Error> {
@@ -383,7 +386,7 @@ async fn advance_participant_status(
     .bind(&names)
     .bind(&ranks)
     .bind(&timestamps)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(states
         .into_iter()
@@ -391,7 +394,10 @@ async fn advance_participant_status(
         .collect())
 }
 
-async fn insert_groups(tx: &mut Tx, groups: &[&GroupEvent]) -> Result<Vec<String>, sqlx::Error> {
+async fn insert_groups(
+    tx: &mut PgConnection,
+    groups: &[&GroupEvent],
+) -> Result<Vec<String>, sqlx::Error> {
     let text = |f: fn(&GroupEvent) -> Option<&str>| -> Vec<Option<&str>> {
         groups.iter().map(|g| f(g)).collect()
     };
@@ -423,7 +429,7 @@ async fn insert_groups(tx: &mut Tx, groups: &[&GroupEvent]) -> Result<Vec<String
     .bind(text(|g| g.phone_number_id.as_deref()))
     .bind(&timestamps)
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(key,)| key).collect())
 }
@@ -441,7 +447,7 @@ struct MembershipChange<'a> {
 /// row moves only to a later change (Meta time, then event key), so replays
 /// and out-of-order deliveries leave the latest state.
 async fn update_membership(
-    tx: &mut Tx,
+    tx: &mut PgConnection,
     groups: &[&GroupEvent],
     contacts: &Directory,
 ) -> Result<(), sqlx::Error> {
@@ -502,12 +508,15 @@ async fn update_membership(
     .bind(&user_ids)
     .bind(&times)
     .bind(&event_keys)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-async fn insert_others(tx: &mut Tx, others: &[&OtherEvent]) -> Result<Vec<String>, sqlx::Error> {
+async fn insert_others(
+    tx: &mut PgConnection,
+    others: &[&OtherEvent],
+) -> Result<Vec<String>, sqlx::Error> {
     let keys: Vec<&str> = others.iter().map(|o| o.key.as_str()).collect();
     let fields: Vec<&str> = others.iter().map(|o| o.field.as_str()).collect();
     let accounts: Vec<Option<&str>> = others.iter().map(|o| o.account_id.as_deref()).collect();
@@ -527,7 +536,7 @@ async fn insert_others(tx: &mut Tx, others: &[&OtherEvent]) -> Result<Vec<String
     .bind(&accounts)
     .bind(&timestamps)
     .bind(sqlx::types::Json(&raws))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(key,)| key).collect())
 }
