@@ -1,5 +1,6 @@
 //! The transactional outbox: downstream events written with the rows they
-//! announce, and released by the relay per contact in Meta-timestamp order.
+//! announce, and released by the relay per contact (or per group) in
+//! Meta-timestamp order.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
