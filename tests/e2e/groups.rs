@@ -554,3 +554,50 @@ async fn a_membership_follows_the_person_when_their_two_records_merge() {
     assert_eq!(merged.as_deref(), Some(wa_id));
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn unknown_status_values_are_stored_and_never_move_a_participant_back() {
+    let env = TestEnv::new().await;
+    let sink = Sink::start(&env).await;
+    let worker = Worker::start(&env, &[]).await;
+    let relay = Relay::start(&env, &["--reorder-window", "200ms"]).await;
+    let group = "Y2FwaV9ncm91cDp1bmtub3du";
+    let wamid = "wamid.to.the.group.unknown";
+    let participant = Participant::RecipientParticipantId("15550000077");
+    let mut unknown = group_receipt(wamid, "reacted", group, participant, 1_750_000_020);
+    // An identity field Meta may add some day: kept in the raw item.
+    unknown["recipient_participant_lid"] = serde_json::json!("LID.77");
+    for receipt in [
+        group_receipt(wamid, "read", group, participant, 1_750_000_010),
+        unknown,
+    ] {
+        env.publish_inbound(&envelope(&[], &[receipt])).await;
+    }
+    settled(&env, "SELECT count(*) FROM message_statuses", 2).await;
+    let state: String = sqlx::query_scalar(
+        "SELECT status FROM message_participant_status WHERE wamid = $1 AND participant = $2",
+    )
+    .bind(wamid)
+    .bind(participant.key())
+    .fetch_one(&env.db)
+    .await
+    .expect("participant state");
+    assert_eq!(state, "read");
+    let lid: String = sqlx::query_scalar(
+        "SELECT raw->>'recipient_participant_lid' FROM message_statuses WHERE status = 'reacted'",
+    )
+    .fetch_one(&env.db)
+    .await
+    .expect("the unknown receipt");
+    assert_eq!(lid, "LID.77");
+    let received = events(&sink, 2).await;
+    assert_eq!(received.len(), 2);
+    assert!(
+        received
+            .iter()
+            .all(|e| e.body["data"]["participant_status"] == "read"),
+        "{received:#?}"
+    );
+    relay.stop().await;
+    worker.stop().await;
+}

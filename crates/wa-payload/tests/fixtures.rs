@@ -659,6 +659,36 @@ fn group_message_carries_its_group_and_its_sender() {
 }
 
 #[test]
+fn unknown_status_values_and_future_identity_fields_are_kept() {
+    let body = serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA_ID, "changes": [{"field": "messages", "value": {
+            "metadata": {"phone_number_id": PHONE_NUMBER_ID},
+            "statuses": [
+                {"id": DOCS_GROUP_MESSAGE, "status": "reacted", "timestamp": "1749420900",
+                 "recipient_id": DOCS_GROUP_ID, "recipient_type": "group",
+                 "recipient_participant_id": JORDAN_WA_ID,
+                 "recipient_participant_lid": "LID.42"},
+                {"id": OUTBOUND_1, "status": "deleted", "timestamp": "1749420901",
+                 "recipient_id": USER_WA_ID, "recipient_handle_id": "@sheena"}
+            ]}}]}]
+    }))
+    .expect("JSON");
+    let events = parse_payload(&body).expect("parses");
+    assert_eq!(
+        keys(&events),
+        [
+            format!("status:{DOCS_GROUP_MESSAGE}:reacted:{JORDAN_WA_ID}"),
+            format!("status:{OUTBOUND_1}:deleted"),
+        ]
+    );
+    let receipt = as_status(&events[0]);
+    assert_eq!(status_rank(&receipt.status), 0);
+    assert_eq!(receipt.raw["recipient_participant_lid"], "LID.42");
+    assert_eq!(as_status(&events[1]).raw["recipient_handle_id"], "@sheena");
+}
+
+#[test]
 fn one_to_one_messages_have_no_group() {
     assert_eq!(only_message("message_text.json").group_id, None);
     let status = only_status("status_read.json");
