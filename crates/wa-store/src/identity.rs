@@ -22,12 +22,17 @@
 //! - Profile name, username and parent BSUID move only forward in Meta's
 //!   time; first and last seen are the earliest and latest sighting.
 //!
-//! Concurrency: the transaction takes an advisory lock per id it resolves
-//! (sorted, so two batches never wait on each other in a cycle), then locks
-//! the records it found in key order. Creating, linking and merging the
-//! same ids is therefore serialized, and the unique indexes back it up.
+//! Concurrency: the transaction first locks the records holding its ids, in
+//! key order; a record that another batch is merging or linking is waited
+//! for and seen as that batch left it. Ids that no record holds (about to be
+//! created or linked) also get a transaction-scoped advisory lock each,
+//! taken in one sorted order, and the records are read again under them.
+//! Creating, linking and merging the same ids is therefore serialized; the
+//! unique indexes back it up. An established contact costs no advisory lock,
+//! so a batch holds only as many as it has new ids (the lock table is
+//! shared and bounded by `max_locks_per_transaction`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -126,19 +131,26 @@ pub(crate) async fn resolve(
         .iter()
         .filter_map(|s| s.contact.user_id.as_deref())
         .collect();
-    lock_ids(tx, &wa_ids, &user_ids).await?;
-    let found: Vec<Record> = sqlx::query_as(
-        "SELECT contact_key, wa_id, user_id, parent_user_id, username, profile_name,
-                first_seen_at, last_seen_at
-         FROM contacts
-         WHERE wa_id = ANY($1) OR user_id = ANY($2)
-         ORDER BY contact_key
-         FOR UPDATE",
-    )
-    .bind(&wa_ids)
-    .bind(&user_ids)
-    .fetch_all(&mut *tx)
-    .await?;
+    let mut found = lock_records(tx, &wa_ids, &user_ids).await?;
+    // Ids no record holds may be about to be created or linked by another
+    // batch too: only these need an advisory lock (so an established
+    // contact costs none), and the records are read again once they are held.
+    let held_wa_ids: HashSet<&str> = found.iter().filter_map(|r| r.wa_id.as_deref()).collect();
+    let held_user_ids: HashSet<&str> = found.iter().filter_map(|r| r.user_id.as_deref()).collect();
+    let new_wa_ids: Vec<&str> = wa_ids
+        .iter()
+        .copied()
+        .filter(|id| !held_wa_ids.contains(id))
+        .collect();
+    let new_user_ids: Vec<&str> = user_ids
+        .iter()
+        .copied()
+        .filter(|id| !held_user_ids.contains(id))
+        .collect();
+    if !new_wa_ids.is_empty() || !new_user_ids.is_empty() {
+        lock_ids(tx, &new_wa_ids, &new_user_ids).await?;
+        found = lock_records(tx, &wa_ids, &user_ids).await?;
+    }
 
     let mut book = Book::default();
     for record in found {
@@ -152,7 +164,27 @@ pub(crate) async fn resolve(
     Ok((book.directory, book.changes))
 }
 
-/// Transaction-scoped advisory locks on every id, in one sorted order.
+/// The records holding any of the ids, locked in key order.
+async fn lock_records(
+    tx: &mut PgConnection,
+    wa_ids: &[&str],
+    user_ids: &[&str],
+) -> Result<Vec<Record>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT contact_key, wa_id, user_id, parent_user_id, username, profile_name,
+                first_seen_at, last_seen_at
+         FROM contacts
+         WHERE wa_id = ANY($1) OR user_id = ANY($2)
+         ORDER BY contact_key
+         FOR UPDATE",
+    )
+    .bind(wa_ids)
+    .bind(user_ids)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Transaction-scoped advisory locks on the ids, in one sorted order.
 async fn lock_ids(
     tx: &mut PgConnection,
     wa_ids: &[&str],
