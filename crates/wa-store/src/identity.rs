@@ -32,7 +32,7 @@
 //! so a batch holds only as many as it has new ids (the lock table is
 //! shared and bounded by `max_locks_per_transaction`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -123,13 +123,18 @@ pub(crate) async fn resolve(
     // Forward-only fields: apply the batch in Meta's order (unknown times first).
     sightings.sort_by_key(|s| s.at);
 
+    // Each id once: `= ANY` over repeats costs an index probe per element.
     let wa_ids: Vec<&str> = sightings
         .iter()
         .filter_map(|s| s.contact.wa_id.as_deref())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     let user_ids: Vec<&str> = sightings
         .iter()
         .filter_map(|s| s.contact.user_id.as_deref())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     let mut found = lock_records(tx, &wa_ids, &user_ids).await?;
     // Ids no record holds may be about to be created or linked by another
