@@ -2,93 +2,14 @@
 //! Meta-timestamp order, through the outbox and several relays.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use serde_json::Value;
 use wa_core::broker::event_shard;
 use wa_e2e::env::TEST_EVENT_SHARDS;
 use wa_e2e::payloads::{envelope, status, text_message};
-use wa_e2e::{Relay, TestEnv, Worker, eventually};
-
-#[derive(Debug, Clone)]
-struct Received {
-    id: String,
-    kind: String,
-    contact: String,
-    timestamp: String,
-    sequence: i64,
-    late: bool,
-    shard: u16,
-}
-
-/// Consumes every event shard, as a downstream service would.
-struct Sink {
-    events: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Sink {
-    async fn start(env: &TestEnv) -> Self {
-        let events = Arc::new(Mutex::new(Vec::new()));
-        for shard in 0..TEST_EVENT_SHARDS {
-            let channel = env.amqp.create_channel().await.expect("channel");
-            let mut consumer = channel
-                .basic_consume(
-                    env.queue(&format!("events.{shard}")).as_str().into(),
-                    format!("sink-{shard}").as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .expect("consume");
-            let events = events.clone();
-            tokio::spawn(async move {
-                let _channel = channel;
-                while let Some(Ok(delivery)) = consumer.next().await {
-                    let body: Value = serde_json::from_slice(&delivery.data).expect("JSON event");
-                    let id = delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .expect("id")
-                        .to_string();
-                    assert_eq!(body["id"], id.as_str());
-                    events.lock().expect("lock").push(Received {
-                        id,
-                        kind: body["type"].as_str().unwrap_or_default().to_owned(),
-                        contact: body["contact"]["key"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                        timestamp: body["timestamp"].as_str().unwrap_or_default().to_owned(),
-                        sequence: body["sequence"].as_i64().expect("sequence"),
-                        late: body["late"].as_bool().expect("late"),
-                        shard,
-                    });
-                    delivery.ack(BasicAckOptions::default()).await.expect("ack");
-                }
-            });
-        }
-        Self { events }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.events.lock().expect("lock").clone()
-    }
-
-    fn unique(&self) -> usize {
-        self.received()
-            .iter()
-            .map(|e| e.id.clone())
-            .collect::<HashSet<_>>()
-            .len()
-    }
-}
+use wa_e2e::{Relay, Sink, TestEnv, Worker, eventually};
 
 #[tokio::test]
 async fn a_thousand_shuffled_messages_give_one_ordered_event_each_despite_a_relay_crash() {

@@ -3,9 +3,12 @@
 //! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
 
 mod attack;
+mod contacts;
 mod edge;
 mod events;
 mod failure;
+mod groups;
+mod migration;
 mod operations;
 mod pipeline;
 mod receiver;

@@ -39,6 +39,16 @@ impl TestEnv {
     /// A fresh namespace (exchanges, queues, Redis keys) and a fresh,
     /// migrated database. Panics, naming the server, if one is missing.
     pub async fn new() -> Self {
+        Self::create(true).await
+    }
+
+    /// Like [`TestEnv::new`], with an empty database: for tests that apply
+    /// the migrations themselves.
+    pub async fn unmigrated() -> Self {
+        Self::create(false).await
+    }
+
+    async fn create(migrated: bool) -> Self {
         // Quiet unless asked: WA_TEST_LOG=1 (with RUST_LOG to filter).
         if std::env::var_os("WA_TEST_LOG").is_some() {
             wa_core::telemetry::init_logging(wa_core::telemetry::LogFormat::Pretty);
@@ -69,7 +79,9 @@ impl TestEnv {
             .connect(&database_url)
             .await
             .expect("connect to the test database");
-        wa_store::migrate(&db).await.expect("migrations apply");
+        if migrated {
+            wa_store::migrate(&db).await.expect("migrations apply");
+        }
         // Declared up front, as any role would, so a test can publish first.
         let channel = amqp.create_channel().await.expect("channel");
         Self::topology(&namespace)
@@ -127,6 +139,21 @@ impl TestEnv {
     /// Publishes raw bytes to `{ns}.inbound` with a confirm, as the receiver would.
     pub async fn publish_inbound(&self, body: &[u8]) {
         self.publish(&self.queue("inbound"), "", body).await;
+    }
+
+    /// Publishes every body to `{ns}.inbound` at the same moment (each on
+    /// its own channel, all released by one barrier), as Meta's concurrent
+    /// redeliveries arrive.
+    pub async fn publish_inbound_at_once(&self, bodies: &[&Vec<u8>]) {
+        let gate = std::sync::Arc::new(tokio::sync::Barrier::new(bodies.len()));
+        futures_util::future::join_all(bodies.iter().map(|body| {
+            let gate = gate.clone();
+            async move {
+                gate.wait().await;
+                self.publish_inbound(body).await;
+            }
+        }))
+        .await;
     }
 
     /// Publishes many bodies to `{ns}.inbound` on one channel, confirms

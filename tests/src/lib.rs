@@ -11,11 +11,13 @@ pub mod logs;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
+pub mod sink;
 pub mod tls;
 
 pub use env::{TestEnv, TestRole};
 pub use relay::TcpRelay;
 pub use roles::{Receiver, Relay, Worker};
+pub use sink::Sink;
 
 use std::future::Future;
 use std::time::Duration;

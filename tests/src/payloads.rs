@@ -25,13 +25,119 @@ pub fn status(wamid: &str, status: &str, recipient: &str, timestamp: i64) -> Val
     })
 }
 
+/// A message written in a group by a participant known by phone number,
+/// BSUID or both (Meta's "Group messages webhook reference").
+pub fn group_text_message(
+    wamid: &str,
+    group_id: &str,
+    from: Option<&str>,
+    from_user_id: Option<&str>,
+    timestamp: i64,
+) -> Value {
+    let mut message = json!({
+        "group_id": group_id,
+        "id": wamid,
+        "timestamp": timestamp.to_string(),
+        "type": "text",
+        "text": { "body": format!("message {wamid}") }
+    });
+    if let Some(from) = from {
+        message["from"] = json!(from);
+    }
+    if let Some(user_id) = from_user_id {
+        message["from_user_id"] = json!(user_id);
+    }
+    message
+}
+
+/// How a group receipt names its participant: Meta's pages use all three.
+#[derive(Debug, Clone, Copy)]
+pub enum Participant<'a> {
+    /// `recipient_participant_id` (phone number).
+    RecipientParticipantId(&'a str),
+    /// `participant_recipient_id` (phone number).
+    ParticipantRecipientId(&'a str),
+    /// `recipient_participant_user_id` (BSUID), with the number if known.
+    Bsuid {
+        user_id: &'a str,
+        phone: Option<&'a str>,
+    },
+}
+
+impl Participant<'_> {
+    /// What the receipt's key names the participant by.
+    pub fn key(&self) -> &str {
+        match self {
+            Participant::RecipientParticipantId(phone)
+            | Participant::ParticipantRecipientId(phone) => phone,
+            Participant::Bsuid { user_id, .. } => user_id,
+        }
+    }
+}
+
+/// A delivered/read receipt of a message sent to a group.
+pub fn group_receipt(
+    wamid: &str,
+    status: &str,
+    group_id: &str,
+    participant: Participant<'_>,
+    timestamp: i64,
+) -> Value {
+    let mut receipt = json!({
+        "id": wamid,
+        "status": status,
+        "timestamp": timestamp.to_string(),
+        "recipient_id": group_id,
+        "recipient_type": "group"
+    });
+    match participant {
+        Participant::RecipientParticipantId(phone) => {
+            receipt["recipient_participant_id"] = json!(phone);
+        }
+        Participant::ParticipantRecipientId(phone) => {
+            receipt["participant_recipient_id"] = json!(phone);
+        }
+        Participant::Bsuid { user_id, phone } => {
+            receipt["recipient_participant_user_id"] = json!(user_id);
+            if let Some(phone) = phone {
+                receipt["recipient_participant_id"] = json!(phone);
+            }
+        }
+    }
+    receipt
+}
+
+/// One entry, one change of a group webhook `field` holding `groups` items.
+pub fn groups_envelope(field: &str, items: &[Value]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": "102290129340398", "changes": [{ "field": field, "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550001111", "phone_number_id": PHONE_NUMBER_ID },
+            "groups": items
+        } }] }]
+    }))
+    .expect("JSON")
+}
+
 /// One entry, one `messages` change holding `messages` and `statuses`, with a
-/// `contacts` entry for every sender.
+/// `contacts` entry for every sender (by `from` and `from_user_id`).
 pub fn envelope(messages: &[Value], statuses: &[Value]) -> Vec<u8> {
     let contacts: Vec<Value> = messages
         .iter()
-        .filter_map(|m| m.get("from").and_then(Value::as_str))
-        .map(|from| json!({ "profile": { "name": format!("User {from}") }, "wa_id": from }))
+        .filter_map(|m| {
+            let wa_id = m.get("from").and_then(Value::as_str);
+            let user_id = m.get("from_user_id").and_then(Value::as_str);
+            let name = wa_id.or(user_id)?;
+            let mut contact = json!({ "profile": { "name": format!("User {name}") } });
+            if let Some(wa_id) = wa_id {
+                contact["wa_id"] = json!(wa_id);
+            }
+            if let Some(user_id) = user_id {
+                contact["user_id"] = json!(user_id);
+            }
+            Some(contact)
+        })
         .collect();
     let mut value = json!({
         "messaging_product": "whatsapp",

@@ -47,8 +47,10 @@ impl Target {
     }
 }
 
-/// Keys cannot grow past this: ids longer than 512 bytes are not ids.
-const MAX_KEY_LEN: usize = 7 + 512 + 1 + 512;
+/// Keys cannot grow past this: ids longer than 512 bytes are not ids, and
+/// the longest key is three ids with their separators
+/// (`group:{group}:{type}:join_request:{id}`).
+const MAX_KEY_LEN: usize = "group:".len() + 3 * 512 + ":".len() + ":join_request:".len();
 
 fn check_payload(body: &[u8]) -> Result<(), String> {
     let Ok(events) = parse_payload(body) else {
@@ -60,6 +62,7 @@ fn check_payload(body: &[u8]) -> Result<(), String> {
             EventKind::Message => "msg:",
             EventKind::Echo => "echo:",
             EventKind::Status => "status:",
+            EventKind::Group => "group:",
             EventKind::Other => "event:",
         };
         if !key.starts_with(prefix) || key.len() <= prefix.len() {
@@ -80,6 +83,12 @@ fn check_payload(body: &[u8]) -> Result<(), String> {
                 let _ = status_rank(&status.status);
                 let _ = status.contact.key();
                 let _ = status.timestamp.map(|t| t.to_rfc3339());
+            }
+            Event::Group(group) => {
+                for participant in &group.participants {
+                    let _ = participant.contact.key();
+                }
+                let _ = group.timestamp.map(|t| t.to_rfc3339());
             }
             Event::Other(other) => {
                 if other.key.len() != "event:".len() + 64 {

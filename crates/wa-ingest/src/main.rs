@@ -38,7 +38,7 @@ enum Command {
     Worker(wa_worker::WorkerConfig),
     /// Create the database if needed and apply the schema migrations.
     Migrate(migrate::MigrateArgs),
-    /// Release downstream events from the outbox, per contact in order.
+    /// Release downstream events from the outbox, per contact or group in order.
     Relay(wa_relay::RelayConfig),
     /// Read downstream events (`events tail`).
     Events(wa_relay::tail::EventsArgs),

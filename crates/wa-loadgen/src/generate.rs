@@ -31,7 +31,11 @@ impl Generator {
         let wa_id = format!("1555{contact:07}");
         let ts = 1_760_000_000 + i as i64 * 7 + rng.random_range(0..5);
         let id = |n: usize| format!("wamid.{}.{i}.{n}", self.run_id);
-        let change = match i % 6 {
+        // The same person's business-scoped id, which Meta may send with or
+        // without the number.
+        let user_id = format!("US.{}{contact:08}", self.seed % 1000);
+        let group_id = format!("Y2FwaV9ncm91cDp{}{}", self.run_id, contact % 4);
+        let change = match i % 8 {
             0 => messages(&wa_id, vec![text(&id(0), &wa_id, ts)]),
             1 => messages(
                 &wa_id,
@@ -64,16 +68,34 @@ impl Generator {
             3 => statuses(&wa_id, &id(0), ts),
             // A user known only by a business-scoped id.
             4 => {
-                let user_id = format!("US.{}{contact:08}", self.seed % 1000);
                 json!({"field": "messages", "value": {
                     "messaging_product": "whatsapp", "metadata": metadata(),
                     "contacts": [{"profile": {"name": format!("User {contact}")}, "user_id": user_id}],
                     "messages": [{"from_user_id": user_id, "id": id(0), "timestamp": ts.to_string(),
                                   "type": "text", "text": {"body": "hello"}}]}})
             }
-            _ => json!({"field": "message_template_status_update", "value": {
+            5 => json!({"field": "message_template_status_update", "value": {
                 "event": "APPROVED", "message_template_id": i, "message_template_name": format!("tpl_{}", self.run_id),
                 "message_template_language": "en_US", "reason": "NONE"}}),
+            // A group chat message from a participant named by number and
+            // BSUID together (which links the two).
+            6 => json!({"field": "messages", "value": {
+                "messaging_product": "whatsapp", "metadata": metadata(),
+                "contacts": [{"profile": {"name": format!("User {contact}")}, "wa_id": wa_id, "user_id": user_id}],
+                "messages": [{"from": wa_id, "from_user_id": user_id, "group_id": group_id, "id": id(0),
+                              "timestamp": ts.to_string(), "type": "text", "text": {"body": "Hi all"}}]}}),
+            // The receipts of a business message to a group, one per
+            // participant, with both spellings of the participant's number.
+            _ => json!({"field": "messages", "value": {
+                "messaging_product": "whatsapp", "metadata": metadata(),
+                "statuses": (0..3).map(|p| {
+                    let participant = format!("1555{:07}", (contact + p) % self.contacts);
+                    let spelling = if p % 2 == 0 { "recipient_participant_id" } else { "participant_recipient_id" };
+                    let mut receipt = json!({"id": id(0), "status": "delivered", "timestamp": (ts + p as i64).to_string(),
+                                             "recipient_id": group_id, "recipient_type": "group"});
+                    receipt[spelling] = json!(participant);
+                    receipt
+                }).collect::<Vec<_>>()}}),
         };
         // Every fourth payload carries a second entry, as Meta's batches do.
         let mut entries = vec![entry(change, ts)];
@@ -141,5 +163,25 @@ mod tests {
         }
         assert!(keys.len() > 40, "{}", keys.len());
         assert_eq!(generator.payload(7), Generator::new("t", 10, 1).payload(7));
+    }
+
+    #[test]
+    fn group_traffic_has_messages_and_one_receipt_per_participant() {
+        let generator = Generator::new("t", 10, 1);
+        let events = wa_payload::parse_payload(&generator.payload(6)).expect("parses");
+        let wa_payload::Event::Message(message) = &events[0] else {
+            panic!("{events:?}");
+        };
+        assert!(message.group_id.is_some());
+        assert!(message.contact.wa_id.is_some() && message.contact.user_id.is_some());
+        let receipts = wa_payload::parse_payload(&generator.payload(7)).expect("parses");
+        let participants: std::collections::HashSet<_> = receipts
+            .iter()
+            .filter_map(|e| match e {
+                wa_payload::Event::Status(s) => Some(s.participant.clone().expect("a participant")),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(participants.len(), 3);
     }
 }

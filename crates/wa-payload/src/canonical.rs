@@ -34,7 +34,6 @@ pub(crate) fn write_canonical(value: &Value, out: &mut String) {
 }
 
 /// `sha256(field || 0x00 || canonical(value))` as lowercase hex.
-#[cfg(test)]
 pub(crate) fn content_hash(field: &str, value: &Value) -> String {
     let mut canonical = String::new();
     write_canonical(value, &mut canonical);

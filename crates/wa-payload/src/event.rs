@@ -7,6 +7,7 @@ use serde_json::Value;
 pub enum Event {
     Message(MessageEvent),
     Status(StatusEvent),
+    Group(GroupEvent),
     Other(OtherEvent),
 }
 
@@ -15,6 +16,7 @@ pub enum EventKind {
     Message,
     Echo,
     Status,
+    Group,
     Other,
 }
 
@@ -24,6 +26,7 @@ impl EventKind {
             EventKind::Message => "message",
             EventKind::Echo => "echo",
             EventKind::Status => "status",
+            EventKind::Group => "group",
             EventKind::Other => "other",
         }
     }
@@ -31,11 +34,12 @@ impl EventKind {
 
 impl Event {
     /// The idempotency key (`msg:{wamid}`, `echo:{wamid}`,
-    /// `status:{wamid}:{status}`, `event:{sha256}`).
+    /// `status:{wamid}:{status}[:{participant}]`, `group:...`, `event:{sha256}`).
     pub fn key(&self) -> &str {
         match self {
             Event::Message(m) => &m.key,
             Event::Status(s) => &s.key,
+            Event::Group(g) => &g.key,
             Event::Other(o) => &o.key,
         }
     }
@@ -45,6 +49,7 @@ impl Event {
             Event::Message(m) if m.direction == Direction::Echo => EventKind::Echo,
             Event::Message(_) => EventKind::Message,
             Event::Status(_) => EventKind::Status,
+            Event::Group(_) => EventKind::Group,
             Event::Other(_) => EventKind::Other,
         }
     }
@@ -54,7 +59,7 @@ impl Event {
         match self {
             Event::Message(m) => Some(&m.wamid),
             Event::Status(s) => Some(&s.wamid),
-            Event::Other(_) => None,
+            Event::Group(_) | Event::Other(_) => None,
         }
     }
 }
@@ -76,12 +81,18 @@ impl Direction {
     }
 }
 
-/// Who a message or status is about. `user_id` is the business-scoped user id
-/// that may come without a phone number (`wa_id`) from 2026 on.
+/// Who a message or status is about, as the item names them. `user_id` is
+/// the business-scoped user id (BSUID) that may come without a phone number
+/// (`wa_id`) from 2026 on; `parent_user_id` the BSUID shared by linked
+/// business portfolios. The store resolves every sighting to one durable
+/// contact record, whichever of the ids it carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Contact {
     pub wa_id: Option<String>,
     pub user_id: Option<String>,
+    pub parent_user_id: Option<String>,
+    /// `profile.username`, when the user adopted one.
+    pub username: Option<String>,
     pub profile_name: Option<String>,
 }
 
@@ -104,6 +115,8 @@ pub struct MessageEvent {
     pub display_phone_number: Option<String>,
     /// `type` as Meta sent it (`text`, `image`, ..., or one we have never seen).
     pub message_type: String,
+    /// The group the message was written in; `None` for a 1:1 chat.
+    pub group_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
     /// The whole item as received.
     pub raw: Value,
@@ -114,13 +127,83 @@ pub struct StatusEvent {
     pub key: String,
     pub wamid: String,
     pub status: String,
+    /// The recipient of a 1:1 message, or the group participant a group
+    /// receipt is from (empty for a group message's own `sent`/`failed`).
     pub contact: Contact,
+    /// `recipient_id` of a status with `recipient_type: "group"`.
+    pub group_id: Option<String>,
+    /// The participant of a group receipt as its key names it (BSUID, else
+    /// phone number); `None` for 1:1 statuses and message-level group ones.
+    pub participant: Option<String>,
     pub phone_number_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
     pub errors: Option<Value>,
     pub conversation: Option<Value>,
     pub pricing: Option<Value>,
     pub raw: Value,
+}
+
+/// One item of `value.groups[]` of a group webhook field
+/// (`group_lifecycle_update`, `group_participants_update`,
+/// `group_settings_update`, `group_status_update`, or a `group_*` field
+/// wa-ingest does not know yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupEvent {
+    /// `group:{group_id}:{type}:request:{request_id}`,
+    /// `group:{group_id}:{type}:join_request:{join_request_id}`,
+    /// `group:{group_id}:{type}:at:{unix time}[:{participants}]`, or
+    /// `group:{sha256}` when the item lacks those ids.
+    pub key: String,
+    /// The webhook field, e.g. `group_participants_update`.
+    pub field: String,
+    pub group_id: Option<String>,
+    /// The item's `type` as Meta sent it (`group_create`,
+    /// `group_participants_add`, `group_suspend`, ...).
+    pub update_type: Option<String>,
+    pub request_id: Option<String>,
+    pub join_request_id: Option<String>,
+    /// `entry.id`: the WhatsApp Business Account id.
+    pub account_id: Option<String>,
+    pub phone_number_id: Option<String>,
+    /// The item's `timestamp`, else `entry.time`.
+    pub timestamp: Option<DateTime<Utc>>,
+    /// Everyone the item names, with what happened to them.
+    pub participants: Vec<GroupParticipant>,
+    pub raw: Value,
+}
+
+/// A user named by a group item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupParticipant {
+    pub change: ParticipantChange,
+    pub contact: Contact,
+}
+
+/// What a group item says happened to a participant: the list it was in
+/// (`added_participants`, `removed_participants`, `failed_participants`), or
+/// for a join request item, the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParticipantChange {
+    Added,
+    Removed,
+    Failed,
+    JoinRequested,
+    JoinRequestRevoked,
+    /// Named by an item whose `type` wa-ingest does not know.
+    Named,
+}
+
+impl ParticipantChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantChange::Added => "added",
+            ParticipantChange::Removed => "removed",
+            ParticipantChange::Failed => "failed",
+            ParticipantChange::JoinRequested => "join_requested",
+            ParticipantChange::JoinRequestRevoked => "join_request_revoked",
+            ParticipantChange::Named => "named",
+        }
+    }
 }
 
 /// Anything that is neither a message nor a status: template and account

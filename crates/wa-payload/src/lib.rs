@@ -11,6 +11,7 @@ mod parse;
 mod timestamp;
 
 pub use event::{
-    Contact, Direction, Event, EventKind, MessageEvent, OtherEvent, StatusEvent, status_rank,
+    Contact, Direction, Event, EventKind, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
+    ParticipantChange, StatusEvent, status_rank,
 };
 pub use parse::{PayloadError, parse_payload};

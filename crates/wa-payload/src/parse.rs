@@ -1,11 +1,57 @@
 use serde_json::{Map, Value};
 
-use crate::canonical::identity_hash;
-use crate::event::{Contact, Direction, Event, MessageEvent, OtherEvent, StatusEvent};
+use crate::canonical::{content_hash, identity_hash};
+use crate::event::{
+    Contact, Direction, Event, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
+    ParticipantChange, StatusEvent,
+};
 use crate::timestamp::meta_timestamp;
 
 /// Longer ids are not ids: such an item is kept as an [`OtherEvent`].
 const MAX_ID_LEN: usize = 512;
+
+/// A group key names the participants of its item up to this length; a
+/// longer list is named by its hash, so keys stay short.
+const MAX_PARTICIPANTS_IN_KEY: usize = 200;
+
+/// Where each kind of item names its user. Meta's pages spell some of these
+/// two ways; every spelling is read, the first present wins.
+const MESSAGE_SENDER: IdFields = IdFields {
+    wa_id: &["from"],
+    user_id: &["from_user_id"],
+    parent_user_id: &["from_parent_user_id"],
+};
+const ECHO_RECIPIENT: IdFields = IdFields {
+    wa_id: &["to"],
+    user_id: &["to_user_id"],
+    parent_user_id: &["to_parent_user_id"],
+};
+const STATUS_RECIPIENT: IdFields = IdFields {
+    wa_id: &["recipient_id"],
+    user_id: &["recipient_user_id"],
+    parent_user_id: &[
+        "recipient_parent_user_id",
+        "parent_recipient_user_id",
+        "parent_user_id",
+    ],
+};
+const GROUP_RECEIPT_PARTICIPANT: IdFields = IdFields {
+    wa_id: &["recipient_participant_id", "participant_recipient_id"],
+    user_id: &[
+        "recipient_participant_user_id",
+        "participant_recipient_user_id",
+    ],
+    parent_user_id: &[
+        "recipient_participant_parent_user_id",
+        "participant_recipient_parent_user_id",
+    ],
+};
+/// Group participants and join requests, and `contacts[]` entries.
+const USER_OBJECT: IdFields = IdFields {
+    wa_id: &["wa_id"],
+    user_id: &["user_id"],
+    parent_user_id: &["parent_user_id"],
+};
 
 /// Why a body is not a webhook wa-ingest can store. Both are permanent: the
 /// same bytes will fail the same way on every retry.
@@ -94,6 +140,11 @@ fn parse_change(change: Value, entry: &EntryContext, events: &mut Vec<Event>) {
     for item in array(value, "statuses") {
         events.push(status(item, &context, field, entry));
     }
+    if field.starts_with("group_") {
+        for item in array(value, "groups") {
+            events.push(group(item, &context, field, entry));
+        }
+    }
     let error_metadata = error_metadata(value);
     for error in array(value, "errors") {
         let raw = serde_json::json!({
@@ -162,11 +213,12 @@ impl<'a> ChangeContext<'a> {
     }
 
     /// Completes what an item says about its user with the matching entry of
-    /// `contacts` (by `wa_id` or `user_id`; the only entry when there is one).
-    fn contact(&self, wa_id: Option<String>, user_id: Option<String>) -> Contact {
+    /// `contacts` (by `wa_id` or `user_id`; the only entry when there is one
+    /// and `only_entry_names_it`).
+    fn contact(&self, ids: Ids, only_entry_names_it: bool) -> Contact {
         let matches = |c: &&&Map<String, Value>| {
-            let same_wa = wa_id.is_some() && string_field(c, "wa_id") == wa_id;
-            let same_user = user_id.is_some() && string_field(c, "user_id") == user_id;
+            let same_wa = ids.wa_id.is_some() && string_field(c, "wa_id") == ids.wa_id;
+            let same_user = ids.user_id.is_some() && string_field(c, "user_id") == ids.user_id;
             same_wa || same_user
         };
         let entry = self
@@ -174,20 +226,59 @@ impl<'a> ChangeContext<'a> {
             .iter()
             .find(matches)
             .or_else(|| match self.contacts.as_slice() {
-                [only] if !conflicts(only, wa_id.as_deref(), user_id.as_deref()) => Some(only),
+                [only]
+                    if only_entry_names_it
+                        && !conflicts(only, ids.wa_id.as_deref(), ids.user_id.as_deref()) =>
+                {
+                    Some(only)
+                }
                 _ => None,
             })
             .copied();
-        let profile_name = entry
+        let profile = entry
             .and_then(|c| c.get("profile"))
-            .and_then(|p| p.get("name"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+            .and_then(Value::as_object);
+        let from_entry = |key: &str| entry.and_then(|c| string_field(c, key));
         Contact {
-            wa_id: wa_id.or_else(|| entry.and_then(|c| string_field(c, "wa_id"))),
-            user_id: user_id.or_else(|| entry.and_then(|c| string_field(c, "user_id"))),
-            profile_name,
+            wa_id: ids.wa_id.or_else(|| from_entry("wa_id")),
+            user_id: ids.user_id.or_else(|| from_entry("user_id")),
+            parent_user_id: ids.parent_user_id.or_else(|| from_entry("parent_user_id")),
+            username: ids
+                .username
+                .or_else(|| profile.and_then(|p| string_field(p, "username"))),
+            profile_name: profile.and_then(|p| string_field(p, "name")),
         }
+    }
+}
+
+/// The field names under which one kind of item gives its user's ids.
+struct IdFields {
+    wa_id: &'static [&'static str],
+    user_id: &'static [&'static str],
+    parent_user_id: &'static [&'static str],
+}
+
+/// A user's ids as an item gives them.
+#[derive(Default)]
+struct Ids {
+    wa_id: Option<String>,
+    user_id: Option<String>,
+    parent_user_id: Option<String>,
+    username: Option<String>,
+}
+
+impl Ids {
+    fn read(object: &Map<String, Value>, fields: &IdFields) -> Self {
+        Self {
+            wa_id: first_field(object, fields.wa_id),
+            user_id: first_field(object, fields.user_id),
+            parent_user_id: first_field(object, fields.parent_user_id),
+            username: string_field(object, "username"),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.wa_id.is_none() && self.user_id.is_none() && self.parent_user_id.is_none()
     }
 }
 
@@ -212,11 +303,11 @@ fn message(
         return other(&format!("{field}.invalid_message"), entry, item.clone());
     };
     // The user is the sender of an inbound message and the recipient of an echo.
-    let (wa_key, user_key) = match direction {
-        Direction::Inbound => ("from", "from_user_id"),
-        Direction::Echo => ("to", "to_user_id"),
+    let fields = match direction {
+        Direction::Inbound => &MESSAGE_SENDER,
+        Direction::Echo => &ECHO_RECIPIENT,
     };
-    let contact = context.contact(string_field(object, wa_key), string_field(object, user_key));
+    let contact = context.contact(Ids::read(object, fields), true);
     let prefix = match direction {
         Direction::Inbound => "msg",
         Direction::Echo => "echo",
@@ -224,6 +315,7 @@ fn message(
     Event::Message(MessageEvent {
         key: format!("{prefix}:{wamid}"),
         message_type: string_field(object, "type").unwrap_or_else(|| "unknown".to_owned()),
+        group_id: id_field(object, "group_id"),
         timestamp: meta_timestamp(object.get("timestamp")),
         wamid,
         direction,
@@ -242,13 +334,37 @@ fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryC
     let Some((object, wamid, status)) = parsed else {
         return other(&format!("{field}.invalid_status"), entry, item.clone());
     };
-    let contact = context.contact(
-        string_field(object, "recipient_id"),
-        string_field(object, "recipient_user_id"),
-    );
+    // A group receipt names the group in `recipient_id` and the participant
+    // in fields of its own; one message gets one receipt per participant.
+    let participant_ids = Ids::read(object, &GROUP_RECEIPT_PARTICIPANT);
+    let is_group = string_field(object, "recipient_type").as_deref() == Some("group")
+        || !participant_ids.is_empty();
+    let (contact, group_id, participant) = if is_group {
+        let participant = participant_ids
+            .user_id
+            .clone()
+            .or_else(|| participant_ids.wa_id.clone())
+            .or_else(|| participant_ids.parent_user_id.clone());
+        let contact = if participant_ids.is_empty() {
+            Contact::default()
+        } else {
+            context.contact(participant_ids, false)
+        };
+        (contact, id_field(object, "recipient_id"), participant)
+    } else {
+        let contact = context.contact(Ids::read(object, &STATUS_RECIPIENT), true);
+        (contact, None, None)
+    };
+    if participant.as_ref().is_some_and(|p| p.len() > MAX_ID_LEN) {
+        return other(&format!("{field}.invalid_status"), entry, item.clone());
+    }
+    let key = match &participant {
+        Some(participant) => format!("status:{wamid}:{status}:{participant}"),
+        None => format!("status:{wamid}:{status}"),
+    };
     let present = |key: &str| object.get(key).filter(|v| !v.is_null()).cloned();
     Event::Status(StatusEvent {
-        key: format!("status:{wamid}:{status}"),
+        key,
         timestamp: meta_timestamp(object.get("timestamp")),
         errors: present("errors"),
         conversation: present("conversation"),
@@ -256,17 +372,136 @@ fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryC
         wamid,
         status,
         contact,
+        group_id,
+        participant,
         phone_number_id: context.phone_number_id.clone(),
         raw: item.clone(),
     })
 }
 
+/// One item of `value.groups[]`. Keyed by the ids Meta gives the item (the
+/// API request it answers, the join request), else by group, type, time and
+/// the participants it names; by content hash when even those are missing.
+fn group(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryContext) -> Event {
+    let Some(object) = item.as_object() else {
+        return other(&format!("{field}.invalid_group"), entry, item.clone());
+    };
+    let update_type = id_field(object, "type");
+    let mut participants = Vec::new();
+    for (list, change) in [
+        ("added_participants", ParticipantChange::Added),
+        ("removed_participants", ParticipantChange::Removed),
+        ("failed_participants", ParticipantChange::Failed),
+    ] {
+        for participant in array(object, list).iter().filter_map(Value::as_object) {
+            participants.push(GroupParticipant {
+                change,
+                contact: context.contact(participant_ids(participant), false),
+            });
+        }
+    }
+    // Join requests name their user on the item itself.
+    let requester = Ids::read(object, &USER_OBJECT);
+    if !requester.is_empty() {
+        let change = match update_type.as_deref() {
+            Some("group_join_request_created") => ParticipantChange::JoinRequested,
+            Some("group_join_request_revoked") => ParticipantChange::JoinRequestRevoked,
+            _ => ParticipantChange::Named,
+        };
+        participants.push(GroupParticipant {
+            change,
+            contact: context.contact(requester, false),
+        });
+    }
+    let group_id = id_field(object, "group_id");
+    let request_id = id_field(object, "request_id");
+    let join_request_id = id_field(object, "join_request_id");
+    let item_time = meta_timestamp(object.get("timestamp"));
+    let key = match (&group_id, &update_type) {
+        (Some(group), Some(kind)) => {
+            if let Some(request) = &request_id {
+                Some(format!("group:{group}:{kind}:request:{request}"))
+            } else if let Some(join_request) = &join_request_id {
+                Some(format!("group:{group}:{kind}:join_request:{join_request}"))
+            } else {
+                item_time.map(|at| {
+                    let named = participants_in_key(&participants);
+                    format!("group:{group}:{kind}:at:{}{named}", at.timestamp())
+                })
+            }
+        }
+        _ => None,
+    };
+    let key = key.unwrap_or_else(|| format!("group:{}", entry_hash(field, entry, item)));
+    Event::Group(GroupEvent {
+        key,
+        field: field.to_owned(),
+        group_id,
+        update_type,
+        request_id,
+        join_request_id,
+        account_id: entry.account_id.clone(),
+        phone_number_id: context.phone_number_id.clone(),
+        timestamp: item_time.or_else(|| meta_timestamp(Some(&entry.time))),
+        participants,
+        raw: item.clone(),
+    })
+}
+
+/// A participant object: `wa_id` / `user_id` when Meta resolved them, else
+/// the `input` the business used, which is a phone number or a BSUID.
+fn participant_ids(participant: &Map<String, Value>) -> Ids {
+    let mut ids = Ids::read(participant, &USER_OBJECT);
+    if ids.wa_id.is_none()
+        && ids.user_id.is_none()
+        && let Some(input) = string_field(participant, "input")
+    {
+        if is_bsuid(&input) {
+            ids.user_id = Some(input);
+        } else {
+            let digits: String = input.chars().filter(char::is_ascii_digit).collect();
+            ids.wa_id = Some(digits).filter(|d| !d.is_empty());
+        }
+    }
+    ids
+}
+
+/// A business-scoped user id: a two-letter country code, a period, then
+/// alphanumerics (`US.13491208655302741918`; parent ids have another period).
+fn is_bsuid(text: &str) -> bool {
+    match text.split_once('.') {
+        Some((country, rest)) => {
+            country.len() == 2
+                && country.chars().all(|c| c.is_ascii_alphabetic())
+                && rest.chars().any(|c| c.is_ascii_alphanumeric())
+                && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        }
+        None => false,
+    }
+}
+
+/// `:{participants}` for a key: the users a group item names, sorted, so
+/// that two users joining the same group in the same second are two events.
+fn participants_in_key(participants: &[GroupParticipant]) -> String {
+    let mut named: Vec<&str> = participants
+        .iter()
+        .filter_map(|p| p.contact.key())
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    let named = named.join(",");
+    match named.len() {
+        0 => String::new(),
+        n if n <= MAX_PARTICIPANTS_IN_KEY => format!(":{named}"),
+        _ => format!(":{}", content_hash("participants", &Value::String(named))),
+    }
+}
+
 /// Keyed by the hash of the field and the canonical content, with the entry's
 /// account and time: a redelivery hashes the same, a new notification does not.
 fn other(field: &str, entry: &EntryContext, raw: Value) -> Event {
-    let hash = identity_hash(field, entry.account_id.as_deref(), &entry.time, &raw);
     Event::Other(OtherEvent {
-        key: format!("event:{hash}"),
+        key: format!("event:{}", entry_hash(field, entry, &raw)),
         field: field.to_owned(),
         account_id: entry.account_id.clone(),
         timestamp: meta_timestamp(Some(&entry.time)),
@@ -274,10 +509,26 @@ fn other(field: &str, entry: &EntryContext, raw: Value) -> Event {
     })
 }
 
+/// The hash of a notification's content with its entry's account and time:
+/// a redelivery hashes the same, a new notification does not.
+fn entry_hash(field: &str, entry: &EntryContext, value: &Value) -> String {
+    identity_hash(field, entry.account_id.as_deref(), &entry.time, value)
+}
+
 fn object_with_id(item: &Value) -> Option<(&Map<String, Value>, String)> {
     let object = item.as_object()?;
     let id = string_field(object, "id").filter(|id| !id.is_empty() && id.len() <= MAX_ID_LEN)?;
     Some((object, id))
+}
+
+/// An id: a string field that is neither empty nor overlong.
+fn id_field(object: &Map<String, Value>, key: &str) -> Option<String> {
+    string_field(object, key).filter(|id| id.len() <= MAX_ID_LEN)
+}
+
+/// The first of `keys` present as a string field.
+fn first_field(object: &Map<String, Value>, keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|key| string_field(object, key))
 }
 
 fn array<'a>(object: &'a Map<String, Value>, key: &str) -> &'a [Value] {

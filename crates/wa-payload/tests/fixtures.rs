@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use wa_payload::{
-    Contact, Direction, Event, EventKind, MessageEvent, OtherEvent, PayloadError, StatusEvent,
-    parse_payload, status_rank,
+    Contact, Direction, Event, EventKind, GroupEvent, MessageEvent, OtherEvent, ParticipantChange,
+    PayloadError, StatusEvent, parse_payload, status_rank,
 };
 
 /// The WhatsApp Business Account, business number and user most fixtures use.
@@ -70,6 +70,13 @@ fn as_status(event: &Event) -> &StatusEvent {
     }
 }
 
+fn as_group(event: &Event) -> &GroupEvent {
+    match event {
+        Event::Group(group) => group,
+        other => panic!("expected a group event, got {other:?}"),
+    }
+}
+
 fn as_other(event: &Event) -> &OtherEvent {
     match event {
         Event::Other(other) => other,
@@ -109,6 +116,14 @@ fn contact(wa_id: Option<&str>, user_id: Option<&str>, profile_name: Option<&str
         wa_id: wa_id.map(str::to_owned),
         user_id: user_id.map(str::to_owned),
         profile_name: profile_name.map(str::to_owned),
+        ..Contact::default()
+    }
+}
+
+fn with_username(contact: Contact, username: &str) -> Contact {
+    Contact {
+        username: Some(username.to_owned()),
+        ..contact
     }
 }
 
@@ -519,14 +534,29 @@ const GROUP_MESSAGE: &str =
     "wamid.HBgSMTIwMzYzMzk0MzIwMTg0OTQwFQIAERgUMUExOEVCMUJFMjEyMzBFRTJFMUMA";
 
 #[test]
-fn group_status_receipts_are_all_returned() {
+fn group_status_receipts_are_all_returned_each_keyed_by_its_participant() {
     let events = parse_fixture(GROUP_FIXTURE);
     assert_eq!(events.len(), 2, "{events:#?}");
-    let participants = ["16505551234", "14155550199"];
-    for (i, (event, participant)) in events.iter().zip(participants).enumerate() {
+    let participants = [
+        ("16505551234", "US.13491208655302741918", "Sheena Nelson"),
+        ("14155550199", "US.20715316698304557122", "Jordan Lee"),
+    ];
+    for (i, (event, (wa_id, user_id, name))) in events.iter().zip(participants).enumerate() {
         let status = as_status(event);
         assert_eq!(status.wamid, GROUP_MESSAGE);
         assert_eq!(status.status, "delivered");
+        // Only the phone number is in the receipt: it names the participant.
+        assert_eq!(status.participant.as_deref(), Some(wa_id));
+        assert_eq!(
+            status.key,
+            format!("status:{GROUP_MESSAGE}:delivered:{wa_id}")
+        );
+        assert_eq!(status.group_id.as_deref(), Some(GROUP_ID));
+        // The aggregated `contacts` entry of the participant adds the BSUID.
+        assert_eq!(
+            status.contact,
+            contact(Some(wa_id), Some(user_id), Some(name))
+        );
         assert_eq!(status.phone_number_id.as_deref(), Some(PHONE_NUMBER_ID));
         assert_eq!(
             status.raw,
@@ -536,8 +566,133 @@ fn group_status_receipts_are_all_returned() {
             )
         );
         assert_eq!(status.raw["recipient_id"], GROUP_ID);
-        assert_eq!(status.raw["recipient_participant_id"], participant);
+        assert_eq!(status.raw["recipient_participant_id"], wa_id);
     }
+}
+
+// Group messages and receipts, after Meta's "Group messages webhook
+// reference" (webhooks/reference/messages/group), "Webhooks for Groups API"
+// (groups/webhooks: "Group message delivered" spells the participant
+// `participant_recipient_id`, "Aggregated group message status" spells it
+// `recipient_participant_id`) and "Business-scoped user IDs" ("Status
+// messages webhooks for groups": `recipient_participant_user_id`,
+// `recipient_participant_parent_user_id`).
+const DOCS_GROUP_ID: &str = "Y2FwaV9ncm91cDoxNzA1NTU1MDEzOToxMjAzNjM0MDQ2OTQyMzM4MjAZD";
+const DOCS_GROUP_MESSAGE: &str =
+    "wamid.HBgSMTIwMzYzNDA0Njk0MjMzODIwFQIAERgUM0E5QjA3QzUwNUE4RjVGNUFEMDgA";
+const JORDAN_WA_ID: &str = "14155550199";
+const JORDAN_BSUID: &str = "US.20715316698304557122";
+
+#[test]
+fn group_receipt_with_the_participant_recipient_id_spelling() {
+    let status = only_status("status_group_read_participant_recipient_id.json");
+    assert_eq!(
+        status.key,
+        format!("status:{DOCS_GROUP_MESSAGE}:read:{JORDAN_WA_ID}")
+    );
+    assert_eq!(status.participant.as_deref(), Some(JORDAN_WA_ID));
+    assert_eq!(status.group_id.as_deref(), Some(DOCS_GROUP_ID));
+    assert_eq!(status.contact, contact(Some(JORDAN_WA_ID), None, None));
+    assert_eq!(status.timestamp, at(1_749_420_800));
+}
+
+#[test]
+fn group_receipts_name_the_participant_by_bsuid_when_meta_gives_one() {
+    let events = parse_fixture("status_group_read_bsuid.json");
+    let statuses: Vec<&StatusEvent> = events.iter().map(as_status).collect();
+    assert_eq!(
+        keys(&events),
+        [
+            format!("status:{DOCS_GROUP_MESSAGE}:read:{USER_BSUID}"),
+            format!("status:{DOCS_GROUP_MESSAGE}:read:{JORDAN_BSUID}"),
+        ]
+    );
+    assert_eq!(
+        statuses[0].contact,
+        Contact {
+            parent_user_id: Some("US.ENT.11815799212886844830".to_owned()),
+            ..with_username(
+                contact(None, Some(USER_BSUID), Some(USER_NAME)),
+                "@sheena.nelson"
+            )
+        }
+    );
+    // The phone number is there too, but the BSUID names the participant.
+    assert_eq!(
+        statuses[1].contact,
+        contact(Some(JORDAN_WA_ID), Some(JORDAN_BSUID), Some("Jordan Lee"))
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.group_id.as_deref() == Some(DOCS_GROUP_ID))
+    );
+}
+
+#[test]
+fn a_group_message_sent_status_is_the_message_own_and_names_no_participant() {
+    let status = only_status("status_group_sent.json");
+    assert_eq!(status.key, format!("status:{DOCS_GROUP_MESSAGE}:sent"));
+    assert_eq!(status.participant, None);
+    assert_eq!(status.group_id.as_deref(), Some(DOCS_GROUP_ID));
+    // The group is not a user: no contact, not even the only `contacts` entry.
+    assert_eq!(status.contact, Contact::default());
+}
+
+#[test]
+fn group_message_carries_its_group_and_its_sender() {
+    let name = "message_group_text.json";
+    let message = only_message(name);
+    assert_eq!(
+        message.key,
+        "msg:wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzQUZGNDQyRjBBM0Q3MDYyQjJGRgA="
+    );
+    assert_eq!(message.group_id.as_deref(), Some(DOCS_GROUP_ID));
+    assert_eq!(
+        message.contact,
+        with_username(
+            contact(Some(USER_WA_ID), Some(USER_BSUID), Some(USER_NAME)),
+            "@sheena.nelson"
+        )
+    );
+    assert_eq!(message.raw, fixture_json(name, FIRST_MESSAGE));
+}
+
+#[test]
+fn unknown_status_values_and_future_identity_fields_are_kept() {
+    let body = serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA_ID, "changes": [{"field": "messages", "value": {
+            "metadata": {"phone_number_id": PHONE_NUMBER_ID},
+            "statuses": [
+                {"id": DOCS_GROUP_MESSAGE, "status": "reacted", "timestamp": "1749420900",
+                 "recipient_id": DOCS_GROUP_ID, "recipient_type": "group",
+                 "recipient_participant_id": JORDAN_WA_ID,
+                 "recipient_participant_lid": "LID.42"},
+                {"id": OUTBOUND_1, "status": "deleted", "timestamp": "1749420901",
+                 "recipient_id": USER_WA_ID, "recipient_handle_id": "@sheena"}
+            ]}}]}]
+    }))
+    .expect("JSON");
+    let events = parse_payload(&body).expect("parses");
+    assert_eq!(
+        keys(&events),
+        [
+            format!("status:{DOCS_GROUP_MESSAGE}:reacted:{JORDAN_WA_ID}"),
+            format!("status:{OUTBOUND_1}:deleted"),
+        ]
+    );
+    let receipt = as_status(&events[0]);
+    assert_eq!(status_rank(&receipt.status), 0);
+    assert_eq!(receipt.raw["recipient_participant_lid"], "LID.42");
+    assert_eq!(as_status(&events[1]).raw["recipient_handle_id"], "@sheena");
+}
+
+#[test]
+fn one_to_one_messages_have_no_group() {
+    assert_eq!(only_message("message_text.json").group_id, None);
+    let status = only_status("status_read.json");
+    assert_eq!((status.group_id, status.participant), (None, None));
 }
 
 #[test]
@@ -559,6 +714,312 @@ fn status_ranks_follow_the_lifecycle_of_the_fixtures() {
     let order: Vec<&str> = ranked.iter().map(|(_, s)| s.as_str()).collect();
     assert_eq!(order, ["sent", "delivered", "read", "played", "failed"]);
     assert!(ranked.iter().all(|(rank, _)| *rank > 0));
+}
+
+// ---------------------------------------------------------------------------
+// Group webhook fields. Each fixture follows an example of Meta's "Webhooks
+// for Groups API" page (developers.facebook.com/docs/whatsapp/cloud-api/
+// groups/webhooks), with the BSUID properties of "Business-scoped user IDs"
+// ("group_participants_update webhooks"), filled in with concrete values:
+//
+// | fixture | example on the page |
+// | --- | --- |
+// | group_lifecycle_create | Group create succeed |
+// | group_lifecycle_create_failed | Group create fail |
+// | group_lifecycle_delete | Delete group succeed |
+// | group_participants_invite_link_join | User joined group using invite link succeed (+ BSUID page) |
+// | group_participants_join_request_created / _revoked | User accepts or cancels join request |
+// | group_participants_join_request_approved | Join request approved (integer timestamp as there) |
+// | group_participants_remove | Group participant remove succeed (`input` by phone and by BSUID) |
+// | group_participants_remove_partial_failure | Group participant remove with participants partially fails |
+// | group_participants_leave | Group participant leaves webhook (+ BSUID page) |
+// | group_settings_update | Group settings update succeed |
+// | group_settings_update_partial_failure | Group settings update partial fail |
+// | group_status_update_suspend / _cleared | Group suspended / Group suspension cleared |
+// | group_unknown_future_field | none: a `group_*` field Meta may add |
+// ---------------------------------------------------------------------------
+
+fn only_group(name: &str) -> GroupEvent {
+    let event = only_event(name);
+    assert_eq!(event.kind(), EventKind::Group, "{name}");
+    assert_eq!(event.wamid(), None);
+    as_group(&event).clone()
+}
+
+fn group_key(kind: &str, rest: &str) -> String {
+    format!("group:{DOCS_GROUP_ID}:{kind}:{rest}")
+}
+
+/// What each participant of a group item is, by what happened to them.
+fn participant_changes(group: &GroupEvent) -> Vec<(ParticipantChange, Option<&str>)> {
+    group
+        .participants
+        .iter()
+        .map(|p| (p.change, p.contact.key()))
+        .collect()
+}
+
+/// A fixture, its field and type, the key it must get, and its participants.
+struct GroupCase(
+    &'static str,
+    &'static str,
+    &'static str,
+    String,
+    Vec<(ParticipantChange, Option<&'static str>)>,
+);
+
+#[test]
+fn every_group_fixture_is_one_group_event_keyed_by_meta_ids() {
+    use ParticipantChange::*;
+    let cases: [GroupCase; 14] = [
+        GroupCase(
+            "group_lifecycle_create.json",
+            "group_lifecycle_update",
+            "group_create",
+            group_key("group_create", "request:6f3c1b2a9d8e4f70a1b2c3d4e5f60718"),
+            vec![],
+        ),
+        GroupCase(
+            "group_lifecycle_create_failed.json",
+            "group_lifecycle_update",
+            "group_create",
+            group_key("group_create", "request:a0b1c2d3e4f5061728394a5b6c7d8e9f"),
+            vec![],
+        ),
+        GroupCase(
+            "group_lifecycle_delete.json",
+            "group_lifecycle_update",
+            "group_delete",
+            group_key("group_delete", "request:0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+            vec![],
+        ),
+        GroupCase(
+            "group_participants_invite_link_join.json",
+            "group_participants_update",
+            "group_participants_add",
+            group_key(
+                "group_participants_add",
+                &format!("at:1749420300:{USER_BSUID}"),
+            ),
+            vec![(Added, Some(USER_BSUID))],
+        ),
+        GroupCase(
+            "group_participants_join_request_created.json",
+            "group_participants_update",
+            "group_join_request_created",
+            group_key(
+                "group_join_request_created",
+                "join_request:MTY0NjcwNDM1OTU6MTIwMzYzNDA0Njk0MjMzODIw",
+            ),
+            vec![(JoinRequested, Some(JORDAN_BSUID))],
+        ),
+        GroupCase(
+            "group_participants_join_request_revoked.json",
+            "group_participants_update",
+            "group_join_request_revoked",
+            group_key(
+                "group_join_request_revoked",
+                "join_request:MTY0NjcwNDM1OTU6MTIwMzYzNDA0Njk0MjMzODIw",
+            ),
+            vec![(JoinRequestRevoked, Some(JORDAN_BSUID))],
+        ),
+        GroupCase(
+            "group_participants_join_request_approved.json",
+            "group_participants_update",
+            "group_participants_add",
+            group_key(
+                "group_participants_add",
+                "at:1749420500:12125550147,14155550199",
+            ),
+            vec![(Added, Some(JORDAN_WA_ID)), (Added, Some("12125550147"))],
+        ),
+        GroupCase(
+            "group_participants_remove.json",
+            "group_participants_update",
+            "group_participants_remove",
+            group_key(
+                "group_participants_remove",
+                "request:1a2b3c4d5e6f708192a3b4c5d6e7f809",
+            ),
+            // `input` is a phone number or a BSUID, whichever the business used.
+            vec![
+                (Removed, Some("12125550147")),
+                (Removed, Some(JORDAN_BSUID)),
+            ],
+        ),
+        GroupCase(
+            "group_participants_remove_partial_failure.json",
+            "group_participants_update",
+            "group_participants_remove",
+            group_key(
+                "group_participants_remove",
+                "request:9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+            ),
+            vec![(Removed, Some(USER_WA_ID)), (Failed, Some("13125550111"))],
+        ),
+        GroupCase(
+            "group_participants_leave.json",
+            "group_participants_update",
+            "group_participants_remove",
+            group_key(
+                "group_participants_remove",
+                &format!("at:1749421200:{JORDAN_BSUID}"),
+            ),
+            vec![(Removed, Some(JORDAN_BSUID))],
+        ),
+        GroupCase(
+            "group_settings_update.json",
+            "group_settings_update",
+            "group_settings_update",
+            group_key(
+                "group_settings_update",
+                "request:5e4d3c2b1a0f9e8d7c6b5a4938271605",
+            ),
+            vec![],
+        ),
+        GroupCase(
+            "group_settings_update_partial_failure.json",
+            "group_settings_update",
+            "group_settings_update",
+            group_key(
+                "group_settings_update",
+                "request:4d3c2b1a0f9e8d7c6b5a493827160554",
+            ),
+            vec![],
+        ),
+        GroupCase(
+            "group_status_update_suspend.json",
+            "group_status_update",
+            "group_suspend",
+            group_key("group_suspend", "at:1749423000"),
+            vec![],
+        ),
+        GroupCase(
+            "group_status_update_suspend_cleared.json",
+            "group_status_update",
+            "group_suspend_cleared",
+            group_key("group_suspend_cleared", "at:1749426600"),
+            vec![],
+        ),
+    ];
+    for GroupCase(name, field, kind, key, participants) in cases {
+        let group = only_group(name);
+        assert_eq!(group.key, key, "{name}");
+        assert_eq!(group.field, field, "{name}");
+        assert_eq!(group.update_type.as_deref(), Some(kind), "{name}");
+        assert_eq!(group.group_id.as_deref(), Some(DOCS_GROUP_ID), "{name}");
+        assert_eq!(group.account_id.as_deref(), Some(WABA_ID), "{name}");
+        assert_eq!(
+            group.phone_number_id.as_deref(),
+            Some(PHONE_NUMBER_ID),
+            "{name}"
+        );
+        assert!(group.timestamp.is_some(), "{name}");
+        assert_eq!(participant_changes(&group), participants, "{name}");
+        assert_eq!(
+            group.raw,
+            fixture_json(name, "/entry/0/changes/0/value/groups/0"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn group_participants_keep_every_id_and_username_meta_gives() {
+    let group = only_group("group_participants_invite_link_join.json");
+    assert_eq!(
+        group.participants[0].contact,
+        with_username(
+            contact(Some(USER_WA_ID), Some(USER_BSUID), None),
+            "@sheena.nelson"
+        )
+    );
+    let approved = only_group("group_participants_join_request_approved.json");
+    assert_eq!(approved.timestamp, at(1_749_420_500));
+}
+
+#[test]
+fn a_group_field_wa_ingest_does_not_know_is_kept_as_a_group_event() {
+    let group = only_group("group_unknown_future_field.json");
+    assert_eq!(group.field, "group_pinned_message_update");
+    assert_eq!(group.update_type.as_deref(), Some("group_message_pinned"));
+    assert_eq!(
+        group.key,
+        group_key("group_message_pinned", "at:1749424000")
+    );
+    assert_eq!(
+        group.raw["pinned_message_id"],
+        "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBRGRUE1MjY2MEE2NzJBMDA0MzNBNgA="
+    );
+}
+
+fn groups_payload(items: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA_ID, "time": 1_749_430_000, "changes": [{
+            "field": "group_participants_update",
+            "value": {"messaging_product": "whatsapp",
+                      "metadata": {"phone_number_id": PHONE_NUMBER_ID},
+                      "groups": items}}]}]
+    }))
+    .expect("JSON")
+}
+
+#[test]
+fn two_users_joining_in_the_same_second_are_two_events() {
+    let join = |wa_id: &str| {
+        json!({"timestamp": "1749420300", "group_id": DOCS_GROUP_ID,
+               "type": "group_participants_add", "reason": "invite_link",
+               "added_participants": [{"wa_id": wa_id}]})
+    };
+    let events = parse_payload(&groups_payload(json!([
+        join("16505551234"),
+        join("14155550199")
+    ])))
+    .expect("parses");
+    let keys = keys(&events);
+    assert_eq!(keys.len(), 2);
+    assert_ne!(keys[0], keys[1]);
+    // A redelivery is the same event.
+    let again = parse_payload(&groups_payload(json!([join("16505551234")]))).expect("parses");
+    assert_eq!(again[0].key(), keys[0]);
+}
+
+#[test]
+fn a_group_item_without_its_ids_is_keyed_by_its_content() {
+    let events = parse_payload(&groups_payload(json!([
+        {"type": "group_participants_add", "timestamp": "1749420300"},
+        {"group_id": DOCS_GROUP_ID, "type": "group_participants_add"},
+        "not an object"
+    ])))
+    .expect("parses");
+    assert_eq!(events.len(), 3);
+    for event in &events[..2] {
+        let key = as_group(event)
+            .key
+            .strip_prefix("group:")
+            .expect("group key");
+        assert_eq!(key.len(), 64, "{key}");
+    }
+    assert_eq!(
+        as_other(&events[2]).field,
+        "group_participants_update.invalid_group"
+    );
+}
+
+#[test]
+fn a_long_participant_list_is_named_by_its_hash() {
+    let many: Vec<Value> = (0..40)
+        .map(|i| json!({"wa_id": format!("1555000{i:04}")}))
+        .collect();
+    let events = parse_payload(&groups_payload(json!([{
+        "timestamp": "1749420300", "group_id": DOCS_GROUP_ID,
+        "type": "group_participants_add", "added_participants": many
+    }])))
+    .expect("parses");
+    let group = as_group(&events[0]);
+    assert_eq!(group.participants.len(), 40);
+    assert!(group.key.len() < 200, "{}", group.key);
 }
 
 // ---------------------------------------------------------------------------
@@ -749,7 +1210,7 @@ fn batch_returns_every_item_of_every_change_of_every_entry_in_order() {
         .map(|event| match event {
             Event::Message(m) => m.timestamp,
             Event::Status(s) => s.timestamp,
-            Event::Other(_) => None,
+            Event::Group(_) | Event::Other(_) => None,
         })
         .collect();
     let expected: Vec<Option<DateTime<Utc>>> = [
@@ -843,7 +1304,10 @@ fn message_from_user_id_without_wa_id_is_keyed_by_user_id() {
     assert_eq!(message.message_type, "text");
     assert_eq!(
         message.contact,
-        contact(None, Some(USER_BSUID), Some("Marisol R."))
+        with_username(
+            contact(None, Some(USER_BSUID), Some("Marisol R.")),
+            "@marisol.r"
+        )
     );
     assert_eq!(message.contact.key(), Some(USER_BSUID));
     assert_eq!(message.phone_number_id.as_deref(), Some(PHONE_NUMBER_ID));
@@ -860,7 +1324,10 @@ fn status_with_recipient_user_id_without_recipient_id_is_keyed_by_user_id() {
     assert_eq!(status.status, "delivered");
     assert_eq!(
         status.contact,
-        contact(None, Some(USER_BSUID), Some("Marisol R."))
+        with_username(
+            contact(None, Some(USER_BSUID), Some("Marisol R.")),
+            "@marisol.r"
+        )
     );
     assert_eq!(status.contact.key(), Some(USER_BSUID));
     assert_eq!(status.timestamp, at(1_749_418_260));
@@ -876,7 +1343,13 @@ fn status_contacts_add_user_id_and_name_to_the_recipient_number() {
     assert_eq!(status.key, format!("status:{wamid}:delivered"));
     assert_eq!(
         status.contact,
-        contact(Some(USER_WA_ID), Some(USER_BSUID), Some(USER_NAME))
+        Contact {
+            parent_user_id: Some("US.ENT.11815799212886844830".to_owned()),
+            ..with_username(
+                contact(Some(USER_WA_ID), Some(USER_BSUID), Some(USER_NAME)),
+                "@sheena.nelson"
+            )
+        }
     );
     // The business-scoped id wins over the phone number as the user's key.
     assert_eq!(status.contact.key(), Some(USER_BSUID));

@@ -1,7 +1,8 @@
 //! The relay: releases downstream events from the outbox to `{ns}.events`,
-//! per contact in Meta-timestamp order after a reorder window, with stable
-//! ids and a per-contact sequence number. Several relays may run: a relay
-//! locks the contacts it releases, and the others skip them.
+//! per ordering key (a 1:1 chat's contact, or a group) in Meta-timestamp
+//! order after a reorder window, with stable ids and a per-key sequence
+//! number. Several relays may run: a relay locks the keys it releases, and
+//! the others skip them.
 //!
 //! Delivery is at least once: a relay that dies between the broker's confirm
 //! and its commit leaves the events unmarked, and they are published again

@@ -1,5 +1,6 @@
 //! The transactional outbox: downstream events written with the rows they
-//! announce, and released by the relay per contact in Meta-timestamp order.
+//! announce, and released by the relay per contact (or per group) in
+//! Meta-timestamp order.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -7,81 +8,188 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use wa_payload::{Contact, MessageEvent, StatusEvent};
+use wa_payload::{Contact, GroupEvent, MessageEvent, StatusEvent};
 
 use crate::StoreError;
 
 pub const MESSAGE_CREATED: &str = "message.created";
 pub const MESSAGE_STATUS: &str = "message.status";
+/// `group_participants_update`: joins, join requests, removals, leaves.
+pub const GROUP_PARTICIPANTS_UPDATED: &str = "group.participants_updated";
+/// `group_lifecycle_update`: a group created or deleted (or failing to be).
+pub const GROUP_LIFECYCLE: &str = "group.lifecycle";
+/// `group_settings_update`: subject, description, picture.
+pub const GROUP_SETTINGS_UPDATED: &str = "group.settings_updated";
+/// `group_status_update`: a group suspended or cleared.
+pub const GROUP_STATUS_UPDATED: &str = "group.status_updated";
+/// A `group_*` field wa-ingest does not know yet; `data.field` names it.
+pub const GROUP_UPDATED: &str = "group.updated";
+
+/// The downstream type of a group webhook field: one per field Meta
+/// defines, so that consumers can subscribe to exactly what they handle.
+pub fn group_event_type(field: &str) -> &'static str {
+    match field {
+        "group_participants_update" => GROUP_PARTICIPANTS_UPDATED,
+        "group_lifecycle_update" => GROUP_LIFECYCLE,
+        "group_settings_update" => GROUP_SETTINGS_UPDATED,
+        "group_status_update" => GROUP_STATUS_UPDATED,
+        _ => GROUP_UPDATED,
+    }
+}
+
+/// The key the relay orders and shards by: a group's events (its messages,
+/// their receipts, its membership and settings) by the group, so that a
+/// consumer renders a group chat in order; a 1:1 chat's by its contact
+/// record; `''` when the item names neither.
+pub(crate) fn ordering_key(group_id: Option<&str>, contact_key: Option<&str>) -> String {
+    match (group_id, contact_key) {
+        (Some(group), _) => format!("group:{group}"),
+        (None, Some(contact)) => contact.to_owned(),
+        (None, None) => String::new(),
+    }
+}
 
 /// One event to enqueue.
 pub(crate) struct OutboxRow<'a> {
     event_id: &'a str,
     event_type: &'static str,
-    contact_key: &'a str,
-    wamid: &'a str,
+    ordering_key: String,
+    /// The wamid; for group events (which have none) the event id, so that
+    /// ties in Meta time still sort the same way everywhere.
+    sort_id: &'a str,
     timestamp: Option<DateTime<Utc>>,
     payload: Value,
 }
 
+/// A user as downstream events show them: their contact record's key and
+/// the ids the item gave.
+fn contact_json(contact: &Contact, contact_key: Option<&str>) -> Value {
+    json!({
+        "key": contact_key.unwrap_or(""),
+        "wa_id": contact.wa_id,
+        "user_id": contact.user_id,
+        "parent_user_id": contact.parent_user_id,
+        "username": contact.username,
+    })
+}
+
 impl<'a> OutboxRow<'a> {
-    pub(crate) fn message_created(message: &'a MessageEvent) -> Self {
+    pub(crate) fn message_created(message: &'a MessageEvent, contact_key: Option<&str>) -> Self {
         let data = json!({
             "direction": message.direction.as_str(),
             "message_type": message.message_type,
             "item": message.raw,
         });
         Self::new(
-            &message.key,
-            MESSAGE_CREATED,
-            &message.wamid,
-            &message.contact,
-            message.timestamp,
-            message.phone_number_id.as_deref(),
+            Envelope {
+                event_id: &message.key,
+                event_type: MESSAGE_CREATED,
+                wamid: Some(&message.wamid),
+                group_id: message.group_id.as_deref(),
+                contact: Some(contact_json(&message.contact, contact_key)),
+                contact_key,
+                phone_number_id: message.phone_number_id.as_deref(),
+                timestamp: message.timestamp,
+            },
             data,
         )
     }
 
-    pub(crate) fn message_status(status: &'a StatusEvent) -> Self {
-        let data = json!({ "status": status.status, "item": status.raw });
-        Self::new(
-            &status.key,
-            MESSAGE_STATUS,
-            &status.wamid,
-            &status.contact,
-            status.timestamp,
-            status.phone_number_id.as_deref(),
-            data,
-        )
-    }
-
-    fn new(
-        event_id: &'a str,
-        event_type: &'static str,
-        wamid: &'a str,
-        contact: &'a Contact,
-        timestamp: Option<DateTime<Utc>>,
-        phone_number_id: Option<&str>,
-        data: Value,
+    /// `participant_status` is the participant's latest status after this
+    /// receipt (group receipts only): it never goes backwards.
+    pub(crate) fn message_status(
+        status: &'a StatusEvent,
+        contact_key: Option<&str>,
+        participant_status: Option<&str>,
     ) -> Self {
-        let contact_key = contact.key().unwrap_or("");
+        let mut data = json!({ "status": status.status, "item": status.raw });
+        if let Some(participant) = &status.participant {
+            data["participant"] = json!(participant);
+            data["participant_status"] = json!(participant_status);
+        }
+        Self::new(
+            Envelope {
+                event_id: &status.key,
+                event_type: MESSAGE_STATUS,
+                wamid: Some(&status.wamid),
+                group_id: status.group_id.as_deref(),
+                contact: Some(contact_json(&status.contact, contact_key)),
+                contact_key,
+                phone_number_id: status.phone_number_id.as_deref(),
+                timestamp: status.timestamp,
+            },
+            data,
+        )
+    }
+
+    /// `participants` pairs each participant the item names with their
+    /// contact record's key.
+    pub(crate) fn group_event(group: &'a GroupEvent, participants: Vec<Value>) -> Self {
+        let data = json!({
+            "field": group.field,
+            "group_type": group.update_type,
+            "request_id": group.request_id,
+            "join_request_id": group.join_request_id,
+            "participants": participants,
+            "item": group.raw,
+        });
+        Self::new(
+            Envelope {
+                event_id: &group.key,
+                event_type: group_event_type(&group.field),
+                wamid: None,
+                group_id: group.group_id.as_deref(),
+                contact: None,
+                contact_key: None,
+                phone_number_id: group.phone_number_id.as_deref(),
+                timestamp: group.timestamp,
+            },
+            data,
+        )
+    }
+
+    fn new(envelope: Envelope<'a, '_>, data: Value) -> Self {
+        let ordering_key = ordering_key(envelope.group_id, envelope.contact_key);
         Self {
-            event_id,
-            event_type,
-            contact_key,
-            wamid,
-            timestamp,
+            event_id: envelope.event_id,
+            event_type: envelope.event_type,
+            sort_id: envelope.wamid.unwrap_or(envelope.event_id),
+            timestamp: envelope.timestamp,
             payload: json!({
-                "id": event_id,
-                "type": event_type,
-                "wamid": wamid,
-                "contact": { "key": contact_key, "wa_id": contact.wa_id, "user_id": contact.user_id },
-                "phone_number_id": phone_number_id,
-                "timestamp": timestamp,
+                "id": envelope.event_id,
+                "type": envelope.event_type,
+                "wamid": envelope.wamid,
+                "ordering_key": ordering_key,
+                "group_id": envelope.group_id,
+                "contact": envelope.contact,
+                "phone_number_id": envelope.phone_number_id,
+                "timestamp": envelope.timestamp,
                 "data": data,
             }),
+            ordering_key,
         }
     }
+}
+
+/// The fields every downstream event carries.
+struct Envelope<'a, 'b> {
+    event_id: &'a str,
+    event_type: &'static str,
+    wamid: Option<&'a str>,
+    group_id: Option<&'b str>,
+    contact: Option<Value>,
+    contact_key: Option<&'b str>,
+    phone_number_id: Option<&'b str>,
+    timestamp: Option<DateTime<Utc>>,
+}
+
+/// A participant of a group item as downstream events show it.
+pub(crate) fn participant_json(
+    change: &str,
+    contact: &Contact,
+    contact_key: Option<&str>,
+) -> Value {
+    json!({ "change": change, "contact": contact_json(contact, contact_key) })
 }
 
 pub(crate) async fn enqueue(
@@ -92,7 +200,7 @@ pub(crate) async fn enqueue(
         return Ok(());
     }
     rows.sort_by(|a, b| a.event_id.cmp(b.event_id));
-    let contacts: BTreeSet<&str> = rows.iter().map(|r| r.contact_key).collect();
+    let contacts: BTreeSet<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
     let contacts: Vec<&str> = contacts.into_iter().collect();
     sqlx::query(
         "INSERT INTO outbox_contacts (contact_key) SELECT * FROM UNNEST($1::text[])
@@ -103,8 +211,8 @@ pub(crate) async fn enqueue(
     .await?;
     let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.contact_key).collect();
-    let wamids: Vec<&str> = rows.iter().map(|r| r.wamid).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
+    let wamids: Vec<&str> = rows.iter().map(|r| r.sort_id).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.timestamp).collect();
     let payloads: Vec<&Value> = rows.iter().map(|r| &r.payload).collect();
     sqlx::query(

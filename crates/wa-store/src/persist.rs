@@ -1,13 +1,16 @@
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres};
-use wa_payload::{Direction, Event, MessageEvent, OtherEvent, StatusEvent, status_rank};
+use wa_payload::{
+    Event, GroupEvent, MessageEvent, OtherEvent, ParticipantChange, StatusEvent, status_rank,
+};
 
 use crate::StoreError;
-use crate::outbox::{self, OutboxRow};
+use crate::identity::{self, ContactChanges, Directory, Sighting};
+use crate::outbox::{self, OutboxRow, participant_json};
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -18,6 +21,8 @@ pub struct Store {
 #[derive(Debug, Default)]
 pub struct Persisted {
     pub inserted: HashSet<String>,
+    /// What resolving the batch's users did to the contacts table.
+    pub contacts: ContactChanges,
 }
 
 impl Store {
@@ -31,7 +36,9 @@ impl Store {
 
     /// Stores `events` (unique by key) in one transaction, one multi-row
     /// statement per table. Rows are sorted by key so that concurrent
-    /// writers lock them in the same order and cannot deadlock each other.
+    /// writers lock them in the same order and cannot deadlock each other;
+    /// the users the events name are resolved to their contact records
+    /// first (see [`crate::identity`]), which also locks in one order.
     pub async fn persist(&self, events: &[&Event]) -> Result<Persisted, StoreError> {
         let mut connection = self.acquire().await?;
         let persisted = async {
@@ -95,45 +102,81 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
     crate::failpoint::check(events)?;
     let mut messages: Vec<&MessageEvent> = Vec::new();
     let mut statuses: Vec<&StatusEvent> = Vec::new();
+    let mut groups: Vec<&GroupEvent> = Vec::new();
     let mut others: Vec<&OtherEvent> = Vec::new();
     for event in events {
         match event {
             Event::Message(m) => messages.push(m),
             Event::Status(s) => statuses.push(s),
+            Event::Group(g) => groups.push(g),
             Event::Other(o) => others.push(o),
         }
     }
     messages.sort_by(|a, b| a.wamid.cmp(&b.wamid));
-    statuses.sort_by(|a, b| (&a.wamid, &a.status).cmp(&(&b.wamid, &b.status)));
+    statuses.sort_by(|a, b| {
+        (&a.wamid, &a.status, &a.participant).cmp(&(&b.wamid, &b.status, &b.participant))
+    });
+    groups.sort_by(|a, b| a.key.cmp(&b.key));
     others.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut persisted = Persisted::default();
     let mut outbox_rows = Vec::new();
+    let (contacts, changes) =
+        identity::resolve(tx, &sightings(&messages, &statuses, &groups)).await?;
+    persisted.contacts = changes;
     if !messages.is_empty() {
-        let new = insert_messages(tx, &messages).await?;
-        let new_messages: Vec<&MessageEvent> = messages
-            .iter()
-            .copied()
-            .filter(|m| new.contains(&m.wamid))
-            .collect();
-        upsert_contacts(tx, &new_messages).await?;
-        outbox_rows.extend(new_messages.iter().map(|m| OutboxRow::message_created(m)));
-        persisted
-            .inserted
-            .extend(new_messages.iter().map(|m| m.key.clone()));
+        let new = insert_messages(tx, &messages, &contacts).await?;
+        for message in messages.iter().filter(|m| new.contains(&m.wamid)) {
+            let contact_key = contacts.key_of(&message.contact);
+            outbox_rows.push(OutboxRow::message_created(message, contact_key));
+            persisted.inserted.insert(message.key.clone());
+        }
     }
     if !statuses.is_empty() {
-        let new = insert_statuses(tx, &statuses).await?;
+        let new = insert_statuses(tx, &statuses, &contacts).await?;
         let new_statuses: Vec<&StatusEvent> = statuses
             .iter()
             .copied()
-            .filter(|s| new.contains(&(s.wamid.clone(), s.status.clone())))
+            .filter(|s| new.contains(&status_row(s)))
             .collect();
-        let advanced = advance_latest_status(tx, &new_statuses).await?;
-        outbox_rows.extend(advanced.into_iter().map(OutboxRow::message_status));
+        let (receipts, own): (Vec<&StatusEvent>, Vec<&StatusEvent>) =
+            new_statuses.iter().partition(|s| s.participant.is_some());
+        // A message's own status gives an event when it advances.
+        for status in advance_latest_status(tx, &own).await? {
+            let contact_key = contacts.key_of(&status.contact);
+            outbox_rows.push(OutboxRow::message_status(status, contact_key, None));
+        }
+        // Every group receipt is news (who got or read it, when), with
+        // the participant's state, which never goes backwards.
+        let states = advance_participant_status(tx, &receipts, &contacts).await?;
+        for receipt in receipts {
+            let contact_key = contacts.key_of(&receipt.contact);
+            let state = states.get(&participant_row(receipt)).map(String::as_str);
+            outbox_rows.push(OutboxRow::message_status(receipt, contact_key, state));
+        }
         persisted
             .inserted
             .extend(new_statuses.iter().map(|s| s.key.clone()));
+    }
+    if !groups.is_empty() {
+        let new = insert_groups(tx, &groups).await?;
+        let new_groups: Vec<&GroupEvent> = groups
+            .iter()
+            .copied()
+            .filter(|g| new.contains(&g.key))
+            .collect();
+        update_membership(tx, &new_groups, &contacts).await?;
+        for group in &new_groups {
+            let participants = group
+                .participants
+                .iter()
+                .map(|p| {
+                    participant_json(p.change.as_str(), &p.contact, contacts.key_of(&p.contact))
+                })
+                .collect();
+            outbox_rows.push(OutboxRow::group_event(group, participants));
+        }
+        persisted.inserted.extend(new);
     }
     if !others.is_empty() {
         let new = insert_others(tx, &others).await?;
@@ -143,8 +186,9 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
     Ok(persisted)
 }
 
-/// A message, a status of it and an account update, with keys no webhook
-/// has: every table a real write touches.
+/// A message, a status of it, a group receipt, a group membership change
+/// and an account update, with keys no webhook has: every table a real
+/// write touches.
 fn probe_events() -> Vec<Event> {
     static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = format!(
@@ -165,12 +209,26 @@ fn probe_events() -> Vec<Event> {
         "statuses": [{
             "id": wamid, "status": "sent", "timestamp": "0",
             "recipient_id": format!("probe.{unique}")
+        }, {
+            "id": wamid, "status": "read", "timestamp": "0",
+            "recipient_id": format!("probe-group.{unique}"), "recipient_type": "group",
+            "recipient_participant_id": format!("probe.{unique}")
+        }]
+    });
+    let group = json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "0", "phone_number_id": "wa-ingest-probe" },
+        "groups": [{
+            "timestamp": "0", "group_id": format!("probe-group.{unique}"),
+            "type": "group_participants_add",
+            "added_participants": [{ "wa_id": format!("probe.{unique}") }]
         }]
     });
     let body = json!({
         "object": "whatsapp_business_account",
         "entry": [{ "id": "wa-ingest-probe", "time": 0, "changes": [
             { "field": "messages", "value": value },
+            { "field": "group_participants_update", "value": group },
             { "field": "account_update", "value": { "event": "probe", "nonce": unique } }
         ]}]
     });
@@ -178,9 +236,53 @@ fn probe_events() -> Vec<Event> {
         .expect("the probe payload is a valid WhatsApp envelope")
 }
 
+/// The unique identity of a status row.
+fn status_row(status: &StatusEvent) -> (String, String, String) {
+    (
+        status.wamid.clone(),
+        status.status.clone(),
+        status.participant.clone().unwrap_or_default(),
+    )
+}
+
+fn participant_row(status: &StatusEvent) -> (String, String) {
+    (
+        status.wamid.clone(),
+        status.participant.clone().unwrap_or_default(),
+    )
+}
+
+/// Every user the events name, at the event's Meta time. A participant the
+/// business failed to add or remove is not a sighting: the id may be wrong.
+fn sightings<'a>(
+    messages: &[&'a MessageEvent],
+    statuses: &[&'a StatusEvent],
+    groups: &[&'a GroupEvent],
+) -> Vec<Sighting<'a>> {
+    let messages = messages.iter().map(|m| Sighting {
+        contact: &m.contact,
+        at: m.timestamp,
+    });
+    let statuses = statuses.iter().map(|s| Sighting {
+        contact: &s.contact,
+        at: s.timestamp,
+    });
+    let participants = groups.iter().flat_map(|g| {
+        g.participants
+            .iter()
+            .filter(|p| p.change != ParticipantChange::Failed)
+            .map(|p| Sighting {
+                contact: &p.contact,
+                at: g.timestamp,
+            })
+    });
+    messages.chain(statuses).chain(participants).collect()
+}
+
 async fn insert_messages(
     tx: &mut PgConnection,
     messages: &[&MessageEvent],
+    contacts: &Directory,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let text = |f: fn(&MessageEvent) -> Option<&str>| -> Vec<Option<&str>> {
         messages.iter().map(|m| f(m)).collect()
@@ -190,112 +292,45 @@ async fn insert_messages(
     let types: Vec<&str> = messages.iter().map(|m| m.message_type.as_str()).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.timestamp).collect();
     let raws: Vec<&Value> = messages.iter().map(|m| &m.raw).collect();
+    let contact_keys: Vec<Option<&str>> = messages
+        .iter()
+        .map(|m| contacts.key_of(&m.contact))
+        .collect();
     let rows: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO messages (wamid, direction, contact_key, wa_id, user_id, phone_number_id,
-                               display_phone_number, message_type, meta_timestamp, raw)
+                               display_phone_number, message_type, meta_timestamp, group_id, raw)
          SELECT t.wamid, t.direction, t.contact_key, t.wa_id, t.user_id, t.phone_number_id,
-                t.display_phone_number, t.message_type, t.ts, $10::jsonb -> (t.ord - 1)::int
+                t.display_phone_number, t.message_type, t.ts, t.group_id,
+                $11::jsonb -> (t.ord - 1)::int
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::text[], $8::text[], $9::timestamptz[])
+                     $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::text[])
               WITH ORDINALITY AS t(wamid, direction, contact_key, wa_id, user_id, phone_number_id,
-                                   display_phone_number, message_type, ts, ord)
+                                   display_phone_number, message_type, ts, group_id, ord)
          ORDER BY t.ord
          ON CONFLICT (wamid) DO NOTHING
          RETURNING wamid",
     )
     .bind(&wamids)
     .bind(&directions)
-    .bind(text(|m| m.contact.key()))
+    .bind(&contact_keys)
     .bind(text(|m| m.contact.wa_id.as_deref()))
     .bind(text(|m| m.contact.user_id.as_deref()))
     .bind(text(|m| m.phone_number_id.as_deref()))
     .bind(text(|m| m.display_phone_number.as_deref()))
     .bind(&types)
     .bind(&timestamps)
+    .bind(text(|m| m.group_id.as_deref()))
     .bind(sqlx::types::Json(&raws))
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(wamid,)| wamid).collect())
 }
 
-/// One row per contact: the earliest and latest sighting in this batch and
-/// the profile name of the latest. `last_seen_at` only moves forward, and the
-/// name is replaced only by a newer message's.
-async fn upsert_contacts(
-    tx: &mut PgConnection,
-    messages: &[&MessageEvent],
-) -> Result<(), sqlx::Error> {
-    struct Sighting<'a> {
-        wa_id: Option<&'a str>,
-        user_id: Option<&'a str>,
-        profile_name: Option<&'a str>,
-        first: Option<DateTime<Utc>>,
-        last: Option<DateTime<Utc>>,
-    }
-    let mut contacts: BTreeMap<&str, Sighting<'_>> = BTreeMap::new();
-    for message in messages
-        .iter()
-        .filter(|m| m.direction == Direction::Inbound)
-    {
-        let Some(key) = message.contact.key() else {
-            continue;
-        };
-        let contact = &message.contact;
-        let sighting = contacts.entry(key).or_insert(Sighting {
-            wa_id: None,
-            user_id: None,
-            profile_name: None,
-            first: message.timestamp,
-            last: message.timestamp,
-        });
-        sighting.wa_id = sighting.wa_id.or(contact.wa_id.as_deref());
-        sighting.user_id = sighting.user_id.or(contact.user_id.as_deref());
-        sighting.first = sighting.first.min(message.timestamp).or(message.timestamp);
-        if message.timestamp >= sighting.last {
-            sighting.last = message.timestamp;
-            sighting.profile_name = contact.profile_name.as_deref().or(sighting.profile_name);
-        }
-    }
-    if contacts.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<&str> = contacts.keys().copied().collect();
-    let values = contacts.values();
-    let wa_ids: Vec<Option<&str>> = values.clone().map(|s| s.wa_id).collect();
-    let user_ids: Vec<Option<&str>> = values.clone().map(|s| s.user_id).collect();
-    let names: Vec<Option<&str>> = values.clone().map(|s| s.profile_name).collect();
-    let firsts: Vec<Option<DateTime<Utc>>> = values.clone().map(|s| s.first).collect();
-    let lasts: Vec<Option<DateTime<Utc>>> = values.map(|s| s.last).collect();
-    sqlx::query(
-        "INSERT INTO contacts AS c (contact_key, wa_id, user_id, profile_name, first_seen_at, last_seen_at)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
-                              $5::timestamptz[], $6::timestamptz[])
-         ON CONFLICT (contact_key) DO UPDATE SET
-             wa_id = COALESCE(c.wa_id, EXCLUDED.wa_id),
-             user_id = COALESCE(c.user_id, EXCLUDED.user_id),
-             profile_name = CASE
-                 WHEN EXCLUDED.last_seen_at >= c.last_seen_at OR c.last_seen_at IS NULL
-                 THEN COALESCE(EXCLUDED.profile_name, c.profile_name)
-                 ELSE c.profile_name END,
-             first_seen_at = LEAST(c.first_seen_at, EXCLUDED.first_seen_at),
-             last_seen_at = GREATEST(c.last_seen_at, EXCLUDED.last_seen_at),
-             updated_at = now()",
-    )
-    .bind(&keys)
-    .bind(&wa_ids)
-    .bind(&user_ids)
-    .bind(&names)
-    .bind(&firsts)
-    .bind(&lasts)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 async fn insert_statuses(
     tx: &mut PgConnection,
     statuses: &[&StatusEvent],
-) -> Result<HashSet<(String, String)>, sqlx::Error> {
+    contacts: &Directory,
+) -> Result<HashSet<(String, String, String)>, sqlx::Error> {
     let text = |f: fn(&StatusEvent) -> Option<&str>| -> Vec<Option<&str>> {
         statuses.iter().map(|s| f(s)).collect()
     };
@@ -304,30 +339,44 @@ async fn insert_statuses(
     };
     let wamids: Vec<&str> = statuses.iter().map(|s| s.wamid.as_str()).collect();
     let names: Vec<&str> = statuses.iter().map(|s| s.status.as_str()).collect();
+    let participants: Vec<&str> = statuses
+        .iter()
+        .map(|s| s.participant.as_deref().unwrap_or(""))
+        .collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = statuses.iter().map(|s| s.timestamp).collect();
+    let contact_keys: Vec<Option<&str>> = statuses
+        .iter()
+        .map(|s| contacts.key_of(&s.contact))
+        .collect();
     let raws: Vec<&Value> = statuses.iter().map(|s| &s.raw).collect();
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "INSERT INTO message_statuses (wamid, status, meta_timestamp, recipient_id,
-                                       recipient_user_id, contact_key, phone_number_id,
-                                       errors, conversation, pricing, raw)
-         SELECT u.wamid, u.status, u.ts, u.recipient_id, u.recipient_user_id, u.contact_key,
-                u.phone_number_id, u.errors->u.i, u.conversation->u.i, u.pricing->u.i, u.raw->u.i
-         FROM (SELECT t.*, (t.ord - 1)::int AS i, $8::jsonb AS errors, $9::jsonb AS conversation,
-                      $10::jsonb AS pricing, $11::jsonb AS raw
-               FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                           $6::text[], $7::text[])
-                    WITH ORDINALITY AS t(wamid, status, ts, recipient_id, recipient_user_id,
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "INSERT INTO message_statuses (wamid, status, participant, meta_timestamp, recipient_id,
+                                       recipient_user_id, recipient_parent_user_id, group_id,
+                                       contact_key, phone_number_id, errors, conversation,
+                                       pricing, raw)
+         SELECT u.wamid, u.status, u.participant, u.ts, u.recipient_id, u.recipient_user_id,
+                u.recipient_parent_user_id, u.group_id, u.contact_key, u.phone_number_id,
+                u.errors->u.i, u.conversation->u.i, u.pricing->u.i, u.raw->u.i
+         FROM (SELECT t.*, (t.ord - 1)::int AS i, $11::jsonb AS errors,
+                      $12::jsonb AS conversation, $13::jsonb AS pricing, $14::jsonb AS raw
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+                    WITH ORDINALITY AS t(wamid, status, participant, ts, recipient_id,
+                                         recipient_user_id, recipient_parent_user_id, group_id,
                                          contact_key, phone_number_id, ord)) u
          ORDER BY u.ord
-         ON CONFLICT (wamid, status) DO NOTHING
-         RETURNING wamid, status",
+         ON CONFLICT (wamid, status, participant) DO NOTHING
+         RETURNING wamid, status, participant",
     )
     .bind(&wamids)
     .bind(&names)
+    .bind(&participants)
     .bind(&timestamps)
     .bind(text(|s| s.contact.wa_id.as_deref()))
     .bind(text(|s| s.contact.user_id.as_deref()))
-    .bind(text(|s| s.contact.key()))
+    .bind(text(|s| s.contact.parent_user_id.as_deref()))
+    .bind(text(|s| s.group_id.as_deref()))
+    .bind(&contact_keys)
     .bind(text(|s| s.phone_number_id.as_deref()))
     .bind(json(|s| s.errors.as_ref()))
     .bind(json(|s| s.conversation.as_ref()))
@@ -386,6 +435,187 @@ async fn advance_latest_status<'a>(
         .collect())
 }
 
+/// Moves each group participant's latest status forward, per (wamid,
+/// participant) exactly as [`advance_latest_status`] does per wamid, and
+/// returns every touched participant's state after the move.
+async fn advance_participant_status(
+    tx: &mut PgConnection,
+    receipts: &[&StatusEvent],
+    contacts: &Directory,
+) -> Result<HashMap<(String, String), String>, sqlx::Error> {
+    let mut best: BTreeMap<(String, String), &StatusEvent> = BTreeMap::new();
+    for receipt in receipts {
+        let rank = status_rank(&receipt.status);
+        best.entry(participant_row(receipt))
+            .and_modify(|current| {
+                if rank > status_rank(&current.status) {
+                    *current = receipt;
+                }
+            })
+            .or_insert(receipt);
+    }
+    if best.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let wamids: Vec<&str> = best.keys().map(|(wamid, _)| wamid.as_str()).collect();
+    let participants: Vec<&str> = best.keys().map(|(_, p)| p.as_str()).collect();
+    let groups: Vec<Option<&str>> = best.values().map(|s| s.group_id.as_deref()).collect();
+    let contact_keys: Vec<Option<&str>> =
+        best.values().map(|s| contacts.key_of(&s.contact)).collect();
+    let names: Vec<&str> = best.values().map(|s| s.status.as_str()).collect();
+    let ranks: Vec<i16> = best.values().map(|s| status_rank(&s.status)).collect();
+    let timestamps: Vec<Option<DateTime<Utc>>> = best.values().map(|s| s.timestamp).collect();
+    let states: Vec<(String, String, String)> = sqlx::query_as(
+        "INSERT INTO message_participant_status AS l
+                (wamid, participant, group_id, contact_key, status, status_rank, meta_timestamp)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                              $6::int2[], $7::timestamptz[])
+         ON CONFLICT (wamid, participant) DO UPDATE SET
+             group_id = COALESCE(l.group_id, EXCLUDED.group_id),
+             contact_key = COALESCE(l.contact_key, EXCLUDED.contact_key),
+             status = CASE WHEN EXCLUDED.status_rank > l.status_rank
+                           THEN EXCLUDED.status ELSE l.status END,
+             meta_timestamp = CASE WHEN EXCLUDED.status_rank > l.status_rank
+                                   THEN EXCLUDED.meta_timestamp ELSE l.meta_timestamp END,
+             updated_at = CASE WHEN EXCLUDED.status_rank > l.status_rank
+                               THEN now() ELSE l.updated_at END,
+             status_rank = GREATEST(l.status_rank, EXCLUDED.status_rank)
+         RETURNING wamid, participant, status",
+    )
+    .bind(&wamids)
+    .bind(&participants)
+    .bind(&groups)
+    .bind(&contact_keys)
+    .bind(&names)
+    .bind(&ranks)
+    .bind(&timestamps)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(states
+        .into_iter()
+        .map(|(wamid, participant, status)| ((wamid, participant), status))
+        .collect())
+}
+
+async fn insert_groups(
+    tx: &mut PgConnection,
+    groups: &[&GroupEvent],
+) -> Result<Vec<String>, sqlx::Error> {
+    let text = |f: fn(&GroupEvent) -> Option<&str>| -> Vec<Option<&str>> {
+        groups.iter().map(|g| f(g)).collect()
+    };
+    let keys: Vec<&str> = groups.iter().map(|g| g.key.as_str()).collect();
+    let fields: Vec<&str> = groups.iter().map(|g| g.field.as_str()).collect();
+    let timestamps: Vec<Option<DateTime<Utc>>> = groups.iter().map(|g| g.timestamp).collect();
+    let raws: Vec<&Value> = groups.iter().map(|g| &g.raw).collect();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "INSERT INTO group_events (event_key, field, group_id, update_type, request_id,
+                                   join_request_id, account_id, phone_number_id,
+                                   meta_timestamp, raw)
+         SELECT t.key, t.field, t.group_id, t.update_type, t.request_id, t.join_request_id,
+                t.account_id, t.phone_number_id, t.ts, $10::jsonb -> (t.ord - 1)::int
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::timestamptz[])
+              WITH ORDINALITY AS t(key, field, group_id, update_type, request_id,
+                                   join_request_id, account_id, phone_number_id, ts, ord)
+         ORDER BY t.ord
+         ON CONFLICT (event_key) DO NOTHING
+         RETURNING event_key",
+    )
+    .bind(&keys)
+    .bind(&fields)
+    .bind(text(|g| g.group_id.as_deref()))
+    .bind(text(|g| g.update_type.as_deref()))
+    .bind(text(|g| g.request_id.as_deref()))
+    .bind(text(|g| g.join_request_id.as_deref()))
+    .bind(text(|g| g.account_id.as_deref()))
+    .bind(text(|g| g.phone_number_id.as_deref()))
+    .bind(&timestamps)
+    .bind(sqlx::types::Json(&raws))
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(|(key,)| key).collect())
+}
+
+/// A membership change: who, in which group, since when, by which event.
+struct MembershipChange<'a> {
+    is_member: bool,
+    wa_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    at: DateTime<Utc>,
+    event_key: &'a str,
+}
+
+/// Added participants become members, removed ones stop being members. A
+/// row moves only to a later change (Meta time, then event key), so replays
+/// and out-of-order deliveries leave the latest state.
+async fn update_membership(
+    tx: &mut PgConnection,
+    groups: &[&GroupEvent],
+    contacts: &Directory,
+) -> Result<(), sqlx::Error> {
+    let mut latest: BTreeMap<(&str, &str), MembershipChange<'_>> = BTreeMap::new();
+    for group in groups {
+        let (Some(group_id), Some(at)) = (group.group_id.as_deref(), group.timestamp) else {
+            continue;
+        };
+        for participant in &group.participants {
+            let is_member = match participant.change {
+                ParticipantChange::Added => true,
+                ParticipantChange::Removed => false,
+                _ => continue,
+            };
+            let Some(contact_key) = contacts.key_of(&participant.contact) else {
+                continue;
+            };
+            let change = MembershipChange {
+                is_member,
+                wa_id: participant.contact.wa_id.as_deref(),
+                user_id: participant.contact.user_id.as_deref(),
+                at,
+                event_key: &group.key,
+            };
+            latest
+                .entry((group_id, contact_key))
+                .and_modify(|current| {
+                    if (change.at, change.event_key) > (current.at, current.event_key) {
+                        *current = MembershipChange { ..change };
+                    }
+                })
+                .or_insert(change);
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let group_ids: Vec<&str> = latest.keys().map(|(g, _)| *g).collect();
+    let contact_keys: Vec<&str> = latest.keys().map(|(_, c)| *c).collect();
+    let changes = latest.values();
+    let members: Vec<bool> = changes.clone().map(|c| c.is_member).collect();
+    let wa_ids: Vec<Option<&str>> = changes.clone().map(|c| c.wa_id).collect();
+    let user_ids: Vec<Option<&str>> = changes.clone().map(|c| c.user_id).collect();
+    let times: Vec<DateTime<Utc>> = changes.clone().map(|c| c.at).collect();
+    let event_keys: Vec<&str> = changes.map(|c| c.event_key).collect();
+    sqlx::query(concat!(
+        "INSERT INTO group_members AS m (group_id, contact_key, is_member, wa_id, user_id,
+                                         changed_at, event_key)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[],
+                              $6::timestamptz[], $7::text[])
+         ",
+        later_membership_wins!()
+    ))
+    .bind(&group_ids)
+    .bind(&contact_keys)
+    .bind(&members)
+    .bind(&wa_ids)
+    .bind(&user_ids)
+    .bind(&times)
+    .bind(&event_keys)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 async fn insert_others(
     tx: &mut PgConnection,
     others: &[&OtherEvent],
@@ -419,10 +649,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_writes_a_message_a_status_and_another_event() {
+    fn the_probe_writes_every_kind_of_event() {
         let events = probe_events();
         assert!(events.iter().any(|e| matches!(e, Event::Message(_))));
         assert!(events.iter().any(|e| matches!(e, Event::Status(_))));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Status(s) if s.participant.is_some())),
+            "a group receipt"
+        );
+        assert!(events.iter().any(|e| matches!(e, Event::Group(_))));
         assert!(events.iter().any(|e| matches!(e, Event::Other(_))));
         let again = probe_events();
         assert_ne!(

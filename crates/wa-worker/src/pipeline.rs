@@ -312,6 +312,7 @@ impl Processor {
                 return Err(outcome);
             }
         };
+        count_contact_changes(&persisted.contacts);
         for event in &to_store {
             let outcome = if persisted.inserted.contains(event.key()) {
                 "stored"
@@ -591,6 +592,21 @@ fn timed<T>(stage: &'static str, work: impl FnOnce() -> T) -> T {
 fn count(event: &Event, outcome: &'static str) {
     metrics::counter!("wa_events_total", "kind" => event.kind().as_str(), "outcome" => outcome)
         .increment(1);
+}
+
+/// How identity resolution changed the contacts table (`created`,
+/// `linked`, `merged`, `conflict`): merges and conflicts are worth a look.
+fn count_contact_changes(changes: &wa_store::ContactChanges) {
+    for (change, n) in [
+        ("created", changes.created),
+        ("linked", changes.linked),
+        ("merged", changes.merged),
+        ("conflict", changes.conflicts),
+    ] {
+        if n > 0 {
+            metrics::counter!("wa_contacts_total", "change" => change).increment(n);
+        }
+    }
 }
 
 fn log_store_failure(error: &StoreError) {
