@@ -4,6 +4,7 @@
 
 mod attack;
 mod contacts;
+mod deliver;
 mod edge;
 mod events;
 mod failure;

@@ -5,6 +5,7 @@
 //! Tests need the three servers. A missing server fails the test with a
 //! message that says which one: a skipped test would hide a regression.
 
+pub mod deliver;
 pub mod edge;
 pub mod env;
 pub mod logs;

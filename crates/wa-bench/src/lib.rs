@@ -5,6 +5,7 @@
 //! from /proc.
 
 mod broker;
+mod deliver;
 mod process;
 mod report;
 mod stages;
@@ -38,6 +39,9 @@ pub struct BenchArgs {
     /// The worker's prefetch during the run.
     #[arg(long, default_value_t = 512)]
     pub prefetch: u16,
+    /// Events the deliverer sends to a local endpoint.
+    #[arg(long, default_value_t = 10_000)]
+    pub deliver_events: u64,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -50,7 +50,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         .collect();
 
     eprintln!(
-        "[1/6] receiver: {} in flight for {:?}",
+        "[1/7] receiver: {} in flight for {:?}",
         args.concurrency, args.duration
     );
     let addr = free_addr()?;
@@ -88,7 +88,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     receiver.stop().await;
     purge(&amqp_url, &format!("{namespace}.inbound")).await?;
 
-    eprintln!("[2/6] bare handler (HTTP ceiling)");
+    eprintln!("[2/7] bare handler (HTTP ceiling)");
     let addr = free_addr()?;
     let bare = Role::start(
         &["bench", "--serve-bare", &addr.to_string()],
@@ -110,7 +110,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     );
     bare.stop().await;
 
-    eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
+    eprintln!("[3/7] broker ceiling: confirmed publishes and consume + ack");
     let typical = jobs[0].0.clone();
     let ceiling = crate::broker::measure(
         &amqp_url,
@@ -138,8 +138,8 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     let n = args.worker_payloads;
     let mut peak_rss = 0;
     for (stage, copies) in [
-        ("[4/6] worker, no duplicates", 1),
-        ("[5/6] worker, every payload 3 times", 3),
+        ("[4/7] worker, no duplicates", 1),
+        ("[5/7] worker, every payload 3 times", 3),
     ] {
         eprintln!("{stage}: {n} payloads of 3 events");
         let bodies = worker_payloads(&format!("{namespace}c{copies}"), n, copies);
@@ -191,7 +191,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     // The worker runs left their downstream events in the outbox: release
     // them all with no reorder window and time it.
     let pending = unpublished(&pool).await?;
-    eprintln!("[6/6] relay: release {pending} outbox events");
+    eprintln!("[6/7] relay: release {pending} outbox events");
     let addr = free_addr()?;
     let relay_env = HashMap::from([
         ("AMQP_URL", amqp_url.clone()),
@@ -213,6 +213,12 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     relay.stop().await;
     report.relay_events = u64::try_from(pending).unwrap_or(0);
     report.relay_events_per_second = pending as f64 / seconds;
+
+    eprintln!(
+        "[7/7] deliver: {} events in 100 conversations to a local endpoint",
+        args.deliver_events
+    );
+    report.deliver = crate::deliver::measure(&pool, database_url, args.deliver_events, 100).await?;
     pool.close().await;
 
     let ceiling = report

@@ -40,6 +40,10 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Release downstream events from the outbox, per contact or group in order.
     Relay(wa_relay::RelayConfig),
+    /// Deliver downstream events to HTTP endpoints, signed, per conversation in order.
+    Deliver(wa_deliver::DeliverConfig),
+    /// Manage the HTTP endpoints that `deliver` sends events to.
+    Endpoints(wa_deliver::EndpointsArgs),
     /// Read downstream events (`events tail`).
     Events(wa_relay::tail::EventsArgs),
     /// Inspect, replay and purge the dead-letter queue.
@@ -91,6 +95,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
             wa_relay::run(listener, config, wa_core::shutdown::on_signal()).await
         }
+        Command::Deliver(config) => {
+            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            wa_deliver::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
+        Command::Endpoints(args) => wa_deliver::cli::run(args).await,
         Command::Events(args) => wa_relay::tail::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
