@@ -353,9 +353,17 @@ pub fn assert_in_order_per_conversation(hooks: &[Hook], what: &str) -> usize {
     let mut repeats = 0;
     let mut first_seen: HashMap<String, Vec<u8>> = HashMap::new();
     for hook in hooks.iter().filter(|h| h.accepted()) {
-        assert_eq!(hook.event["id"].as_str(), Some(hook.webhook_id.as_str()), "{what}: body id is the webhook-id");
+        assert_eq!(
+            hook.event["id"].as_str(),
+            Some(hook.webhook_id.as_str()),
+            "{what}: body id is the webhook-id"
+        );
         if let Some(body) = first_seen.get(&hook.webhook_id) {
-            assert_eq!(body, &hook.body, "{what}: a repeat of {} carries the same body", hook.webhook_id);
+            assert_eq!(
+                body, &hook.body,
+                "{what}: a repeat of {} carries the same body",
+                hook.webhook_id
+            );
         } else {
             first_seen.insert(hook.webhook_id.clone(), hook.body.clone());
         }
@@ -448,7 +456,12 @@ fn reference_python() -> PathBuf {
     run(Path::new("python3"), &["-m", "venv", building_str]);
     run(
         &building.join("bin/pip"),
-        &["install", "--quiet", "--disable-pip-version-check", "standardwebhooks"],
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "standardwebhooks",
+        ],
     );
     // A venv's scripts name its path: rename only onto nothing, else use the
     // one another test made.

@@ -127,7 +127,11 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "{:<52} {:>12.0} events/s ({} events, {} conversations, {:.0} us CPU per delivery)",
-            "deliver (HTTP, local endpoint answering 200)", d.per_second, d.events, d.conversations, d.cpu_us_per_event
+            "deliver (HTTP, local endpoint answering 200)",
+            d.per_second,
+            d.events,
+            d.conversations,
+            d.cpu_us_per_event
         )?;
         writeln!(f)?;
         let ratios = &self.ratios;

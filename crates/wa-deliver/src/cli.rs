@@ -153,7 +153,10 @@ const EVENT_TYPES: &[&str] = &[
 fn check_events(events: &[String]) -> anyhow::Result<()> {
     for event in events {
         if !EVENT_TYPES.contains(&event.as_str()) && !event.ends_with(".*") {
-            bail!("unknown event type {event:?}; known: {}", EVENT_TYPES.join(", "));
+            bail!(
+                "unknown event type {event:?}; known: {}",
+                EVENT_TYPES.join(", ")
+            );
         }
     }
     Ok(())
@@ -166,7 +169,9 @@ async fn check_url(url: &str, allow: &AllowArgs) -> anyhow::Result<()> {
     if !matches!(parsed.scheme(), "http" | "https") {
         bail!("{url:?}: only http and https endpoints are supported");
     }
-    let host = parsed.host_str().with_context(|| format!("{url:?} has no host"))?;
+    let host = parsed
+        .host_str()
+        .with_context(|| format!("{url:?} has no host"))?;
     let port = parsed.port_or_known_default().unwrap_or(443);
     match allow.guard().resolve(host, port).await {
         Ok(_) => Ok(()),
@@ -186,7 +191,11 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
 }
 
 fn found(found: bool, id: i64) -> anyhow::Result<()> {
-    if found { Ok(()) } else { bail!("no endpoint {id}") }
+    if found {
+        Ok(())
+    } else {
+        bail!("no endpoint {id}")
+    }
 }
 
 async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()> {
@@ -223,21 +232,33 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
             if json {
                 println!("{}", serde_json::to_string_pretty(&endpoints)?);
             } else {
-                println!("{:>5}  {:<8}  {:>8}  {:<24}  URL", "ID", "STATE", "BACKLOG", "EVENTS");
+                println!(
+                    "{:>5}  {:<8}  {:>8}  {:<24}  URL",
+                    "ID", "STATE", "BACKLOG", "EVENTS"
+                );
                 for e in &endpoints {
-                    let state = if e.endpoint.enabled { "enabled" } else { "disabled" };
+                    let state = if e.endpoint.enabled {
+                        "enabled"
+                    } else {
+                        "disabled"
+                    };
                     let events = if e.endpoint.event_types.is_empty() {
                         "all".to_owned()
                     } else {
                         e.endpoint.event_types.join(",")
                     };
-                    println!("{:>5}  {:<8}  {:>8}  {:<24}  {}", e.endpoint.id, state, e.backlog, events, e.endpoint.url);
+                    println!(
+                        "{:>5}  {:<8}  {:>8}  {:<24}  {}",
+                        e.endpoint.id, state, e.backlog, events, e.endpoint.url
+                    );
                 }
             }
         }
         EndpointsCommand::Show { id, json } => {
             let status = store::status(pool, id).await.context(SCHEMA)?;
-            let Some(status) = status else { bail!("no endpoint {id}") };
+            let Some(status) = status else {
+                bail!("no endpoint {id}")
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -249,14 +270,44 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
                 if let Some(reason) = &e.disabled_reason {
                     println!("disabled because: {reason}");
                 }
-                println!("events:           {}", if e.event_types.is_empty() { "all".to_owned() } else { e.event_types.join(",") });
-                println!("phone numbers:    {}", if e.phone_number_ids.is_empty() { "all".to_owned() } else { e.phone_number_ids.join(",") });
-                println!("rate limit:       {}", e.rate_limit.map_or("none".to_owned(), |r| format!("{r}/s per deliverer")));
+                println!(
+                    "events:           {}",
+                    if e.event_types.is_empty() {
+                        "all".to_owned()
+                    } else {
+                        e.event_types.join(",")
+                    }
+                );
+                println!(
+                    "phone numbers:    {}",
+                    if e.phone_number_ids.is_empty() {
+                        "all".to_owned()
+                    } else {
+                        e.phone_number_ids.join(",")
+                    }
+                );
+                println!(
+                    "rate limit:       {}",
+                    e.rate_limit
+                        .map_or("none".to_owned(), |r| format!("{r}/s per deliverer"))
+                );
                 println!("max in flight:    {}", e.max_in_flight);
-                println!("secrets:          {} (newest first; shown only when made)", e.secrets.len());
-                println!("failing since:    {}", e.failing_since.map_or("-".to_owned(), |t| t.to_rfc3339()));
-                println!("paused until:     {}", e.paused_until.map_or("-".to_owned(), |t| t.to_rfc3339()));
-                println!("backlog:          {} in {} conversations", status.backlog, status.waiting_conversations);
+                println!(
+                    "secrets:          {} (newest first; shown only when made)",
+                    e.secrets.len()
+                );
+                println!(
+                    "failing since:    {}",
+                    e.failing_since.map_or("-".to_owned(), |t| t.to_rfc3339())
+                );
+                println!(
+                    "paused until:     {}",
+                    e.paused_until.map_or("-".to_owned(), |t| t.to_rfc3339())
+                );
+                println!(
+                    "backlog:          {} in {} conversations",
+                    status.backlog, status.waiting_conversations
+                );
                 println!("delivered:        {}", status.delivered);
             }
         }
@@ -270,8 +321,16 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
             let changes = EndpointChanges {
                 url: update.url,
                 description: update.description,
-                event_types: if update.all_events { Some(Vec::new()) } else { update.events },
-                phone_number_ids: if update.all_numbers { Some(Vec::new()) } else { update.phone_number_ids },
+                event_types: if update.all_events {
+                    Some(Vec::new())
+                } else {
+                    update.events
+                },
+                phone_number_ids: if update.all_numbers {
+                    Some(Vec::new())
+                } else {
+                    update.phone_number_ids
+                },
                 rate_limit: match (update.rate_limit, update.no_rate_limit) {
                     (_, true) => Some(None),
                     (Some(rate), false) => Some(Some(i32::try_from(rate).unwrap_or(i32::MAX))),
@@ -279,12 +338,19 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
                 },
                 max_in_flight: update.max_in_flight,
             };
-            found(store::update(pool, update.id, &changes).await.context(SCHEMA)?, update.id)?;
+            found(
+                store::update(pool, update.id, &changes)
+                    .await
+                    .context(SCHEMA)?,
+                update.id,
+            )?;
         }
         EndpointsCommand::Disable { id, reason } => {
             found(store::disable(pool, id, &reason).await.context(SCHEMA)?, id)?;
         }
-        EndpointsCommand::Enable { id } => found(store::enable(pool, id).await.context(SCHEMA)?, id)?,
+        EndpointsCommand::Enable { id } => {
+            found(store::enable(pool, id).await.context(SCHEMA)?, id)?
+        }
         EndpointsCommand::RotateSecret { id, secret, finish } => {
             if finish {
                 return found(store::finish_rotation(pool, id).await.context(SCHEMA)?, id);
@@ -293,7 +359,12 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
                 Some(text) => (SigningSecret::parse(&text).context("--secret")?, false),
                 None => (SigningSecret::generate(), true),
             };
-            found(store::rotate_secret(pool, id, &secret.to_whsec()).await.context(SCHEMA)?, id)?;
+            found(
+                store::rotate_secret(pool, id, &secret.to_whsec())
+                    .await
+                    .context(SCHEMA)?,
+                id,
+            )?;
             if generated {
                 println!("{}", secret.to_whsec());
             }
@@ -305,11 +376,16 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
             found(store::remove(pool, id).await.context(SCHEMA)?, id)?;
         }
         EndpointsCommand::Attempts { id, limit, json } => {
-            let attempts = store::attempts(pool, id, limit.clamp(1, 10_000)).await.context(SCHEMA)?;
+            let attempts = store::attempts(pool, id, limit.clamp(1, 10_000))
+                .await
+                .context(SCHEMA)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&attempts)?);
             } else {
-                println!("{:<25}  {:>6}  {:>9}  {:<40}  {:<25}  ERROR", "TIME", "STATUS", "LATENCY", "EVENT", "NEXT ATTEMPT");
+                println!(
+                    "{:<25}  {:>6}  {:>9}  {:<40}  {:<25}  ERROR",
+                    "TIME", "STATUS", "LATENCY", "EVENT", "NEXT ATTEMPT"
+                );
                 for a in &attempts {
                     println!(
                         "{:<25}  {:>6}  {:>7.1}ms  {:<40}  {:<25}  {}",

@@ -38,7 +38,12 @@ pub struct DeliverConfig {
     #[command(flatten)]
     pub allow: AllowArgs,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "METRICS_ADDR", value_name = "METRICS_ADDR", default_value = "0.0.0.0:9092")]
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = "0.0.0.0:9092"
+    )]
     pub metrics_addr: SocketAddr,
     /// Conversations this deliverer sends to at once, over all endpoints
     /// (each endpoint also has its own max_in_flight).

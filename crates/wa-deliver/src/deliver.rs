@@ -21,9 +21,7 @@ use wa_core::telemetry::error_chain;
 use crate::http::{Outcome, Sender, Signed};
 use crate::schedule::RetrySchedule;
 use crate::sign::{SigningSecret, signature_header};
-use crate::store::{
-    self, ActiveEndpoint, AttemptRecord, EndpointEffect, EndpointState, Head,
-};
+use crate::store::{self, ActiveEndpoint, AttemptRecord, EndpointEffect, EndpointState, Head};
 
 /// What every conversation task shares.
 pub struct Deliverer {
@@ -81,7 +79,16 @@ pub async fn run_loop(
             last_gauges = Instant::now();
             update_gauges(&deliverer.pool).await;
         }
-        let started = match claim_round(&deliverer, concurrency, &mut tasks, &mut running, &mut gates, &shutdown).await {
+        let started = match claim_round(
+            &deliverer,
+            concurrency,
+            &mut tasks,
+            &mut running,
+            &mut gates,
+            &shutdown,
+        )
+        .await
+        {
             Ok(started) => {
                 deliverer.healthy.store(true, Ordering::Relaxed);
                 started
@@ -196,7 +203,15 @@ async fn drive_conversation(
         };
         if outcome.succeeded() {
             metrics::counter!("wa_deliver_attempts_total", "endpoint" => label.clone(), "outcome" => "success").increment(1);
-            match store::record_success(&deliverer.pool, &head, &attempt, deliverer.owner, deliverer.lease).await {
+            match store::record_success(
+                &deliverer.pool,
+                &head,
+                &attempt,
+                deliverer.owner,
+                deliverer.lease,
+            )
+            .await
+            {
                 Ok(true) => continue,
                 Ok(false) => return endpoint.id,
                 Err(error) => {
@@ -207,7 +222,11 @@ async fn drive_conversation(
                 }
             }
         }
-        let outcome_label = if outcome.status.is_some() { "http_error" } else { "network_error" };
+        let outcome_label = if outcome.status.is_some() {
+            "http_error"
+        } else {
+            "network_error"
+        };
         metrics::counter!("wa_deliver_attempts_total", "endpoint" => label.clone(), "outcome" => outcome_label).increment(1);
         fail(&deliverer, &head, &outcome, &attempt).await;
         return endpoint.id;
@@ -227,8 +246,11 @@ async fn drive_conversation(
 }
 
 async fn send(deliverer: &Deliverer, head: &Head) -> Outcome {
-    let secrets: Result<Vec<SigningSecret>, _> =
-        head.secrets.iter().map(|s| SigningSecret::parse(s)).collect();
+    let secrets: Result<Vec<SigningSecret>, _> = head
+        .secrets
+        .iter()
+        .map(|s| SigningSecret::parse(s))
+        .collect();
     let secrets = match secrets {
         Ok(secrets) => secrets,
         Err(error) => {
@@ -265,7 +287,9 @@ async fn fail(deliverer: &Deliverer, head: &Head, outcome: &Outcome, attempt: &A
     let (delay, effect) = match (outcome.status, outcome.retry_after) {
         (Some(410), _) => (
             deliverer.schedule.delay(failures),
-            EndpointEffect::Disable("410 Gone: the receiver asked for no more deliveries".to_owned()),
+            EndpointEffect::Disable(
+                "410 Gone: the receiver asked for no more deliveries".to_owned(),
+            ),
         ),
         (Some(429 | 503), Some(wait)) => {
             let until = Utc::now() + wait;
@@ -296,7 +320,9 @@ async fn fail(deliverer: &Deliverer, head: &Head, outcome: &Outcome, attempt: &A
             retry_in = ?delay,
             "delivery failed; will retry"
         ),
-        Err(error) => tracing::warn!(endpoint = head.endpoint_id, error = %error_chain(&error), "cannot record a failed delivery; its lease runs out"),
+        Err(error) => {
+            tracing::warn!(endpoint = head.endpoint_id, error = %error_chain(&error), "cannot record a failed delivery; its lease runs out")
+        }
     }
 }
 
@@ -305,8 +331,10 @@ async fn update_gauges(pool: &sqlx::PgPool) {
         Ok(rows) => {
             for (endpoint, enabled, backlog) in rows {
                 let label = endpoint.to_string();
-                metrics::gauge!("wa_deliver_backlog", "endpoint" => label.clone()).set(backlog as f64);
-                metrics::gauge!("wa_deliver_endpoint_enabled", "endpoint" => label).set(if enabled { 1.0 } else { 0.0 });
+                metrics::gauge!("wa_deliver_backlog", "endpoint" => label.clone())
+                    .set(backlog as f64);
+                metrics::gauge!("wa_deliver_endpoint_enabled", "endpoint" => label)
+                    .set(if enabled { 1.0 } else { 0.0 });
             }
         }
         Err(error) => tracing::debug!(error = %error_chain(&error), "cannot read the backlog"),

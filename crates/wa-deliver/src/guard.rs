@@ -131,8 +131,7 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         Some("unspecified")
     } else if ip.is_multicast() || ip.is_broadcast() || a >= 240 {
         Some("multicast or reserved")
-    } else if ip.is_documentation() || (a == 198 && (b == 18 || b == 19)) || (a == 192 && b == 0)
-    {
+    } else if ip.is_documentation() || (a == 198 && (b == 18 || b == 19)) || (a == 192 && b == 0) {
         Some("reserved")
     } else {
         None
@@ -229,7 +228,12 @@ mod tests {
         ] {
             assert!(refused(&guard, ip), "{ip} should be refused");
         }
-        for ip in ["93.184.215.14", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "93.184.215.14",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!refused(&guard, ip), "{ip} should be allowed");
         }
     }
@@ -248,16 +252,44 @@ mod tests {
         let guard = NetGuard::default();
         let metadata: SocketAddr = "169.254.169.254:80".parse().unwrap();
         let public: SocketAddr = "93.184.215.14:80".parse().unwrap();
-        let error = guard.checked("metadata.example", vec![metadata]).unwrap_err();
-        assert!(matches!(error, GuardError::Refused { kind: "link-local (cloud metadata)", .. }), "{error}");
+        let error = guard
+            .checked("metadata.example", vec![metadata])
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                GuardError::Refused {
+                    kind: "link-local (cloud metadata)",
+                    ..
+                }
+            ),
+            "{error}"
+        );
         // A mixed answer keeps only the public address: that is where it connects.
-        assert_eq!(guard.checked("mixed.example", vec![metadata, public]).unwrap(), vec![public]);
+        assert_eq!(
+            guard
+                .checked("mixed.example", vec![metadata, public])
+                .unwrap(),
+            vec![public]
+        );
     }
 
     #[tokio::test]
     async fn a_name_that_resolves_to_loopback_is_refused() {
-        let error = NetGuard::default().resolve("localhost", 80).await.unwrap_err();
-        assert!(matches!(error, GuardError::Refused { kind: "loopback", .. }), "{error}");
+        let error = NetGuard::default()
+            .resolve("localhost", 80)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                GuardError::Refused {
+                    kind: "loopback",
+                    ..
+                }
+            ),
+            "{error}"
+        );
         assert!(error.to_string().contains("WA_DELIVER_ALLOW"));
     }
 }

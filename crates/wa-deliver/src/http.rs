@@ -78,14 +78,17 @@ impl Sender {
 
     pub async fn post(&self, url: &str, signed: Signed<'_>, body: Bytes) -> Outcome {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.limits.request_timeout, self.exchange(url, signed, body))
-            .await
-            .unwrap_or_else(|_| {
-                Err(Failure::new(format!(
-                    "no answer within {:?} (WA_DELIVER_TIMEOUT)",
-                    self.limits.request_timeout
-                )))
-            });
+        let result = tokio::time::timeout(
+            self.limits.request_timeout,
+            self.exchange(url, signed, body),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::new(format!(
+                "no answer within {:?} (WA_DELIVER_TIMEOUT)",
+                self.limits.request_timeout
+            )))
+        });
         let latency = started.elapsed();
         match result {
             Ok((status, retry_after)) => Outcome {
@@ -109,10 +112,15 @@ impl Sender {
         signed: Signed<'_>,
         body: Bytes,
     ) -> Result<(u16, Option<Duration>), Failure> {
-        let uri: hyper::Uri = url.parse().map_err(|e| Failure::new(format!("bad URL: {e}")))?;
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| Failure::new(format!("bad URL: {e}")))?;
         // A literal address never reaches the guarded resolver: check it here.
         if let Some(host) = uri.host()
-            && let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>()
+            && let Ok(ip) = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
             && let Some(kind) = self.guard.refusal(ip)
         {
             return Err(Failure::new(format!(
@@ -121,7 +129,10 @@ impl Sender {
         }
         let request = Request::post(uri)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(USER_AGENT, HeaderValue::from_static(concat!("wa-ingest/", env!("CARGO_PKG_VERSION"))))
+            .header(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("wa-ingest/", env!("CARGO_PKG_VERSION"))),
+            )
             .header("webhook-id", signed.webhook_id)
             .header("webhook-timestamp", signed.timestamp.to_string())
             .header("webhook-signature", signed.signature)
@@ -167,7 +178,10 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         return Some(Duration::from_secs(seconds).min(DAY));
     }
     let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = when.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or_default();
+    let wait = when
+        .signed_duration_since(chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
     Some(wait.min(DAY))
 }
 
@@ -178,8 +192,14 @@ mod tests {
     #[test]
     fn retry_after_reads_seconds_and_dates() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("999999"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("999999"),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 }

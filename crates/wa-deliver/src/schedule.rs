@@ -37,7 +37,9 @@ impl RetrySchedule {
 
 impl Default for RetrySchedule {
     fn default() -> Self {
-        DEFAULT_SCHEDULE.parse().expect("the default schedule parses")
+        DEFAULT_SCHEDULE
+            .parse()
+            .expect("the default schedule parses")
     }
 }
 
@@ -50,7 +52,9 @@ impl FromStr for RetrySchedule {
             .map(|step| wa_core::config::parse_duration(step.trim()))
             .collect::<Result<Vec<_>, _>>()?;
         if steps.is_empty() || steps.iter().any(Duration::is_zero) {
-            return Err(format!("{text:?}: give one or more delays above zero, such as 5s,30s,2m"));
+            return Err(format!(
+                "{text:?}: give one or more delays above zero, such as 5s,30s,2m"
+            ));
         }
         Ok(Self(steps))
     }
@@ -68,7 +72,10 @@ mod tests {
         assert_eq!(schedule.step(10), Duration::from_secs(12 * 3600));
         assert_eq!(schedule.step(1000), Duration::from_secs(12 * 3600));
         let total: Duration = (1..=10).map(|n| schedule.step(n)).sum();
-        assert_eq!(total.as_secs(), 5 + 30 + 120 + 600 + 1800 + 3600 + 7200 + 14_400 + 28_800 + 43_200);
+        assert_eq!(
+            total.as_secs(),
+            5 + 30 + 120 + 600 + 1800 + 3600 + 7200 + 14_400 + 28_800 + 43_200
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ impl SigningSecret {
     }
 
     pub fn parse(text: &str) -> Result<Self, SecretError> {
-        let key = text.trim().strip_prefix(PREFIX).ok_or(SecretError::NotWhsec)?;
+        let key = text
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or(SecretError::NotWhsec)?;
         let key = STANDARD.decode(key).map_err(|_| SecretError::NotBase64)?;
         if !(24..=64).contains(&key.len()) {
             return Err(SecretError::Length(key.len()));
@@ -62,7 +65,12 @@ impl SigningSecret {
 }
 
 /// The `webhook-signature` value: one `v1,...` per secret, space-separated.
-pub fn signature_header(secrets: &[SigningSecret], id: &str, timestamp: i64, body: &[u8]) -> String {
+pub fn signature_header(
+    secrets: &[SigningSecret],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> String {
     secrets
         .iter()
         .map(|secret| secret.sign(id, timestamp, body))
@@ -104,8 +112,17 @@ mod tests {
         let text = secret.to_whsec();
         assert_eq!(SigningSecret::parse(&text).unwrap().to_whsec(), text);
         assert!(!format!("{secret:?}").contains(&text[6..]));
-        assert_eq!(SigningSecret::parse("abc").unwrap_err(), SecretError::NotWhsec);
-        assert_eq!(SigningSecret::parse("whsec_!!").unwrap_err(), SecretError::NotBase64);
-        assert_eq!(SigningSecret::parse("whsec_AAAA").unwrap_err(), SecretError::Length(3));
+        assert_eq!(
+            SigningSecret::parse("abc").unwrap_err(),
+            SecretError::NotWhsec
+        );
+        assert_eq!(
+            SigningSecret::parse("whsec_!!").unwrap_err(),
+            SecretError::NotBase64
+        );
+        assert_eq!(
+            SigningSecret::parse("whsec_AAAA").unwrap_err(),
+            SecretError::Length(3)
+        );
     }
 }

@@ -79,7 +79,8 @@ pub struct Attempt {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-const ENDPOINT_COLUMNS: &str = "e.id, e.url, e.description, e.secrets, e.event_types, e.phone_number_ids,
+const ENDPOINT_COLUMNS: &str =
+    "e.id, e.url, e.description, e.secrets, e.event_types, e.phone_number_ids,
     e.rate_limit, e.max_in_flight, e.enabled, e.disabled_reason, e.disabled_at, e.failing_since,
     e.paused_until, e.created_at, e.updated_at";
 
@@ -133,7 +134,11 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<Endpoint>, sqlx::Error
 }
 
 /// `false` when there is no such endpoint.
-pub async fn update(pool: &PgPool, id: i64, changes: &EndpointChanges) -> Result<bool, sqlx::Error> {
+pub async fn update(
+    pool: &PgPool,
+    id: i64,
+    changes: &EndpointChanges,
+) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE delivery_endpoints SET
              url = COALESCE($2, url),
@@ -186,10 +191,12 @@ pub async fn enable(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
     .bind(id)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE delivery_lanes SET next_attempt_at = now() WHERE endpoint_id = $1 AND pending > 0")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE delivery_lanes SET next_attempt_at = now() WHERE endpoint_id = $1 AND pending > 0",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(done.rows_affected() == 1)
 }
@@ -229,7 +236,11 @@ pub async fn remove(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
 }
 
 /// The latest attempts, newest first.
-pub async fn attempts(pool: &PgPool, endpoint: i64, limit: i64) -> Result<Vec<Attempt>, sqlx::Error> {
+pub async fn attempts(
+    pool: &PgPool,
+    endpoint: i64,
+    limit: i64,
+) -> Result<Vec<Attempt>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, delivery_id, event_id, attempted_at, status_code, latency_ms, error, next_attempt_at
          FROM delivery_attempts WHERE endpoint_id = $1 ORDER BY id DESC LIMIT $2",
@@ -242,7 +253,11 @@ pub async fn attempts(pool: &PgPool, endpoint: i64, limit: i64) -> Result<Vec<At
 
 /// Queues again every delivered event the endpoint got since `since`
 /// (same `webhook-id`, per conversation in order); returns how many.
-pub async fn replay(pool: &PgPool, endpoint: i64, since: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+pub async fn replay(
+    pool: &PgPool,
+    endpoint: i64,
+    since: DateTime<Utc>,
+) -> Result<u64, sqlx::Error> {
     let queued: Option<i64> = sqlx::query_scalar(
         "WITH reset AS (
              UPDATE deliveries SET state = 'pending', delivered_at = NULL
@@ -338,7 +353,11 @@ pub struct Head {
 }
 
 /// `None` when nothing waits, or the endpoint was disabled or paused since.
-pub async fn head(pool: &PgPool, endpoint: i64, conversation: &str) -> Result<Option<Head>, sqlx::Error> {
+pub async fn head(
+    pool: &PgPool,
+    endpoint: i64,
+    conversation: &str,
+) -> Result<Option<Head>, sqlx::Error> {
     sqlx::query_as(
         "SELECT d.id, d.endpoint_id, d.conversation, d.event_id, d.event_type, d.payload,
                 d.attempts, e.url, e.secrets, e.failing_since
@@ -441,10 +460,12 @@ pub async fn record_failure(
     disable_after: Duration,
 ) -> Result<EndpointState, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = now() WHERE id = $1")
-        .bind(head.id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = now() WHERE id = $1",
+    )
+    .bind(head.id)
+    .execute(&mut *tx)
+    .await?;
     let next_for_record = match effect {
         EndpointEffect::Disable(_) => None,
         _ => Some(next_attempt),
