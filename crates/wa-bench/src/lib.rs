@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Events the deliverer sends to a local endpoint.
     #[arg(long, default_value_t = 10_000)]
     pub deliver_events: u64,
+    /// Run only the deliver stage (HTTP delivery to a local endpoint).
+    #[arg(long)]
+    pub deliver_only: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -32,6 +32,14 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
 async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow::Result<Report> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
+    if args.deliver_only {
+        let deliver = deliver_stage(args, &pool, database_url).await?;
+        pool.close().await;
+        return Ok(Report {
+            deliver,
+            ..Report::default()
+        });
+    }
     let amqp_url = args.amqp.amqp_url.expose().to_owned();
     let mut report = Report {
         worker_prefetch: args.prefetch,
@@ -214,11 +222,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     report.relay_events = u64::try_from(pending).unwrap_or(0);
     report.relay_events_per_second = pending as f64 / seconds;
 
-    eprintln!(
-        "[7/7] deliver: {} events in 100 conversations to a local endpoint",
-        args.deliver_events
-    );
-    report.deliver = crate::deliver::measure(&pool, database_url, args.deliver_events, 100).await?;
+    report.deliver = deliver_stage(args, &pool, database_url).await?;
     pool.close().await;
 
     let ceiling = report
@@ -233,6 +237,18 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
             / report.worker_unique.unique_events_per_second,
     };
     Ok(report)
+}
+
+async fn deliver_stage(
+    args: &BenchArgs,
+    pool: &sqlx::PgPool,
+    database_url: &str,
+) -> anyhow::Result<crate::deliver::DeliverFigures> {
+    eprintln!(
+        "[7/7] deliver: {} events in 100 conversations to a local endpoint",
+        args.deliver_events
+    );
+    crate::deliver::measure(pool, database_url, args.deliver_events, 100).await
 }
 
 /// Seconds the worker spent in each stage of its batches (summed over

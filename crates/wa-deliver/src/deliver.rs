@@ -170,8 +170,14 @@ async fn claim_round(
     Ok(started)
 }
 
+/// Deliveries one lease round sends before the conversation goes to the back
+/// of the line, so that busy conversations do not starve the others of an
+/// endpoint's `max_in_flight`.
+const ROUND: usize = 100;
+
 /// Sends one conversation's pending events in order while this deliverer
-/// holds its lease and they succeed; returns the endpoint's id.
+/// holds its lease and they succeed (at most [`ROUND`]); returns the
+/// endpoint's id.
 async fn drive_conversation(
     deliverer: Arc<Deliverer>,
     endpoint: ActiveEndpoint,
@@ -180,13 +186,21 @@ async fn drive_conversation(
     shutdown: CancellationToken,
 ) -> i64 {
     let label = endpoint.id.to_string();
-    loop {
-        if shutdown.is_cancelled() {
+    // After a full round (or at shutdown) it may be claimed again at once,
+    // behind the conversations that waited longer.
+    let mut wait_before_next = Duration::ZERO;
+    for sent in 0.. {
+        if shutdown.is_cancelled() || sent == ROUND {
             break;
         }
         let head = match store::head(&deliverer.pool, endpoint.id, &conversation).await {
             Ok(Some(head)) => head,
-            Ok(None) => break,
+            Ok(None) => {
+                // Nothing pending, or the endpoint was paused or disabled
+                // meanwhile: then the conversation rests a second.
+                wait_before_next = Duration::from_secs(1);
+                break;
+            }
             Err(error) => {
                 tracing::warn!(endpoint = endpoint.id, error = %error_chain(&error), "cannot read the next delivery");
                 break;
@@ -236,7 +250,7 @@ async fn drive_conversation(
         endpoint.id,
         &conversation,
         deliverer.owner,
-        Duration::from_secs(1),
+        wait_before_next,
     )
     .await
     {
