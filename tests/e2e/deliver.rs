@@ -335,15 +335,11 @@ async fn retry_after_pauses_one_endpoint_gone_disables_and_a_slow_one_holds_up_n
     let deliverer = Deliverer::start(&env, &["--request-timeout", "10s", "--lease", "30s"]).await;
     release(&env.db, &events("t", 3, 1, 3)).await;
 
-    eventually(
+    HookReceiver::both_accepted(
         "fast and throttled endpoints done",
-        Duration::from_secs(30),
-        || async {
-            match (fast.accepted_ids(), throttled.accepted_ids()) {
-                (9, 9) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
+        &fast,
+        &throttled,
+        (9, 9),
     )
     .await;
     let throttled_hooks = throttled.hooks();
@@ -574,17 +570,7 @@ async fn ssrf_loopback_and_metadata_addresses_are_refused_unless_allow_listed() 
     // Allow-listed, loopback is reached by address and by name; metadata
     // stays refused.
     let allowed = Deliverer::start(&env, &[]).await;
-    eventually(
-        "loopback endpoints delivered",
-        Duration::from_secs(30),
-        || async {
-            match (by_ip.accepted_ids(), by_name.accepted_ids()) {
-                (2, 2) => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    HookReceiver::both_accepted("loopback endpoints delivered", &by_ip, &by_name, (2, 2)).await;
     allowed.stop().await;
     let metadata_delivered = env
         .count("SELECT count(*) FROM deliveries d JOIN delivery_endpoints e ON e.id = d.endpoint_id WHERE e.url LIKE '%169.254%' AND d.state = 'delivered'")

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::TestEnv;
-use crate::roles::parse;
+use crate::roles::{parse, spawn};
 
 /// One request a receiver got, and what it answered.
 #[derive(Debug, Clone)]
@@ -123,6 +123,22 @@ impl HookReceiver {
         self.hooks.lock().expect("hooks").clone()
     }
 
+    /// Waits until receivers `a` and `b` accepted `want` distinct events.
+    pub async fn both_accepted(
+        what: &str,
+        a: &HookReceiver,
+        b: &HookReceiver,
+        want: (usize, usize),
+    ) {
+        crate::eventually(what, Duration::from_secs(30), || async {
+            match (a.accepted_ids(), b.accepted_ids()) {
+                got if got == want => Ok(()),
+                got => Err(format!("{got:?} of {want:?}")),
+            }
+        })
+        .await;
+    }
+
     /// Distinct webhook-ids answered with a 2xx.
     pub fn accepted_ids(&self) -> usize {
         let hooks = self.hooks();
@@ -221,10 +237,8 @@ impl Deliverer {
         let mut args = deliverer_args(env);
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let config: wa_deliver::DeliverConfig = parse(args);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let ops_addr = listener.local_addr().expect("address");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(wa_deliver::run(listener, config, shutdown.clone()));
+        let (ops_addr, shutdown, task) =
+            spawn(|listener, shutdown| wa_deliver::run(listener, config, shutdown)).await;
         Self {
             ops_addr,
             shutdown,

@@ -35,7 +35,7 @@ fn owned(args: &[&str]) -> Vec<String> {
 }
 
 /// Binds 127.0.0.1:0 and runs a role on it with a shutdown token of its own.
-async fn spawn<F, Fut>(
+pub(crate) async fn spawn<F, Fut>(
     run: F,
 ) -> (
     SocketAddr,

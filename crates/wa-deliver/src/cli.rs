@@ -190,6 +190,15 @@ pub async fn run(args: EndpointsArgs) -> anyhow::Result<()> {
     result
 }
 
+/// A subscription list as shown: empty means everything.
+fn all_or_listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "all".to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
 fn found(found: bool, id: i64) -> anyhow::Result<()> {
     if found {
         Ok(())
@@ -242,11 +251,7 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
                     } else {
                         "disabled"
                     };
-                    let events = if e.endpoint.event_types.is_empty() {
-                        "all".to_owned()
-                    } else {
-                        e.endpoint.event_types.join(",")
-                    };
+                    let events = all_or_listed(&e.endpoint.event_types);
                     println!(
                         "{:>5}  {:<8}  {:>8}  {:<24}  {}",
                         e.endpoint.id, state, e.backlog, events, e.endpoint.url
@@ -270,22 +275,8 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
                 if let Some(reason) = &e.disabled_reason {
                     println!("disabled because: {reason}");
                 }
-                println!(
-                    "events:           {}",
-                    if e.event_types.is_empty() {
-                        "all".to_owned()
-                    } else {
-                        e.event_types.join(",")
-                    }
-                );
-                println!(
-                    "phone numbers:    {}",
-                    if e.phone_number_ids.is_empty() {
-                        "all".to_owned()
-                    } else {
-                        e.phone_number_ids.join(",")
-                    }
-                );
+                println!("events:           {}", all_or_listed(&e.event_types));
+                println!("phone numbers:    {}", all_or_listed(&e.phone_number_ids));
                 println!(
                     "rate limit:       {}",
                     e.rate_limit
