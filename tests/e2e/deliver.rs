@@ -596,3 +596,120 @@ async fn ssrf_loopback_and_metadata_addresses_are_refused_unless_allow_listed() 
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+async fn cli(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let output = wa_ingest(env)
+        .arg("endpoints")
+        .args(args)
+        .output()
+        .await
+        .expect("run wa-ingest endpoints");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_endpoints_commands_manage_inspect_and_replay() {
+    let env = TestEnv::new().await;
+    let receiver = HookReceiver::ok().await;
+    let added = add_with_cli(&env, &receiver.url(), Some("127.0.0.0/8")).await;
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let id = String::from_utf8_lossy(&added.stdout)
+        .lines()
+        .next()
+        .expect("id")
+        .to_owned();
+    let (ok, _, stderr) = cli(
+        &env,
+        &[
+            "update",
+            &id,
+            "--events",
+            "message.created,group.*",
+            "--max-in-flight",
+            "2",
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cli(&env, &["update", &id, "--events", "message.deleted"]).await;
+    assert!(!ok && stderr.contains("unknown event type"), "{stderr}");
+
+    let deliverer = Deliverer::start(&env, &[]).await;
+    release(&env.db, &events("cli", 2, 1, 2)).await;
+    eventually("delivered", Duration::from_secs(30), || async {
+        match receiver.accepted_ids() {
+            4 => Ok(()),
+            n => Err(format!("{n} of 4")),
+        }
+    })
+    .await;
+
+    let (ok, stdout, _) = cli(&env, &["attempts", &id, "--json"]).await;
+    assert!(ok);
+    let attempts: serde_json::Value = serde_json::from_str(&stdout).expect("attempts JSON");
+    let attempts = attempts.as_array().expect("array");
+    assert_eq!(attempts.len(), 4);
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a["status_code"] == 200 && a["next_attempt_at"].is_null())
+    );
+
+    // Replay sends the same four again, same webhook-ids, in order.
+    let (ok, stdout, stderr) = cli(&env, &["replay", &id, "--since", "1h"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "4");
+    eventually("replayed", Duration::from_secs(30), || async {
+        match receiver.hooks().len() {
+            8 => Ok(()),
+            n => Err(format!("{n} of 8 requests")),
+        }
+    })
+    .await;
+    let hooks = receiver.hooks();
+    let first: HashSet<&str> = hooks[..4].iter().map(|h| h.webhook_id.as_str()).collect();
+    let again: HashSet<&str> = hooks[4..].iter().map(|h| h.webhook_id.as_str()).collect();
+    assert_eq!(first, again);
+
+    let (ok, stdout, _) = cli(&env, &["list", "--json"]).await;
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&stdout).expect("list JSON");
+    assert_eq!(list[0]["backlog"], 0);
+    assert_eq!(list[0]["delivered"], 4);
+    assert_eq!(list[0]["max_in_flight"], 2);
+    assert!(list[0].get("secrets").is_none(), "secrets are never listed");
+
+    let (ok, _, _) = cli(&env, &["disable", &id, "--reason", "maintenance"]).await;
+    assert!(ok);
+    let (_, stdout, _) = cli(&env, &["show", &id]).await;
+    assert!(
+        stdout.contains("enabled:          false") && stdout.contains("maintenance"),
+        "{stdout}"
+    );
+    let (ok, _, _) = cli(&env, &["enable", &id]).await;
+    assert!(ok);
+    let (ok, stdout, _) = cli(&env, &["rotate-secret", &id]).await;
+    assert!(ok && stdout.trim().starts_with("whsec_"), "{stdout}");
+    let (_, stdout, _) = cli(&env, &["show", &id]).await;
+    assert!(stdout.contains("secrets:          2"), "{stdout}");
+    let (ok, _, _) = cli(&env, &["rotate-secret", &id, "--finish"]).await;
+    assert!(ok);
+    let (ok, _, stderr) = cli(&env, &["remove", &id]).await;
+    assert!(!ok && stderr.contains("--yes"), "{stderr}");
+    let (ok, _, _) = cli(&env, &["remove", &id, "--yes"]).await;
+    assert!(ok);
+    let (ok, _, stderr) = cli(&env, &["show", &id]).await;
+    assert!(
+        !ok && stderr.contains(&format!("no endpoint {id}")),
+        "{stderr}"
+    );
+    deliverer.stop().await;
+}

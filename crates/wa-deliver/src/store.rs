@@ -258,7 +258,7 @@ pub async fn replay(
     endpoint: i64,
     since: DateTime<Utc>,
 ) -> Result<u64, sqlx::Error> {
-    let queued: Option<i64> = sqlx::query_scalar(
+    let queued: i64 = sqlx::query_scalar(
         "WITH reset AS (
              UPDATE deliveries SET state = 'pending', delivered_at = NULL
              WHERE endpoint_id = $1 AND created_at >= $2 AND state = 'delivered'
@@ -267,15 +267,14 @@ pub async fn replay(
              INSERT INTO delivery_lanes AS l (endpoint_id, conversation, pending)
              SELECT $1, conversation, count(*) FROM reset GROUP BY conversation ORDER BY conversation
              ON CONFLICT (endpoint_id, conversation) DO UPDATE SET pending = l.pending + EXCLUDED.pending
-             RETURNING EXCLUDED.pending
          )
-         SELECT sum(pending)::int8 FROM lanes",
+         SELECT count(*) FROM reset",
     )
     .bind(endpoint)
     .bind(since)
     .fetch_one(pool)
     .await?;
-    Ok(u64::try_from(queued.unwrap_or(0)).unwrap_or(0))
+    Ok(u64::try_from(queued).unwrap_or(0))
 }
 
 /// Per endpoint: whether it is enabled, and how many deliveries wait (the gauges).
