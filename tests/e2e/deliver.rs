@@ -713,3 +713,55 @@ async fn the_endpoints_commands_manage_inspect_and_replay() {
     );
     deliverer.stop().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_failing_longer_than_the_limit_is_disabled_and_keeps_its_events() {
+    let env = TestEnv::new().await;
+    let broken = HookReceiver::start(|_, _| Reply::status(500)).await;
+    let endpoint = add_endpoint(&env, &broken.url(), &[], &[]).await;
+    let deliverer = Deliverer::start(
+        &env,
+        &["--retry-schedule", "300ms", "--disable-after", "2s"],
+    )
+    .await;
+    release(&env.db, &events("down", 2, 1, 3)).await;
+    let reason = eventually("the endpoint disabled", Duration::from_secs(30), || async {
+        let state = wa_deliver::store::get(&env.db, endpoint.id)
+            .await
+            .expect("read")
+            .expect("endpoint");
+        match (state.enabled, state.disabled_reason) {
+            (false, Some(reason)) => Ok(reason),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(
+        reason.contains("WA_DELIVER_DISABLE_AFTER") && reason.contains("HTTP 500"),
+        "{reason}"
+    );
+    let status = wa_deliver::store::status(&env.db, endpoint.id)
+        .await
+        .expect("read")
+        .expect("endpoint");
+    assert_eq!(status.backlog, 6, "its events stay pending");
+    // Reported: logged at error level and counted.
+    let metrics = deliverer.metrics().await;
+    let label = endpoint.id.to_string();
+    assert_eq!(
+        wa_e2e::metric_sum(
+            &metrics,
+            "wa_deliver_endpoint_disabled_total",
+            &[("endpoint", &label)]
+        ),
+        1.0
+    );
+    assert!(
+        wa_e2e::metric_sum(
+            &metrics,
+            "wa_deliver_attempts_total",
+            &[("endpoint", &label), ("outcome", "http_error")]
+        ) >= 2.0
+    );
+    deliverer.stop().await;
+}

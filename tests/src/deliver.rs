@@ -198,22 +198,23 @@ async fn receive(
     }
 }
 
-/// The options every test deliverer gets: the test's database, short polls
-/// and retries (loopback is allowed by [`Deliverer::start`] only).
-pub fn deliverer_args(env: &TestEnv) -> Vec<String> {
-    [
-        "--database-url",
-        env.database_url.as_str(),
-        "--poll-interval",
-        "50ms",
-        "--retry-schedule",
-        "1s,2s,4s",
-        "--db-acquire-timeout",
-        "2s",
-    ]
-    .iter()
-    .map(|a| (*a).to_owned())
-    .collect()
+/// The options of a test deliverer: the test's database, short polls and
+/// retries (loopback is allowed by [`Deliverer::start`] only), then `extra`,
+/// which replaces a default of the same name.
+pub fn deliverer_args(env: &TestEnv, extra: &[&str]) -> Vec<String> {
+    let defaults = [
+        ("--database-url", env.database_url.as_str()),
+        ("--poll-interval", "50ms"),
+        ("--retry-schedule", "1s,2s,4s"),
+        ("--db-acquire-timeout", "2s"),
+    ];
+    defaults
+        .iter()
+        .filter(|(flag, _)| !extra.contains(flag))
+        .flat_map(|(flag, value)| [*flag, *value])
+        .chain(extra.iter().copied())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A deliverer in this process.
@@ -234,8 +235,7 @@ impl Deliverer {
 
     /// A deliverer with the default SSRF guard: public addresses only.
     pub async fn start_guarded(env: &TestEnv, extra: &[&str]) -> Self {
-        let mut args = deliverer_args(env);
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args = deliverer_args(env, extra);
         let config: wa_deliver::DeliverConfig = parse(args);
         let (ops_addr, shutdown, task) =
             spawn(|listener, shutdown| wa_deliver::run(listener, config, shutdown)).await;

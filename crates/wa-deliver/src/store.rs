@@ -182,17 +182,18 @@ pub async fn disable(pool: &PgPool, id: i64, reason: &str) -> Result<bool, sqlx:
 /// due at once.
 pub async fn enable(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // Lanes first, then the endpoint: the order a failed delivery locks them in.
+    sqlx::query(
+        "UPDATE delivery_lanes SET next_attempt_at = now() WHERE endpoint_id = $1 AND pending > 0",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     let done = sqlx::query(
         "UPDATE delivery_endpoints
          SET enabled = true, disabled_reason = NULL, disabled_at = NULL, failing_since = NULL,
              paused_until = NULL, updated_at = now()
          WHERE id = $1",
-    )
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE delivery_lanes SET next_attempt_at = now() WHERE endpoint_id = $1 AND pending > 0",
     )
     .bind(id)
     .execute(&mut *tx)
@@ -443,7 +444,10 @@ pub enum EndpointEffect {
 pub enum EndpointState {
     Active,
     Paused,
+    /// Disabled by this failure, and why.
     Disabled(String),
+    /// Already disabled (by another conversation's failure, or an operator).
+    Inactive,
 }
 
 /// Records a failed attempt: the conversation waits until `next_attempt`
@@ -487,6 +491,12 @@ pub async fn record_failure(
         EndpointEffect::Pause(until) => (Some(*until), None),
         EndpointEffect::Disable(reason) => (None, Some(reason.as_str())),
     };
+    // Locked first, so that of two failures racing only one finds it enabled.
+    let was_enabled: bool =
+        sqlx::query_scalar("SELECT enabled FROM delivery_endpoints WHERE id = $1 FOR UPDATE")
+            .bind(head.endpoint_id)
+            .fetch_one(&mut *tx)
+            .await?;
     let state: (bool, Option<String>, Option<DateTime<Utc>>) = sqlx::query_as(
         "UPDATE delivery_endpoints e SET
              failing_since = COALESCE(e.failing_since, now()),
@@ -515,9 +525,10 @@ pub async fn record_failure(
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(match state {
-        (false, reason, _) => EndpointState::Disabled(reason.unwrap_or_default()),
-        (true, _, Some(until)) if until > Utc::now() => EndpointState::Paused,
+    Ok(match (was_enabled, state) {
+        (true, (false, reason, _)) => EndpointState::Disabled(reason.unwrap_or_default()),
+        (false, _) => EndpointState::Inactive,
+        (_, (true, _, Some(until))) if until > Utc::now() => EndpointState::Paused,
         _ => EndpointState::Active,
     })
 }
