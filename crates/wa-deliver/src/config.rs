@@ -80,8 +80,8 @@ impl DeliverConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         let longest = self.connect_timeout.max(self.request_timeout);
         anyhow::ensure!(
-            self.lease > longest + Duration::from_secs(5),
-            "WA_DELIVER_LEASE ({:?}) must exceed WA_DELIVER_TIMEOUT ({:?}) by more than 5 s, \
+            self.lease > longest + Duration::from_secs(2),
+            "WA_DELIVER_LEASE ({:?}) must exceed WA_DELIVER_TIMEOUT ({:?}) by more than 2 s, \
              or a conversation could be sent by two deliverers at once",
             self.lease,
             longest

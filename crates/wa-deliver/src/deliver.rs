@@ -139,7 +139,14 @@ async fn claim_round(
     let mut started = 0;
     for endpoint in endpoints {
         let busy = running.get(&endpoint.id).copied().unwrap_or(0);
-        let room = usize::try_from(endpoint.max_in_flight)
+        // With a rate limit, no more conversations than requests per second:
+        // each then waits at most about a second for its turn, far inside
+        // its lease.
+        let lanes = match endpoint.rate_limit {
+            Some(rate) => endpoint.max_in_flight.min(rate.max(1)),
+            None => endpoint.max_in_flight,
+        };
+        let room = usize::try_from(lanes)
             .unwrap_or(1)
             .saturating_sub(busy)
             .min(concurrency.saturating_sub(tasks.len()));

@@ -382,7 +382,8 @@ pub struct AttemptRecord<'a> {
 }
 
 /// Records a 2xx: the delivery is done, the conversation moves on, and the
-/// lease is renewed; returns whether this deliverer still holds it.
+/// lease is renewed; returns whether this deliverer still holds it. One
+/// statement (one round trip, atomic): this is the deliverer's hot path.
 pub async fn record_success(
     pool: &PgPool,
     head: &Head,
@@ -390,42 +391,37 @@ pub async fn record_success(
     owner: Uuid,
     lease: Duration,
 ) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let finished = sqlx::query(
-        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
-             last_attempt_at = now(), delivered_at = now()
-         WHERE id = $1 AND state = 'pending'",
+    let held: Option<bool> = sqlx::query_scalar(
+        "WITH done AS (
+             UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
+                 last_attempt_at = now(), delivered_at = now()
+             WHERE id = $1 AND state = 'pending'
+             RETURNING id
+         ), attempt AS (
+             INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms)
+             VALUES ($1, $2, $3, $4, $5)
+         ), recovered AS (
+             UPDATE delivery_endpoints SET failing_since = NULL
+             WHERE $8 AND id = $2 AND failing_since IS NOT NULL
+         )
+         UPDATE delivery_lanes
+         SET pending = pending - (SELECT count(*) FROM done)::int,
+             leased_until = CASE WHEN lease_owner = $7 THEN now() + make_interval(secs => $9)
+                                 ELSE leased_until END
+         WHERE endpoint_id = $2 AND conversation = $6
+         RETURNING COALESCE(lease_owner = $7, false)",
     )
     .bind(head.id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    insert_attempt(&mut tx, head, attempt, None).await?;
-    let held: Option<bool> = sqlx::query_scalar(
-        "UPDATE delivery_lanes
-         SET pending = pending - $3,
-             leased_until = CASE WHEN lease_owner = $4 THEN now() + make_interval(secs => $5)
-                                 ELSE leased_until END
-         WHERE endpoint_id = $1 AND conversation = $2
-         RETURNING lease_owner = $4",
-    )
     .bind(head.endpoint_id)
+    .bind(&head.event_id)
+    .bind(attempt.status_code.map(i32::from))
+    .bind(attempt.latency.as_secs_f64() * 1000.0)
     .bind(&head.conversation)
-    .bind(i32::try_from(finished).unwrap_or(0))
     .bind(owner.to_string())
+    .bind(head.failing_since.is_some())
     .bind(lease.as_secs_f64())
-    .fetch_optional(&mut *tx)
+    .fetch_optional(pool)
     .await?;
-    if head.failing_since.is_some() {
-        sqlx::query(
-            "UPDATE delivery_endpoints SET failing_since = NULL
-             WHERE id = $1 AND failing_since IS NOT NULL",
-        )
-        .bind(head.endpoint_id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
     Ok(held.unwrap_or(false))
 }
 
