@@ -23,6 +23,7 @@ pub struct DeliverFigures {
 }
 
 pub async fn measure(
+    wa_ingest: &std::path::Path,
     pool: &sqlx::PgPool,
     database_url: &str,
     events: u64,
@@ -93,7 +94,7 @@ pub async fn measure(
         ("WA_DELIVER_ALLOW", "127.0.0.0/8".to_owned()),
         ("WA_DELIVER_POLL", "20ms".to_owned()),
     ]);
-    let deliverer = Role::start(&["deliver"], &env, addr).await?;
+    let deliverer = Role::start(wa_ingest, &["deliver"], &env, addr).await?;
     let started = Instant::now();
     let mut first = None;
     while received.load(Ordering::Relaxed) < total {

@@ -3,7 +3,7 @@
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use wa_core::args::DatabaseArgs;
+use wa_store::DatabaseArgs;
 
 use crate::config::AllowArgs;
 use crate::guard::GuardError;

@@ -2,8 +2,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use wa_core::args::DatabaseArgs;
 use wa_core::config::parse_duration;
+use wa_store::DatabaseArgs;
 
 use crate::schedule::RetrySchedule;
 
