@@ -87,49 +87,52 @@ mod tests {
 
     #[test]
     fn keys_read_back_as_what_they_were_made_from() {
-        assert_eq!(message(Direction::Inbound, "wamid.A"), "msg:wamid.A");
-        assert_eq!(message(Direction::Echo, "wamid.A"), "echo:wamid.A");
-        for made in [
-            message(Direction::Inbound, "wamid.A"),
-            message(Direction::Echo, "wamid.A"),
-        ] {
-            assert_eq!(
-                EventKey::parse(&made),
-                Ok(EventKey::Message { wamid: "wamid.A" })
-            );
-        }
-        let one_to_one = status("wamid.B", "read", None);
-        assert_eq!(one_to_one, "status:wamid.B:read");
-        assert_eq!(
-            EventKey::parse(&one_to_one),
-            Ok(EventKey::Status {
-                wamid: "wamid.B",
-                status: "read",
-                participant: ""
-            })
-        );
-        let receipt = status("wamid.B", "delivered", Some("US.123"));
-        assert_eq!(receipt, "status:wamid.B:delivered:US.123");
-        assert_eq!(
-            EventKey::parse(&receipt),
-            Ok(EventKey::Status {
-                wamid: "wamid.B",
-                status: "delivered",
-                participant: "US.123"
-            })
-        );
         let group_key = group("G1:group_join:request:R1");
-        assert_eq!(group_key, "group:G1:group_join:request:R1");
-        assert_eq!(
-            EventKey::parse(&group_key),
-            Ok(EventKey::Group { key: &group_key })
-        );
         let other_key = other("ab12");
-        assert_eq!(other_key, "event:ab12");
-        assert_eq!(
-            EventKey::parse(&other_key),
-            Ok(EventKey::Other { key: &other_key })
-        );
+        let cases = [
+            (
+                message(Direction::Inbound, "wamid.A"),
+                "msg:wamid.A",
+                EventKey::Message { wamid: "wamid.A" },
+            ),
+            (
+                message(Direction::Echo, "wamid.A"),
+                "echo:wamid.A",
+                EventKey::Message { wamid: "wamid.A" },
+            ),
+            (
+                status("wamid.B", "read", None),
+                "status:wamid.B:read",
+                EventKey::Status {
+                    wamid: "wamid.B",
+                    status: "read",
+                    participant: "",
+                },
+            ),
+            (
+                status("wamid.B", "delivered", Some("US.123")),
+                "status:wamid.B:delivered:US.123",
+                EventKey::Status {
+                    wamid: "wamid.B",
+                    status: "delivered",
+                    participant: "US.123",
+                },
+            ),
+            (
+                group_key.clone(),
+                "group:G1:group_join:request:R1",
+                EventKey::Group { key: &group_key },
+            ),
+            (
+                other_key.clone(),
+                "event:ab12",
+                EventKey::Other { key: &other_key },
+            ),
+        ];
+        for (made, text, read) in &cases {
+            assert_eq!(made, text);
+            assert_eq!(EventKey::parse(made).as_ref(), Ok(read), "{made}");
+        }
     }
 
     #[test]

@@ -131,7 +131,7 @@ fn is_late(cursor: &ContactCursor, event: &PendingEvent) -> bool {
 #[tracing::instrument(
     name = "publish_event",
     skip_all,
-    fields(event_id = %event.event_id, sequence, late)
+    fields(event_id = %event.event_id, sequence = sequence, late = late)
 )]
 async fn publish(
     broker: &Broker,
