@@ -22,7 +22,7 @@ pub struct DeliverFigures {
     pub cpu_us_per_event: f64,
 }
 
-pub async fn measure(
+pub(crate) async fn measure(
     wa_ingest: &std::path::Path,
     pool: &sqlx::PgPool,
     database_url: &str,

@@ -61,7 +61,7 @@ impl RateGate {
 
 /// Looks for work until `shutdown`, then lets the conversations in flight
 /// finish the request they are in and returns.
-pub async fn run_loop(
+pub(crate) async fn run_loop(
     deliverer: Arc<Deliverer>,
     concurrency: usize,
     poll: Duration,
