@@ -11,7 +11,9 @@ pub mod logs;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
+pub mod servers;
 pub mod sink;
+pub mod sockets;
 pub mod tls;
 
 pub use env::{TestEnv, TestRole};

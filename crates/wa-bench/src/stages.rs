@@ -16,6 +16,22 @@ use crate::report::{HttpFigures, Ratios, Report, WorkerFigures};
 const SECRET: &str = "bench-app-secret";
 
 pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
+    let (namespace, database_url) = create_bench_database(args).await?;
+    let outcome = stages(args, &namespace, &database_url).await;
+    cleanup(args, &namespace, &database_url).await;
+    outcome
+}
+
+/// `wa-ingest bench --postgres-tls`: only the worker, plaintext against TLS.
+pub async fn run_postgres_tls(args: &BenchArgs) -> anyhow::Result<crate::postgres_tls::TlsReport> {
+    let (namespace, database_url) = create_bench_database(args).await?;
+    let outcome = crate::postgres_tls::compare(args, &namespace, &database_url).await;
+    cleanup(args, &namespace, &database_url).await;
+    outcome
+}
+
+/// A fresh namespace and a database of its own on the server of `DATABASE_URL`.
+async fn create_bench_database(args: &BenchArgs) -> anyhow::Result<(String, String)> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let namespace = format!("bench_{}", &id[..8]);
     let mut database_url = args.database.database_url.url().clone();
@@ -24,15 +40,15 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     sqlx::Postgres::create_database(&database_url)
         .await
         .context("cannot create the bench database")?;
-    let outcome = stages(args, &namespace, &database_url).await;
-    cleanup(args, &namespace, &database_url).await;
-    outcome
+    Ok((namespace, database_url))
 }
 
 async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow::Result<Report> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
-    let amqp_url = args.amqp.amqp_url.expose().to_owned();
+    let amqp_url = args.amqp.amqp_url.expose();
+    // Publishing and purging go to one node; the roles get every node.
+    let first_node = args.amqp.amqp_url.first().expose().to_owned();
     let mut report = Report {
         worker_prefetch: args.prefetch,
         ..Report::default()
@@ -86,7 +102,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
     report.receiver_peak_rss_bytes = receiver.peak_rss().unwrap_or(0);
     receiver.stop().await;
-    purge(&amqp_url, &format!("{namespace}.inbound")).await?;
+    purge(&first_node, &format!("{namespace}.inbound")).await?;
 
     eprintln!("[2/6] bare handler (HTTP ceiling)");
     let addr = free_addr()?;
@@ -113,7 +129,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
     let typical = jobs[0].0.clone();
     let ceiling = crate::broker::measure(
-        &amqp_url,
+        &first_node,
         &format!("{namespace}.ceiling"),
         typical,
         args.concurrency,
@@ -125,16 +141,6 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     report.broker_publish_per_second = ceiling.publish_per_second;
     report.broker_consume_ack_per_second = ceiling.consume_ack_per_second;
 
-    let worker_env = |metrics: std::net::SocketAddr| {
-        HashMap::from([
-            ("AMQP_URL", amqp_url.clone()),
-            ("REDIS_URL", args.redis.redis_url.expose().to_owned()),
-            ("DATABASE_URL", database_url.to_owned()),
-            ("WA_NAMESPACE", namespace.to_owned()),
-            ("METRICS_ADDR", metrics.to_string()),
-            ("WA_PREFETCH", args.prefetch.to_string()),
-        ])
-    };
     let n = args.worker_payloads;
     let mut peak_rss = 0;
     for (stage, copies) in [
@@ -142,44 +148,17 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("[5/6] worker, every payload 3 times", 3),
     ] {
         eprintln!("{stage}: {n} payloads of 3 events");
-        let bodies = worker_payloads(&format!("{namespace}c{copies}"), n, copies);
-        publish_all(&amqp_url, &format!("{namespace}.inbound"), &bodies).await?;
-        let before = stored(&pool).await?;
-        let addr = free_addr()?;
-        let launched = Instant::now();
-        let worker = Role::start(&["worker"], &worker_env(addr), addr).await?;
-        // The clock starts with the first stored row: process start-up and
-        // connecting are not ingestion.
-        let mut started = None;
-        let target = before + 3 * n as i64;
-        loop {
-            let now = stored(&pool).await?;
-            if now > before && started.is_none() {
-                started = Some(Instant::now());
-            }
-            if now >= target {
-                break;
-            }
-            anyhow::ensure!(
-                launched.elapsed() < Duration::from_secs(300),
-                "the worker did not finish within 5 minutes"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let seconds = started
-            .map_or(0.0, |s| s.elapsed().as_secs_f64())
-            .max(0.001);
-        peak_rss = peak_rss.max(worker.peak_rss().unwrap_or(0));
-        let stages = stage_seconds(addr).await;
-        worker.stop().await;
-        let figures = WorkerFigures {
-            deliveries: bodies.len() as u64,
-            unique_events: 3 * n as u64,
-            seconds,
-            deliveries_per_second: bodies.len() as f64 / seconds,
-            unique_events_per_second: 3.0 * n as f64 / seconds,
-            stage_seconds: stages,
+        let run = WorkerRun {
+            args,
+            namespace,
+            pool: &pool,
+            database_url,
         };
+        let measured = run
+            .measure(&format!("{namespace}c{copies}"), copies)
+            .await?;
+        peak_rss = peak_rss.max(measured.peak_rss);
+        let figures = measured.figures;
         if copies == 1 {
             report.worker_unique = figures;
         } else {
@@ -227,6 +206,99 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
             / report.worker_unique.unique_events_per_second,
     };
     Ok(report)
+}
+
+/// One worker process storing `args.worker_payloads` payloads published
+/// before it starts, timed from its first stored row.
+pub(crate) struct WorkerRun<'a> {
+    pub args: &'a BenchArgs,
+    pub namespace: &'a str,
+    /// A pool on the bench database, for counting rows.
+    pub pool: &'a sqlx::PgPool,
+    /// The database URL the worker gets (and with it, its TLS settings).
+    pub database_url: &'a str,
+}
+
+pub(crate) struct Measured {
+    pub figures: WorkerFigures,
+    pub peak_rss: u64,
+    /// The worker's sessions on the bench database that use TLS, counted
+    /// before it stops.
+    pub tls_sessions: i64,
+}
+
+impl WorkerRun<'_> {
+    pub async fn measure(&self, tag: &str, copies: usize) -> anyhow::Result<Measured> {
+        let (args, namespace, pool) = (self.args, self.namespace, self.pool);
+        let n = args.worker_payloads;
+        let bodies = worker_payloads(tag, n, copies);
+        publish_all(
+            args.amqp.amqp_url.first().expose(),
+            &format!("{namespace}.inbound"),
+            &bodies,
+        )
+        .await?;
+        let before = stored(pool).await?;
+        let addr = free_addr()?;
+        let env = HashMap::from([
+            ("AMQP_URL", args.amqp.amqp_url.expose()),
+            ("REDIS_URL", args.redis.redis_url.expose()),
+            ("DATABASE_URL", self.database_url.to_owned()),
+            ("WA_NAMESPACE", namespace.to_owned()),
+            ("METRICS_ADDR", addr.to_string()),
+            ("WA_PREFETCH", args.prefetch.to_string()),
+        ]);
+        let launched = Instant::now();
+        let worker = Role::start(&["worker"], &env, addr).await?;
+        // The clock starts with the first stored row: process start-up and
+        // connecting are not ingestion.
+        let mut started = None;
+        let target = before + 3 * n as i64;
+        loop {
+            let now = stored(pool).await?;
+            if now > before && started.is_none() {
+                started = Some(Instant::now());
+            }
+            if now >= target {
+                break;
+            }
+            anyhow::ensure!(
+                launched.elapsed() < Duration::from_secs(300),
+                "the worker did not finish within 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let seconds = started
+            .map_or(0.0, |s| s.elapsed().as_secs_f64())
+            .max(0.001);
+        let peak_rss = worker.peak_rss().unwrap_or(0);
+        let stages = stage_seconds(addr).await;
+        let tls_sessions = tls_sessions(pool).await?;
+        worker.stop().await;
+        let figures = WorkerFigures {
+            deliveries: bodies.len() as u64,
+            unique_events: 3 * n as u64,
+            seconds,
+            deliveries_per_second: bodies.len() as f64 / seconds,
+            unique_events_per_second: 3.0 * n as f64 / seconds,
+            stage_seconds: stages,
+        };
+        Ok(Measured {
+            figures,
+            peak_rss,
+            tls_sessions,
+        })
+    }
+}
+
+/// Sessions on this pool's database that use TLS.
+async fn tls_sessions(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+         WHERE ssl AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Seconds the worker spent in each stage of its batches (summed over
@@ -343,8 +415,11 @@ async fn purge(url: &str, queue: &str) -> anyhow::Result<()> {
 }
 
 async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
-    if let Ok(connection) =
-        Connection::connect(args.amqp.amqp_url.expose(), ConnectionProperties::default()).await
+    if let Ok(connection) = Connection::connect(
+        args.amqp.amqp_url.first().expose(),
+        ConnectionProperties::default(),
+    )
+    .await
         && let Ok(channel) = connection.create_channel().await
     {
         let fixed = [
@@ -382,7 +457,7 @@ async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
 
 /// The run's claim markers (24 h TTL) would outlive it: delete them.
 async fn delete_redis_keys(args: &BenchArgs, namespace: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(args.redis.redis_url.expose())?;
+    let client = redis::Client::open(args.redis.redis_url.first().expose())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
     loop {

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use crate::broker::tls::AmqpTlsFiles;
 use crate::config::parse_duration;
-use crate::{Namespace, SecretUrl};
+use crate::{Namespace, SecretUrl, SecretUrls};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NamespaceArgs {
@@ -34,14 +37,24 @@ pub struct AppSecretArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; for a cluster, one URL per node, comma-separated
+    /// (tried in turn; a lost connection moves on to the next node).
     #[arg(
         long = "amqp-url",
-        value_parser = crate::config::SecretUrlParser,
+        value_parser = crate::config::SecretUrlsParser,
         env = "AMQP_URL", value_name = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    pub amqp_url: SecretUrl,
+    pub amqp_url: SecretUrls,
+    /// PEM CA certificate(s) that `amqps://` brokers must chain to (default: the system's roots).
+    #[arg(long, env = "WA_AMQP_CA_FILE", value_name = "WA_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to `amqps://` brokers (with WA_AMQP_CLIENT_KEY).
+    #[arg(long, env = "WA_AMQP_CLIENT_CERT", value_name = "WA_AMQP_CLIENT_CERT")]
+    pub amqp_client_cert: Option<PathBuf>,
+    /// PEM (PKCS#8) key of WA_AMQP_CLIENT_CERT.
+    #[arg(long, env = "WA_AMQP_CLIENT_KEY", value_name = "WA_AMQP_CLIENT_KEY")]
+    pub amqp_client_key: Option<PathBuf>,
     /// How long a publish waits for the broker's confirm.
     #[arg(long, env = "WA_CONFIRM_TIMEOUT", value_name = "WA_CONFIRM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub confirm_timeout: Duration,
@@ -51,24 +64,52 @@ pub struct AmqpArgs {
 }
 
 impl AmqpArgs {
-    pub fn broker_config(&self, connection_name: &str) -> crate::broker::BrokerConfig {
+    /// The broker settings; fails, naming the variable, when a TLS file
+    /// cannot be read.
+    pub fn broker_config(
+        &self,
+        connection_name: &str,
+    ) -> anyhow::Result<crate::broker::BrokerConfig> {
         let mut config = crate::broker::BrokerConfig::new(self.amqp_url.clone(), connection_name);
         config.confirm_timeout = self.confirm_timeout;
         config.publish_channels = usize::from(self.publish_channels);
-        config
+        config.tls = AmqpTlsFiles {
+            ca_file: self.amqp_ca_file.clone(),
+            client_cert: self.amqp_client_cert.clone(),
+            client_key: self.amqp_client_key.clone(),
+        }
+        .load()?;
+        Ok(config)
     }
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
-    /// Redis URL.
+    /// Redis URL (`rediss://` for TLS); with WA_REDIS_CLUSTER, the seed
+    /// nodes of the cluster, comma-separated.
     #[arg(
         long = "redis-url",
-        value_parser = crate::config::SecretUrlParser,
+        value_parser = crate::config::SecretUrlsParser,
         env = "REDIS_URL", value_name = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/"
     )]
-    pub redis_url: SecretUrl,
+    pub redis_url: SecretUrls,
+    /// Redis is a Redis Cluster: REDIS_URL lists seed nodes, commands follow the slots.
+    #[arg(long, env = "WA_REDIS_CLUSTER", value_name = "WA_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+    /// PEM CA certificate(s) a `rediss://` server must chain to (default: the system's roots).
+    #[arg(long, env = "WA_REDIS_CA_FILE", value_name = "WA_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to a `rediss://` server (with WA_REDIS_CLIENT_KEY).
+    #[arg(
+        long,
+        env = "WA_REDIS_CLIENT_CERT",
+        value_name = "WA_REDIS_CLIENT_CERT"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+    /// PEM key of WA_REDIS_CLIENT_CERT.
+    #[arg(long, env = "WA_REDIS_CLIENT_KEY", value_name = "WA_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
     /// Time limit of every Redis command.
     #[arg(long, env = "WA_REDIS_TIMEOUT", value_name = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
@@ -96,31 +137,10 @@ impl DatabaseArgs {
     /// A lazily connecting pool: a role starts (and reports not ready) while
     /// PostgreSQL is down, instead of failing at start.
     pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
-        let mut options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
-        // Over loopback TLS protects nothing and, with sqlx 0.9.0 (which
-        // leaves Nagle's algorithm on), costs a delayed-ACK stall per
-        // statement. An explicit `sslmode` in the URL always wins.
-        let chose_sslmode = self
-            .database_url
-            .url()
-            .query_pairs()
-            .any(|(key, _)| key == "sslmode");
-        let loopback = match self.database_url.url().host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            // postgres:// is not a "special" scheme: IP addresses arrive as domains.
-            Some(url::Host::Domain(name)) => {
-                name == "localhost"
-                    || name
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            None => true,
-        };
-        if loopback && !chose_sslmode {
-            options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
-        }
+        // TLS as the URL says (`sslmode`, `sslrootcert`; sqlx's default
+        // `prefer` uses it when the server offers it). TCP_NODELAY is set
+        // by the patched sqlx-core (patches/sqlx-core), so TLS costs no stall.
+        let options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)
             .acquire_timeout(self.db_acquire_timeout)

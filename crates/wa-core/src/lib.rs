@@ -9,4 +9,4 @@ pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Namespace, SecretString, SecretUrl};
+pub use config::{Namespace, SecretString, SecretUrl, SecretUrls};
