@@ -14,6 +14,7 @@ pub mod roles;
 pub mod servers;
 pub mod sink;
 pub mod sockets;
+pub mod stream;
 pub mod tls;
 
 pub use env::{TestEnv, TestRole};
