@@ -92,7 +92,10 @@ async fn claims_work_over_redis_tls_and_an_unknown_ca_is_refused_naming_the_vari
         "/nonexistent/ca.pem".into(),
     ]));
     let message = missing.err().expect("missing file refused").to_string();
-    assert!(message.contains("WA_REDIS_CA_FILE /nonexistent/ca.pem"), "{message}");
+    assert!(
+        message.contains("WA_REDIS_CA_FILE /nonexistent/ca.pem"),
+        "{message}"
+    );
 }
 
 #[tokio::test]
@@ -114,11 +117,10 @@ async fn the_worker_stores_over_postgres_tls_with_tcp_nodelay_on_every_connectio
         .pool()
         .expect("pool");
     wa_store::migrate(&pool).await.expect("migrations over TLS");
-    let ssl: bool =
-        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
-            .expect("pg_stat_ssl");
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("pg_stat_ssl");
     assert!(ssl, "the session uses TLS");
 
     let servers = WorkerServers {
@@ -129,26 +131,43 @@ async fn the_worker_stores_over_postgres_tls_with_tcp_nodelay_on_every_connectio
     worker.wait_ready().await;
     let bodies: Vec<Vec<u8>> = (0..200).map(|i| mixed(&format!("tlspg{i}"), 1)).collect();
     env.publish_inbound_all(&bodies).await;
-    eventually("200 payloads stored over TLS", Duration::from_secs(60), || async {
-        let stored: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_statuses)",
-        )
-        .fetch_one(&pool)
-        .await
-        .map_err(|e| e.to_string())?;
-        if stored == 800 { Ok(()) } else { Err(stored.to_string()) }
-    })
+    eventually(
+        "200 payloads stored over TLS",
+        Duration::from_secs(60),
+        || async {
+            let stored: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_statuses)",
+            )
+            .fetch_one(&pool)
+            .await
+            .map_err(|e| e.to_string())?;
+            if stored == 800 {
+                Ok(())
+            } else {
+                Err(stored.to_string())
+            }
+        },
+    )
     .await;
 
     // Every connection to the server, the worker's pool and ours (all in
     // this process), has Nagle's algorithm off; a plain socket opened here
     // for comparison shows that the check reads the real option.
     let control = std::net::TcpStream::connect(("127.0.0.1", postgres.port)).expect("control");
-    assert!(!control.nodelay().expect("nodelay"), "a fresh socket has it off");
+    assert!(
+        !control.nodelay().expect("nodelay"),
+        "a fresh socket has it off"
+    );
     let options = nodelay_of_connections_to(postgres.port);
     let off = options.iter().filter(|on| !**on).count();
-    assert!(options.len() >= 3, "the pools' connections were found: {options:?}");
-    assert_eq!(off, 1, "only the control socket lacks TCP_NODELAY: {options:?}");
+    assert!(
+        options.len() >= 3,
+        "the pools' connections were found: {options:?}"
+    );
+    assert_eq!(
+        off, 1,
+        "only the control socket lacks TCP_NODELAY: {options:?}"
+    );
     drop(control);
 
     worker.stop().await;

@@ -495,8 +495,12 @@ impl RedisCluster {
         }
     }
 
-    /// Waits until the surviving nodes agree the cluster is whole again.
-    pub fn wait_ok(&self) {
+    /// Waits until a replica has taken over every lost master and the
+    /// surviving nodes agree the cluster is whole again.
+    pub fn wait_failed_over(&self) {
+        wait_until("a replica to be promoted", Duration::from_secs(30), || {
+            self.masters().len() == 3
+        });
         for index in 0..self.nodes.len() {
             if self.nodes[index].process.is_some() {
                 wait_until(
@@ -516,7 +520,7 @@ impl RedisCluster {
         self.masters()
             .into_iter()
             .map(|i| {
-                self.cli(i, &["--scan", "--pattern", pattern, "--count", "1000"])
+                self.cli(i, &["--scan", "--pattern", pattern])
                     .lines()
                     .filter(|l| !l.is_empty())
                     .count()

@@ -221,7 +221,9 @@ impl Claims {
                 let mut connection = connection.clone();
                 async move { invocation.invoke_async::<()>(&mut connection).await }
             });
-            return join_all(runs).await.into_iter().collect();
+            let results: Vec<Result<(), RedisError>> = join_all(runs).await;
+            self.forget_broken_cluster(&results).await;
+            return results.into_iter().collect();
         }
         let mut pipe = redis::pipe();
         for key in keys {
@@ -262,11 +264,13 @@ impl Claims {
         };
         match connection {
             RedisLink::Cluster(_) => {
-                join_all(commands.into_iter().map(|cmd| {
+                let replies = join_all(commands.into_iter().map(|cmd| {
                     let mut connection = connection.clone();
                     async move { cmd.query_async::<T>(&mut connection).await }
                 }))
-                .await
+                .await;
+                self.forget_broken_cluster(&replies).await;
+                replies
             }
             RedisLink::Single(_) => {
                 let mut pipe = redis::pipe();
@@ -278,6 +282,24 @@ impl Claims {
                     Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
                 }
             }
+        }
+    }
+
+    /// After a failover the cluster client can keep routing to the lost
+    /// master until its own repair succeeds; a command that could not reach
+    /// a node drops the connection, so the next batch reads the slot map
+    /// afresh from the seeds (at most once per batch; failing open meanwhile).
+    async fn forget_broken_cluster<T>(&self, replies: &[Result<T, RedisError>]) {
+        let unreachable = replies.iter().any(|reply| {
+            reply.as_ref().is_err_and(|error| {
+                error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
+            })
+        });
+        if unreachable {
+            *self.connection.lock().await = None;
         }
     }
 
