@@ -77,6 +77,7 @@ async fn claims_work_over_redis_tls_and_an_unknown_ca_is_refused_naming_the_vari
             .await
             .expect_err("an unknown CA is refused");
         let chain = wa_core::telemetry::error_chain(error.redis_error());
+        eprintln!("refused: {chain}");
         assert!(chain.contains("WA_REDIS_CA_FILE"), "{chain}");
         assert!(chain.contains("REDIS_URL"), "{chain}");
         assert!(

@@ -531,7 +531,20 @@ impl RedisCluster {
 
 // -------------------------------------------------------------- PostgreSQL
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The newest PostgreSQL installed (Debian: /usr/lib/postgresql/{version}/bin).
+fn pg_bin() -> String {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_unstable();
+    let version = versions
+        .last()
+        .expect("PostgreSQL is required for this test: no /usr/lib/postgresql/{version}");
+    format!("/usr/lib/postgresql/{version}/bin")
+}
 
 /// A PostgreSQL cluster of the test's own (`initdb` on a free port), with
 /// `ssl = on` and a certificate from `ca`; trust authentication for
@@ -547,7 +560,7 @@ impl PostgresTls {
     pub fn start(ca: &Ca) -> Self {
         let dir = ServerDir::new("postgres-tls");
         let data = dir.file("data");
-        let mut initdb = Command::new(format!("{PG_BIN}/initdb"));
+        let mut initdb = Command::new(format!("{}/initdb", pg_bin()));
         initdb
             .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
             .arg("-D")
@@ -563,7 +576,7 @@ impl PostgresTls {
             .expect("key mode");
         let ca_file = dir.write("ca.crt", &ca.pem());
         let port = free_port();
-        let mut postgres = Command::new(format!("{PG_BIN}/postgres"));
+        let mut postgres = Command::new(format!("{}/postgres", pg_bin()));
         postgres
             .arg("-D")
             .arg(&data)

@@ -91,6 +91,7 @@ pub async fn compare(
     let plain_url = with_sslmode(&url, "disable");
     let pool = sqlx::PgPool::connect(&plain_url).await?;
     wa_store::migrate(&pool).await?;
+    declare_topology(args, namespace).await?;
     let mut report = TlsReport::default();
     for round in 0..ROUNDS {
         for tls in [false, true] {
@@ -133,4 +134,20 @@ pub async fn compare(
     report.tls_vs_plaintext = rate(&report.tls) / rate(&report.plaintext);
     pool.close().await;
     Ok(report)
+}
+
+/// The queues the worker consumes, declared before anything is published
+/// (the full bench's receiver stage does it there).
+async fn declare_topology(args: &BenchArgs, namespace: &str) -> anyhow::Result<()> {
+    let connection = lapin::Connection::connect(
+        args.amqp.amqp_url.first().expose(),
+        lapin::ConnectionProperties::default(),
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    wa_core::broker::Topology::new(namespace.parse().map_err(anyhow::Error::msg)?)
+        .declare(&channel)
+        .await?;
+    connection.close(200, "declared".into()).await?;
+    Ok(())
 }
