@@ -3,13 +3,14 @@
 
 use std::time::Duration;
 
-use wa_core::args::{DatabaseArgs, RedisArgs};
 use wa_e2e::payloads::mixed;
 use wa_e2e::roles::{WorkerServers, parse};
 use wa_e2e::servers::{PostgresTls, RedisTls};
 use wa_e2e::sockets::nodelay_of_connections_to;
 use wa_e2e::tls::{Ca, PemDir};
 use wa_e2e::{TestEnv, Worker, eventually};
+use wa_store::DatabaseArgs;
+use wa_worker::RedisArgs;
 use wa_worker::claim::{Claim, ClaimConfig, Claims, FailMode};
 use wa_worker::redis_link::RedisTarget;
 

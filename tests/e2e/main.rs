@@ -16,4 +16,5 @@ mod pipeline;
 mod receiver;
 mod systemic;
 mod tls;
+mod tools;
 mod worker;

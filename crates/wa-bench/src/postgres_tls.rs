@@ -76,6 +76,7 @@ fn with_sslmode(url: &url::Url, mode: &str) -> String {
 /// `require`; the plaintext rounds `disable`.
 pub async fn compare(
     args: &BenchArgs,
+    wa_ingest: &std::path::Path,
     namespace: &str,
     database_url: &str,
 ) -> anyhow::Result<TlsReport> {
@@ -103,6 +104,7 @@ pub async fn compare(
             );
             let run = WorkerRun {
                 args,
+                wa_ingest,
                 namespace,
                 pool: &pool,
                 database_url: if tls { &tls_url } else { &plain_url },
@@ -145,7 +147,7 @@ async fn declare_topology(args: &BenchArgs, namespace: &str) -> anyhow::Result<(
     )
     .await?;
     let channel = connection.create_channel().await?;
-    wa_core::broker::Topology::new(namespace.parse().map_err(anyhow::Error::msg)?)
+    wa_broker::Topology::new(namespace.parse().map_err(anyhow::Error::msg)?)
         .declare(&channel)
         .await?;
     connection.close(200, "declared".into()).await?;

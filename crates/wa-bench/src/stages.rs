@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,22 +11,24 @@ use sqlx::migrate::MigrateDatabase;
 use wa_loadgen::{Generator, Job, LoadReport, fire};
 
 use crate::BenchArgs;
-use crate::process::{Role, free_addr};
+use crate::process::{Role, free_addr, this_binary, wa_ingest_binary};
 use crate::report::{HttpFigures, Ratios, Report, WorkerFigures};
 
 const SECRET: &str = "bench-app-secret";
 
 pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
+    let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = create_bench_database(args).await?;
-    let outcome = stages(args, &namespace, &database_url).await;
+    let outcome = stages(args, &wa_ingest, &namespace, &database_url).await;
     cleanup(args, &namespace, &database_url).await;
     outcome
 }
 
 /// `wa-ingest bench --postgres-tls`: only the worker, plaintext against TLS.
 pub async fn run_postgres_tls(args: &BenchArgs) -> anyhow::Result<crate::postgres_tls::TlsReport> {
+    let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = create_bench_database(args).await?;
-    let outcome = crate::postgres_tls::compare(args, &namespace, &database_url).await;
+    let outcome = crate::postgres_tls::compare(args, &wa_ingest, &namespace, &database_url).await;
     cleanup(args, &namespace, &database_url).await;
     outcome
 }
@@ -43,7 +46,12 @@ async fn create_bench_database(args: &BenchArgs) -> anyhow::Result<(String, Stri
     Ok((namespace, database_url))
 }
 
-async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow::Result<Report> {
+async fn stages(
+    args: &BenchArgs,
+    wa_ingest: &Path,
+    namespace: &str,
+    database_url: &str,
+) -> anyhow::Result<Report> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
     let amqp_url = args.amqp.amqp_url.expose();
@@ -77,7 +85,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("WA_VERIFY_TOKEN", "bench".to_owned()),
         ("LISTEN_ADDR", addr.to_string()),
     ]);
-    let receiver = Role::start(&["receiver"], &env, addr).await?;
+    let receiver = Role::start(wa_ingest, &["receiver"], &env, addr).await?;
     let url = format!("http://{addr}/webhooks/whatsapp");
     let full = fire(
         &client,
@@ -107,6 +115,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     eprintln!("[2/6] bare handler (HTTP ceiling)");
     let addr = free_addr()?;
     let bare = Role::start(
+        &this_binary()?,
         &["bench", "--serve-bare", &addr.to_string()],
         &HashMap::new(),
         addr,
@@ -150,6 +159,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         eprintln!("{stage}: {n} payloads of 3 events");
         let run = WorkerRun {
             args,
+            wa_ingest,
             namespace,
             pool: &pool,
             database_url,
@@ -180,7 +190,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("WA_REORDER_WINDOW", "0s".to_owned()),
     ]);
     let started = Instant::now();
-    let relay = Role::start(&["relay"], &relay_env, addr).await?;
+    let relay = Role::start(wa_ingest, &["relay"], &relay_env, addr).await?;
     while unpublished(&pool).await? > 0 {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),
@@ -212,6 +222,8 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
 /// before it starts, timed from its first stored row.
 pub(crate) struct WorkerRun<'a> {
     pub args: &'a BenchArgs,
+    /// The binary whose `worker` is measured.
+    pub wa_ingest: &'a Path,
     pub namespace: &'a str,
     /// A pool on the bench database, for counting rows.
     pub pool: &'a sqlx::PgPool,
@@ -249,7 +261,7 @@ impl WorkerRun<'_> {
             ("WA_PREFETCH", args.prefetch.to_string()),
         ]);
         let launched = Instant::now();
-        let worker = Role::start(&["worker"], &env, addr).await?;
+        let worker = Role::start(self.wa_ingest, &["worker"], &env, addr).await?;
         // The clock starts with the first stored row: process start-up and
         // connecting are not ingestion.
         let mut started = None;

@@ -266,6 +266,16 @@ impl fmt::Debug for SecretString {
     }
 }
 
+/// A PEM file's text, read at start; the error names the variable and the path.
+pub fn read_pem_file(variable: &str, path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{variable} {}: cannot read it: {e}", path.display()))?;
+    if !text.contains("-----BEGIN ") {
+        return Err(format!("{variable} {}: not a PEM file", path.display()));
+    }
+    Ok(text)
+}
+
 /// Parses `"5s"`, `"250ms"`, `"2m"`, `"1h"` or plain seconds (`"30"`).
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
     use std::time::Duration;

@@ -16,8 +16,9 @@ use redis::{
     TlsCertificates, Value,
 };
 use wa_core::SecretUrls;
-use wa_core::args::RedisArgs;
-use wa_core::broker::tls::read_text;
+use wa_core::config::read_pem_file;
+
+use crate::RedisArgs;
 
 /// Everything needed to reach Redis, checked at start.
 #[derive(Clone)]
@@ -195,4 +196,9 @@ impl ConnectionLike for RedisLink {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
+}
+
+/// A PEM file named by `variable`, read now; the error names both.
+fn read_text(variable: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    read_pem_file(variable, path).map_err(anyhow::Error::msg)
 }

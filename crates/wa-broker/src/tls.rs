@@ -2,9 +2,10 @@
 //! and an optional client certificate, read once at start so that a missing
 //! or unreadable file stops the role with the variable's name.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use wa_core::config::read_pem_file;
 
 /// Where the TLS material lives; every field optional (`amqps://` alone
 /// verifies against the system's roots).
@@ -46,12 +47,7 @@ impl AmqpTlsFiles {
     }
 }
 
-/// A PEM file's text; the error names the variable and the path.
-pub fn read_text(variable: &str, path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{variable} {}: cannot read it: {e}", path.display()))?;
-    if !text.contains("-----BEGIN ") {
-        anyhow::bail!("{variable} {}: not a PEM file", path.display());
-    }
-    Ok(text)
+/// A PEM file named by `variable`, read now; the error names both.
+fn read_text(variable: &str, path: &std::path::Path) -> anyhow::Result<String> {
+    read_pem_file(variable, path).map_err(anyhow::Error::msg)
 }

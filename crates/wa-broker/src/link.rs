@@ -2,11 +2,6 @@
 //! that reconnects with backoff and re-declares the topology, a small set of
 //! confirm-mode channels for publishing, and consumers opened on request.
 
-pub mod headers;
-mod publish;
-pub mod tls;
-mod topology;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,12 +13,11 @@ use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder}
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use publish::{Outgoing, PublishError};
-pub use topology::{INBOUND_DELIVERY_LIMIT, Topology, event_shard};
+use wa_core::backoff::full_jitter;
+use wa_core::telemetry::error_chain;
+use wa_core::{SecretUrl, SecretUrls};
 
-use crate::backoff::full_jitter;
-use crate::telemetry::error_chain;
-use crate::{SecretUrl, SecretUrls};
+use crate::Topology;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -57,11 +51,11 @@ impl BrokerConfig {
 /// A handle on the supervised connection; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: BrokerConfig,
+pub(crate) struct Inner {
+    pub(crate) config: BrokerConfig,
     topology: Topology,
     session: watch::Sender<Option<Arc<Session>>>,
 }
@@ -94,7 +88,7 @@ impl Session {
         self.broken.cancel();
     }
 
-    fn publisher(&self) -> &Channel {
+    pub(crate) fn publisher(&self) -> &Channel {
         let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
         &self.publishers[index]
     }

@@ -1,0 +1,41 @@
+//! The PostgreSQL options of every role that reaches the database
+//! (`DATABASE_URL`, the pool size and its acquire timeout), and the pool
+//! they build.
+
+use std::time::Duration;
+
+use wa_core::SecretUrl;
+use wa_core::config::{SecretUrlParser, parse_duration};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL.
+    #[arg(
+        long = "database-url",
+        value_parser = SecretUrlParser,
+        env = "DATABASE_URL", value_name = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/wa_ingest"
+    )]
+    pub database_url: SecretUrl,
+    /// Connections in the pool.
+    #[arg(long, env = "WA_DB_POOL_SIZE", value_name = "WA_DB_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub db_pool_size: u32,
+    /// How long to wait for a pooled connection before calling the database unreachable.
+    #[arg(long, env = "WA_DB_ACQUIRE_TIMEOUT", value_name = "WA_DB_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub db_acquire_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// A lazily connecting pool: a role starts (and reports not ready) while
+    /// PostgreSQL is down, instead of failing at start.
+    pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        // TLS as the URL says (`sslmode`, `sslrootcert`; sqlx's default
+        // `prefer` uses it when the server offers it). TCP_NODELAY is set
+        // by the patched sqlx-core (patches/sqlx-core), so TLS costs no stall.
+        let options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(self.db_pool_size)
+            .acquire_timeout(self.db_acquire_timeout)
+            .connect_lazy_with(options))
+    }
+}
