@@ -116,14 +116,7 @@ impl clap::builder::TypedValueParser for SecretUrlParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<Self::Value, clap::Error> {
-        let name = arg_name(arg);
-        let text = utf8(&name, value)?;
-        text.parse::<SecretUrl>().map_err(|reason| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("{name} is {reason}\n"),
-            )
-        })
+        parse_secret(arg, value)
     }
 }
 
@@ -206,32 +199,28 @@ impl clap::builder::TypedValueParser for SecretUrlsParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<Self::Value, clap::Error> {
-        let name = arg_name(arg);
-        let text = utf8(&name, value)?;
-        text.parse::<SecretUrls>().map_err(|reason| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("{name} is {reason}\n"),
-            )
-        })
+        parse_secret(arg, value)
     }
 }
 
-fn arg_name(arg: Option<&clap::Arg>) -> String {
-    arg.and_then(|a| {
-        a.get_value_names()
-            .and_then(|n| n.first().map(|n| n.to_string()))
-    })
-    .unwrap_or_else(|| "the URL".to_owned())
-}
-
-fn utf8<'a>(name: &str, value: &'a std::ffi::OsStr) -> Result<&'a str, clap::Error> {
-    value.to_str().ok_or_else(|| {
-        clap::Error::raw(
-            clap::error::ErrorKind::InvalidUtf8,
-            format!("{name} is not UTF-8\n"),
-        )
-    })
+/// Parses a value that may hold a password; the error names the variable
+/// and says why, never echoing the value.
+fn parse_secret<T: FromStr<Err = String>>(
+    arg: Option<&clap::Arg>,
+    value: &std::ffi::OsStr,
+) -> Result<T, clap::Error> {
+    let name = arg
+        .and_then(|a| {
+            a.get_value_names()
+                .and_then(|n| n.first().map(|n| n.to_string()))
+        })
+        .unwrap_or_else(|| "the URL".to_owned());
+    let invalid = |kind, reason: String| clap::Error::raw(kind, format!("{name} is {reason}\n"));
+    let text = value
+        .to_str()
+        .ok_or_else(|| invalid(clap::error::ErrorKind::InvalidUtf8, "not UTF-8".to_owned()))?;
+    text.parse::<T>()
+        .map_err(|reason| invalid(clap::error::ErrorKind::ValueValidation, reason))
 }
 
 /// A secret string (app secret, verify token) that prints as `***`.
