@@ -6,6 +6,7 @@
 
 mod broker;
 mod deliver;
+mod postgres_tls;
 mod process;
 mod report;
 mod stages;
@@ -47,6 +48,10 @@ pub struct BenchArgs {
     /// Run only the deliver stage (HTTP delivery to a local endpoint).
     #[arg(long)]
     pub deliver_only: bool,
+    /// Only compare the worker with PostgreSQL in plaintext and over TLS
+    /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
+    #[arg(long)]
+    pub postgres_tls: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -58,6 +63,14 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.serve_bare {
         return process::serve_bare(addr).await;
+    }
+    if args.postgres_tls {
+        let report = stages::run_postgres_tls(&args).await?;
+        println!("{report}");
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        }
+        return Ok(());
     }
     let report = stages::run_all(&args).await?;
     println!("{report}");

@@ -141,7 +141,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     let dlq_queue = topology.dlq();
     let inbound = topology.inbound();
     let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest dlq"),
+        args.amqp.broker_config("wa-ingest dlq")?,
         topology,
         stop.clone(),
     );
