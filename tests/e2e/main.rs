@@ -3,6 +3,7 @@
 //! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
 
 mod attack;
+mod console;
 mod contacts;
 mod edge;
 mod events;

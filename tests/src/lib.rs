@@ -5,6 +5,7 @@
 //! Tests need the three servers. A missing server fails the test with a
 //! message that says which one: a skipped test would hide a regression.
 
+pub mod browser;
 pub mod edge;
 pub mod env;
 pub mod logs;
@@ -16,7 +17,7 @@ pub mod tls;
 
 pub use env::{TestEnv, TestRole};
 pub use relay::TcpRelay;
-pub use roles::{Receiver, Relay, Worker};
+pub use roles::{Console, Receiver, Relay, Worker};
 pub use sink::Sink;
 
 use std::future::Future;
