@@ -6,8 +6,6 @@
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
-use wa_core::broker::headers;
 use wa_e2e::browser::Browser;
 use wa_e2e::payloads::{PHONE_NUMBER_ID, envelope, text_message};
 use wa_e2e::roles::CONSOLE_TOKEN;
@@ -15,18 +13,9 @@ use wa_e2e::{Console, TestEnv, Worker, eventually};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// A dead letter as a worker writes it.
+/// A dead letter as a worker writes it, with its message id.
 fn dead_letter(id: &str, class: &str, error: &str) -> BasicProperties {
-    let mut table = FieldTable::default();
-    table.insert(headers::ERROR_CLASS.into(), headers::text_value(class));
-    table.insert(headers::ERROR.into(), headers::text_value(error));
-    table.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(4));
-    let now = chrono::Utc::now().to_rfc3339();
-    table.insert(headers::FIRST_FAILURE_AT.into(), headers::text_value(&now));
-    table.insert(headers::LAST_FAILURE_AT.into(), headers::text_value(&now));
-    BasicProperties::default()
-        .with_message_id(id.into())
-        .with_headers(table)
+    wa_e2e::dead_letter(class, error).with_message_id(id.into())
 }
 
 /// A webhook of one text message for another business number.
@@ -39,13 +28,7 @@ fn for_number(phone_number_id: &str, wamid: &str) -> Vec<u8> {
 }
 
 async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
-    eventually(&format!("{queue} to hold {depth}"), LIMIT, || async {
-        match env.queue_depth(queue).await {
-            d if d == depth => Ok(()),
-            d => Err(d.to_string()),
-        }
-    })
-    .await;
+    env.wait_for_depth(queue, depth).await;
 }
 
 async fn wamid_rows(env: &TestEnv, wamid: &str) -> i64 {

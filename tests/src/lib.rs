@@ -23,6 +23,21 @@ pub use sink::Sink;
 use std::future::Future;
 use std::time::Duration;
 
+/// The properties of a dead letter as a worker writes it: class, error,
+/// four attempts, failed now.
+pub fn dead_letter(class: &str, error: &str) -> lapin::BasicProperties {
+    use lapin::types::{AMQPValue, FieldTable};
+    use wa_core::broker::headers;
+    let mut table = FieldTable::default();
+    table.insert(headers::ERROR_CLASS.into(), headers::text_value(class));
+    table.insert(headers::ERROR.into(), headers::text_value(error));
+    table.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(4));
+    let now = chrono::Utc::now().to_rfc3339();
+    table.insert(headers::FIRST_FAILURE_AT.into(), headers::text_value(&now));
+    table.insert(headers::LAST_FAILURE_AT.into(), headers::text_value(&now));
+    lapin::BasicProperties::default().with_headers(table)
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`
 /// with `what` and the last value seen.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T

@@ -161,6 +161,18 @@ pub(crate) trait ActionForm {
     fn csrf(&self) -> &str;
 }
 
+/// The action forms: each has a `csrf` field.
+macro_rules! action_forms {
+    ($($form:ty),*) => {$(
+        impl ActionForm for $form {
+            fn csrf(&self) -> &str {
+                &self.csrf
+            }
+        }
+    )*};
+}
+action_forms!(CsrfOnly, ReplayForm, PurgeForm, RevealForm);
+
 /// An action: a signed-in operator and a form with the right CSRF token.
 pub(crate) struct Action<T> {
     operator: Operator,
@@ -277,12 +289,6 @@ impl Console {
 #[derive(Deserialize)]
 struct CsrfOnly {
     csrf: String,
-}
-
-impl ActionForm for CsrfOnly {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 async fn logout(
@@ -582,12 +588,6 @@ struct ReplayForm {
     expected: Option<usize>,
 }
 
-impl ActionForm for ReplayForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
-
 async fn replay_filtered(
     State(console): State<Shared>,
     action: Action<ReplayForm>,
@@ -683,12 +683,6 @@ struct PurgeForm {
     cutoff: String,
 }
 
-impl ActionForm for PurgeForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
-}
-
 async fn purge(State(console): State<Shared>, action: Action<PurgeForm>) -> Html<String> {
     let form = &action.form;
     let session = &action.operator.session;
@@ -774,12 +768,6 @@ async fn conversation_page(
 struct RevealForm {
     csrf: String,
     who: String,
-}
-
-impl ActionForm for RevealForm {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 async fn reveal_conversation(
