@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use wa_core::broker::headers;
+use wa_broker::headers;
 use wa_e2e::payloads::{self, envelope, text_message};
 use wa_e2e::roles::{WorkerServers, parse};
 use wa_e2e::{TcpRelay, TestEnv, Worker, dead_letter, eventually, metric_sum};

@@ -15,4 +15,5 @@ mod pipeline;
 mod receiver;
 mod systemic;
 mod tls;
+mod tools;
 mod worker;

@@ -27,7 +27,7 @@ use std::time::Duration;
 /// four attempts, failed now.
 pub fn dead_letter(class: &str, error: &str) -> lapin::BasicProperties {
     use lapin::types::{AMQPValue, FieldTable};
-    use wa_core::broker::headers;
+    use wa_broker::headers;
     let mut table = FieldTable::default();
     table.insert(headers::ERROR_CLASS.into(), headers::text_value(class));
     table.insert(headers::ERROR.into(), headers::text_value(error));

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,13 @@ use sqlx::migrate::MigrateDatabase;
 use wa_loadgen::{Generator, Job, LoadReport, fire};
 
 use crate::BenchArgs;
-use crate::process::{Role, free_addr};
+use crate::process::{Role, free_addr, this_binary, wa_ingest_binary};
 use crate::report::{HttpFigures, Ratios, Report, WorkerFigures};
 
 const SECRET: &str = "bench-app-secret";
 
 pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
+    let wa_ingest = wa_ingest_binary()?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let namespace = format!("bench_{}", &id[..8]);
     let mut database_url = args.database.database_url.url().clone();
@@ -24,12 +26,17 @@ pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     sqlx::Postgres::create_database(&database_url)
         .await
         .context("cannot create the bench database")?;
-    let outcome = stages(args, &namespace, &database_url).await;
+    let outcome = stages(args, &wa_ingest, &namespace, &database_url).await;
     cleanup(args, &namespace, &database_url).await;
     outcome
 }
 
-async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow::Result<Report> {
+async fn stages(
+    args: &BenchArgs,
+    wa_ingest: &Path,
+    namespace: &str,
+    database_url: &str,
+) -> anyhow::Result<Report> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
     let amqp_url = args.amqp.amqp_url.expose().to_owned();
@@ -61,7 +68,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("WA_VERIFY_TOKEN", "bench".to_owned()),
         ("LISTEN_ADDR", addr.to_string()),
     ]);
-    let receiver = Role::start(&["receiver"], &env, addr).await?;
+    let receiver = Role::start(wa_ingest, &["receiver"], &env, addr).await?;
     let url = format!("http://{addr}/webhooks/whatsapp");
     let full = fire(
         &client,
@@ -91,6 +98,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     eprintln!("[2/6] bare handler (HTTP ceiling)");
     let addr = free_addr()?;
     let bare = Role::start(
+        &this_binary()?,
         &["bench", "--serve-bare", &addr.to_string()],
         &HashMap::new(),
         addr,
@@ -147,7 +155,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         let before = stored(&pool).await?;
         let addr = free_addr()?;
         let launched = Instant::now();
-        let worker = Role::start(&["worker"], &worker_env(addr), addr).await?;
+        let worker = Role::start(wa_ingest, &["worker"], &worker_env(addr), addr).await?;
         // The clock starts with the first stored row: process start-up and
         // connecting are not ingestion.
         let mut started = None;
@@ -201,7 +209,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("WA_REORDER_WINDOW", "0s".to_owned()),
     ]);
     let started = Instant::now();
-    let relay = Role::start(&["relay"], &relay_env, addr).await?;
+    let relay = Role::start(wa_ingest, &["relay"], &relay_env, addr).await?;
     while unpublished(&pool).await? > 0 {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(300),

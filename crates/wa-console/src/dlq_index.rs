@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use wa_core::broker::Broker;
+use wa_broker::Broker;
 use wa_core::telemetry::error_chain;
 use wa_dlq::Snapshot;
 

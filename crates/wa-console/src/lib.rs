@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_core::broker::{Broker, Topology};
+use wa_broker::{Broker, Topology};
 
 pub use auth::SESSION_COOKIE;
 pub use config::{ConsoleConfig, MIN_TOKEN_LEN};

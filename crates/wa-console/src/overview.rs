@@ -8,7 +8,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use sqlx::PgPool;
-use wa_core::broker::{Broker, Topology};
+use wa_broker::{Broker, Topology};
 
 use crate::dlq_index::Indexed;
 

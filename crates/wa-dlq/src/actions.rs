@@ -9,7 +9,7 @@ use lapin::message::{BasicGetMessage, Delivery};
 use lapin::types::FieldTable;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wa_core::broker::{Broker, Outgoing, headers};
+use wa_broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
 use crate::entry::DlqEntry;

@@ -5,8 +5,8 @@ use anyhow::bail;
 use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wa_core::args::{AmqpArgs, NamespaceArgs};
-use wa_core::broker::{Broker, Topology};
+use wa_broker::{AmqpArgs, Broker, Topology};
+use wa_core::args::NamespaceArgs;
 use wa_core::config::parse_duration;
 
 use crate::actions::{self, Pace, ReplayNote, ReplaySummary, Snapshot};

@@ -4,7 +4,7 @@
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation};
 
-use super::Broker;
+use crate::Broker;
 
 /// Where a message goes and what it carries.
 pub struct Outgoing<'a> {
