@@ -193,11 +193,7 @@ impl TestEnv {
         bodies: &[Vec<u8>],
         properties: BasicProperties,
     ) {
-        let channel = self.amqp.create_channel().await.expect("channel");
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirm mode");
+        let channel = self.confirm_channel().await;
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
             let confirm = channel
@@ -218,6 +214,16 @@ impl TestEnv {
         let _ = channel.close(200, "".into()).await;
     }
 
+    /// A channel of its own in confirm mode.
+    async fn confirm_channel(&self) -> lapin::Channel {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        channel
+    }
+
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         self.publish_with(exchange, routing_key, body, BasicProperties::default())
             .await;
@@ -230,11 +236,7 @@ impl TestEnv {
         body: &[u8],
         properties: BasicProperties,
     ) {
-        let channel = self.amqp.create_channel().await.expect("channel");
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirm mode");
+        let channel = self.confirm_channel().await;
         let confirm = channel
             .basic_publish(
                 exchange.into(),

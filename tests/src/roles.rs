@@ -196,6 +196,18 @@ impl Worker {
         crate::scrape(self.ops_addr).await
     }
 
+    /// The DLQ is empty and this worker dead-lettered nothing.
+    pub async fn assert_nothing_dead_lettered(&self, env: &TestEnv) {
+        assert_eq!(env.queue_depth("dlq").await, 0);
+        let metrics = self.metrics().await;
+        let dead_lettered = crate::metric_sum(
+            &metrics,
+            "wa_deliveries_total",
+            &[("outcome", "dead_lettered")],
+        );
+        assert_eq!(dead_lettered, 0.0);
+    }
+
     pub async fn wait_ready(&self) {
         wait_ready(self.ops_addr).await;
     }

@@ -54,6 +54,23 @@ pub struct Ratios {
     pub duplicates_vs_unique: f64,
 }
 
+impl Ratios {
+    /// Every figure of a run as a ratio to its ceiling in the same run.
+    pub fn of(report: &Report) -> Self {
+        let ceiling = report
+            .bare_handler
+            .per_second
+            .min(report.broker_publish_per_second);
+        Self {
+            receiver_vs_ceiling: report.receiver.per_second / ceiling,
+            worker_vs_consume_ceiling: report.worker_unique.deliveries_per_second
+                / report.broker_consume_ack_per_second,
+            duplicates_vs_unique: report.worker_duplicates.unique_events_per_second
+                / report.worker_unique.unique_events_per_second,
+        }
+    }
+}
+
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn verdict(ok: bool) -> &'static str {

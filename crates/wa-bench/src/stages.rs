@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use lapin::options::{BasicPublishOptions, QueueDeleteOptions, QueuePurgeOptions}
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 use sqlx::migrate::MigrateDatabase;
+use wa_broker::Topology;
+use wa_core::Namespace;
 use wa_loadgen::{Generator, Job, LoadReport, fire};
 
 use crate::BenchArgs;
@@ -16,152 +19,210 @@ use crate::report::{HttpFigures, Ratios, Report, WorkerFigures};
 
 const SECRET: &str = "bench-app-secret";
 
-pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
+pub(crate) async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     let wa_ingest = wa_ingest_binary()?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let namespace = format!("bench_{}", &id[..8]);
+    let namespace: Namespace = format!("bench_{}", &id[..8])
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let mut database_url = args.database.database_url.url().clone();
     database_url.set_path(&format!("/wa_{namespace}"));
     let database_url = database_url.to_string();
     sqlx::Postgres::create_database(&database_url)
         .await
         .context("cannot create the bench database")?;
-    let outcome = stages(args, &wa_ingest, &namespace, &database_url).await;
-    cleanup(args, &namespace, &database_url).await;
+    // The queues the roles declare with their default settings.
+    let topology = Topology::new(namespace.clone())
+        .with_retry_tiers(&wa_worker::default_retry_tiers())
+        .with_event_shards(wa_relay::DEFAULT_EVENT_SHARDS);
+    let outcome = async {
+        let pool = sqlx::PgPool::connect(&database_url).await?;
+        wa_store::migrate(&pool).await?;
+        let run = Run {
+            args,
+            wa_ingest: &wa_ingest,
+            namespace: &namespace,
+            topology: &topology,
+            database_url: &database_url,
+            amqp_url: args.amqp.amqp_url.expose().to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .build()?,
+            jobs: signed_jobs(&namespace),
+            pool,
+        };
+        let report = run.all_stages().await;
+        run.pool.close().await;
+        report
+    }
+    .await;
+    cleanup(args, &namespace, &topology, &database_url).await;
     outcome
 }
 
-async fn stages(
-    args: &BenchArgs,
-    wa_ingest: &Path,
-    namespace: &str,
-    database_url: &str,
-) -> anyhow::Result<Report> {
-    let pool = sqlx::PgPool::connect(database_url).await?;
-    wa_store::migrate(&pool).await?;
-    let amqp_url = args.amqp.amqp_url.expose().to_owned();
-    let mut report = Report {
-        worker_prefetch: args.prefetch,
-        ..Report::default()
-    };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+/// What every stage of one run shares.
+struct Run<'a> {
+    args: &'a BenchArgs,
+    /// The production binary the roles run from.
+    wa_ingest: &'a Path,
+    namespace: &'a Namespace,
+    topology: &'a Topology,
+    database_url: &'a str,
+    amqp_url: String,
+    pool: sqlx::PgPool,
+    client: reqwest::Client,
+    /// Signed webhook bodies for the HTTP stages.
+    jobs: Vec<Job>,
+}
+
+/// 512 signed payloads of the load generator's mix.
+fn signed_jobs(namespace: &Namespace) -> Vec<Job> {
     let generator = Generator::new(format!("{namespace}http"), 200, 1);
-    let jobs: Vec<Job> = (0..512)
+    (0..512)
         .map(|i| {
             let body = generator.payload(i);
             let signature = wa_receiver::sign(SECRET, &body);
             (Arc::new(body), Arc::new(signature))
         })
-        .collect();
+        .collect()
+}
 
-    eprintln!(
-        "[1/6] receiver: {} in flight for {:?}",
-        args.concurrency, args.duration
-    );
-    let addr = free_addr()?;
-    let env = HashMap::from([
-        ("AMQP_URL", amqp_url.clone()),
-        ("WA_NAMESPACE", namespace.to_owned()),
-        ("WA_APP_SECRET", SECRET.to_owned()),
-        ("WA_VERIFY_TOKEN", "bench".to_owned()),
-        ("LISTEN_ADDR", addr.to_string()),
-    ]);
-    let receiver = Role::start(wa_ingest, &["receiver"], &env, addr).await?;
-    let url = format!("http://{addr}/webhooks/whatsapp");
-    let full = fire(
-        &client,
-        &url,
-        jobs.clone(),
-        args.concurrency,
-        None,
-        Some(args.duration),
-    )
-    .await;
-    report.receiver = figures(&full);
-    let half_rate = full.requests_per_second() / 2.0;
-    let half = fire(
-        &client,
-        &url,
-        jobs.clone(),
-        args.concurrency,
-        Some(half_rate),
-        Some(args.duration / 2),
-    )
-    .await;
-    report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
-    report.receiver_peak_rss_bytes = receiver.peak_rss().unwrap_or(0);
-    receiver.stop().await;
-    purge(&amqp_url, &format!("{namespace}.inbound")).await?;
+impl Run<'_> {
+    async fn all_stages(&self) -> anyhow::Result<Report> {
+        let mut report = Report {
+            worker_prefetch: self.args.prefetch,
+            ..Report::default()
+        };
+        self.receiver(&mut report).await?;
+        self.bare_handler(&mut report).await?;
+        self.broker_ceiling(&mut report).await?;
+        self.worker(&mut report).await?;
+        self.relay(&mut report).await?;
+        report.ratios = Ratios::of(&report);
+        Ok(report)
+    }
 
-    eprintln!("[2/6] bare handler (HTTP ceiling)");
-    let addr = free_addr()?;
-    let bare = Role::start(
-        &this_binary()?,
-        &["bench", "--serve-bare", &addr.to_string()],
-        &HashMap::new(),
-        addr,
-    )
-    .await?;
-    let bare_url = format!("http://{addr}/webhooks/whatsapp");
-    report.bare_handler = figures(
-        &fire(
-            &client,
-            &bare_url,
-            jobs.clone(),
-            args.concurrency,
-            None,
-            Some(args.duration),
+    /// Starts `wa-ingest <role>` with `env`; ready once `/readyz` answers on `addr`.
+    async fn role(
+        &self,
+        role: &str,
+        mut env: HashMap<&'static str, String>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Role> {
+        env.insert("AMQP_URL", self.amqp_url.clone());
+        env.insert("WA_NAMESPACE", self.namespace.to_string());
+        Role::start(self.wa_ingest, &[role], &env, addr).await
+    }
+
+    /// The HTTP load of the stage, at full speed or at a fixed rate.
+    async fn load(&self, url: &str, rate: Option<f64>, duration: Duration) -> LoadReport {
+        let concurrency = self.args.concurrency;
+        fire(
+            &self.client,
+            url,
+            self.jobs.clone(),
+            concurrency,
+            rate,
+            Some(duration),
         )
-        .await,
-    );
-    bare.stop().await;
+        .await
+    }
 
-    eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
-    let typical = jobs[0].0.clone();
-    let ceiling = crate::broker::measure(
-        &amqp_url,
-        &format!("{namespace}.ceiling"),
-        typical,
-        args.concurrency,
-        4,
-        args.duration,
-        args.prefetch,
-    )
-    .await?;
-    report.broker_publish_per_second = ceiling.publish_per_second;
-    report.broker_consume_ack_per_second = ceiling.consume_ack_per_second;
-
-    let worker_env = |metrics: std::net::SocketAddr| {
-        HashMap::from([
-            ("AMQP_URL", amqp_url.clone()),
-            ("REDIS_URL", args.redis.redis_url.expose().to_owned()),
-            ("DATABASE_URL", database_url.to_owned()),
-            ("WA_NAMESPACE", namespace.to_owned()),
-            ("METRICS_ADDR", metrics.to_string()),
-            ("WA_PREFETCH", args.prefetch.to_string()),
-        ])
-    };
-    let n = args.worker_payloads;
-    let mut peak_rss = 0;
-    for (stage, copies) in [
-        ("[4/6] worker, no duplicates", 1),
-        ("[5/6] worker, every payload 3 times", 3),
-    ] {
-        eprintln!("{stage}: {n} payloads of 3 events");
-        let bodies = worker_payloads(&format!("{namespace}c{copies}"), n, copies);
-        publish_all(&amqp_url, &format!("{namespace}.inbound"), &bodies).await?;
-        let before = stored(&pool).await?;
+    async fn receiver(&self, report: &mut Report) -> anyhow::Result<()> {
+        let duration = self.args.duration;
+        eprintln!(
+            "[1/6] receiver: {} in flight for {duration:?}",
+            self.args.concurrency
+        );
         let addr = free_addr()?;
+        let env = HashMap::from([
+            ("WA_APP_SECRET", SECRET.to_owned()),
+            ("WA_VERIFY_TOKEN", "bench".to_owned()),
+            ("LISTEN_ADDR", addr.to_string()),
+        ]);
+        let receiver = self.role("receiver", env, addr).await?;
+        let url = format!("http://{addr}/webhooks/whatsapp");
+        let full = self.load(&url, None, duration).await;
+        report.receiver = figures(&full);
+        let half_rate = full.requests_per_second() / 2.0;
+        let half = self.load(&url, Some(half_rate), duration / 2).await;
+        report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
+        report.receiver_peak_rss_bytes = receiver.peak_rss().unwrap_or(0);
+        receiver.stop().await;
+        purge(&self.amqp_url, &self.topology.inbound()).await
+    }
+
+    async fn bare_handler(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!("[2/6] bare handler (HTTP ceiling)");
+        let addr = free_addr()?;
+        let args = ["bench", "--serve-bare", &addr.to_string()];
+        let bare = Role::start(&this_binary()?, &args, &HashMap::new(), addr).await?;
+        let url = format!("http://{addr}/webhooks/whatsapp");
+        report.bare_handler = figures(&self.load(&url, None, self.args.duration).await);
+        bare.stop().await;
+        Ok(())
+    }
+
+    async fn broker_ceiling(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
+        let ceiling = crate::broker::measure(
+            &self.amqp_url,
+            &ceiling_queue(self.namespace),
+            self.jobs[0].0.clone(),
+            self.args.concurrency,
+            4,
+            self.args.duration,
+            self.args.prefetch,
+        )
+        .await?;
+        report.broker_publish_per_second = ceiling.publish_per_second;
+        report.broker_consume_ack_per_second = ceiling.consume_ack_per_second;
+        Ok(())
+    }
+
+    /// The worker drains a filled queue, once of unique payloads and once
+    /// of every payload three times.
+    async fn worker(&self, report: &mut Report) -> anyhow::Result<()> {
+        let n = self.args.worker_payloads;
+        for (stage, copies) in [
+            ("[4/6] worker, no duplicates", 1),
+            ("[5/6] worker, every payload 3 times", 3),
+        ] {
+            eprintln!("{stage}: {n} payloads of 3 events");
+            let (figures, peak_rss) = self.drain_with_worker(n, copies).await?;
+            report.worker_peak_rss_bytes = report.worker_peak_rss_bytes.max(peak_rss);
+            if copies == 1 {
+                report.worker_unique = figures;
+            } else {
+                report.worker_duplicates = figures;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drain_with_worker(
+        &self,
+        n: usize,
+        copies: usize,
+    ) -> anyhow::Result<(WorkerFigures, u64)> {
+        let bodies = worker_payloads(&format!("{}c{copies}", self.namespace), n, copies);
+        publish_all(&self.amqp_url, &self.topology.inbound(), &bodies).await?;
+        let before = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
+        let addr = free_addr()?;
+        let env = HashMap::from([
+            ("REDIS_URL", self.args.redis.redis_url.expose().to_owned()),
+            ("DATABASE_URL", self.database_url.to_owned()),
+            ("METRICS_ADDR", addr.to_string()),
+            ("WA_PREFETCH", self.args.prefetch.to_string()),
+        ]);
         let launched = Instant::now();
-        let worker = Role::start(wa_ingest, &["worker"], &worker_env(addr), addr).await?;
+        let worker = self.role("worker", env, addr).await?;
         // The clock starts with the first stored row: process start-up and
         // connecting are not ingestion.
         let mut started = None;
         let target = before + 3 * n as i64;
         loop {
-            let now = stored(&pool).await?;
+            let now = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
             if now > before && started.is_none() {
                 started = Some(Instant::now());
             }
@@ -177,8 +238,8 @@ async fn stages(
         let seconds = started
             .map_or(0.0, |s| s.elapsed().as_secs_f64())
             .max(0.001);
-        peak_rss = peak_rss.max(worker.peak_rss().unwrap_or(0));
-        let stages = stage_seconds(addr).await;
+        let peak_rss = worker.peak_rss().unwrap_or(0);
+        let stage_seconds = stage_seconds(addr).await;
         worker.stop().await;
         let figures = WorkerFigures {
             deliveries: bodies.len() as u64,
@@ -186,60 +247,47 @@ async fn stages(
             seconds,
             deliveries_per_second: bodies.len() as f64 / seconds,
             unique_events_per_second: 3.0 * n as f64 / seconds,
-            stage_seconds: stages,
+            stage_seconds,
         };
-        if copies == 1 {
-            report.worker_unique = figures;
-        } else {
-            report.worker_duplicates = figures;
+        Ok((figures, peak_rss))
+    }
+
+    /// The worker runs left their downstream events in the outbox: release
+    /// them all with no reorder window and time it.
+    async fn relay(&self, report: &mut Report) -> anyhow::Result<()> {
+        let pending = wa_store::outbox::count_unpublished(&self.pool).await?;
+        eprintln!("[6/6] relay: release {pending} outbox events");
+        let addr = free_addr()?;
+        let env = HashMap::from([
+            ("DATABASE_URL", self.database_url.to_owned()),
+            ("METRICS_ADDR", addr.to_string()),
+            ("WA_REORDER_WINDOW", "0s".to_owned()),
+        ]);
+        let started = Instant::now();
+        let relay = self.role("relay", env, addr).await?;
+        while wa_store::outbox::count_unpublished(&self.pool).await? > 0 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "the relay did not finish within 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let seconds = started.elapsed().as_secs_f64();
+        relay.stop().await;
+        report.relay_events = u64::try_from(pending).unwrap_or(0);
+        report.relay_events_per_second = pending as f64 / seconds;
+        Ok(())
     }
-    report.worker_peak_rss_bytes = peak_rss;
+}
 
-    // The worker runs left their downstream events in the outbox: release
-    // them all with no reorder window and time it.
-    let pending = unpublished(&pool).await?;
-    eprintln!("[6/6] relay: release {pending} outbox events");
-    let addr = free_addr()?;
-    let relay_env = HashMap::from([
-        ("AMQP_URL", amqp_url.clone()),
-        ("DATABASE_URL", database_url.to_owned()),
-        ("WA_NAMESPACE", namespace.to_owned()),
-        ("METRICS_ADDR", addr.to_string()),
-        ("WA_REORDER_WINDOW", "0s".to_owned()),
-    ]);
-    let started = Instant::now();
-    let relay = Role::start(wa_ingest, &["relay"], &relay_env, addr).await?;
-    while unpublished(&pool).await? > 0 {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the relay did not finish within 5 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    relay.stop().await;
-    report.relay_events = u64::try_from(pending).unwrap_or(0);
-    report.relay_events_per_second = pending as f64 / seconds;
-    pool.close().await;
-
-    let ceiling = report
-        .bare_handler
-        .per_second
-        .min(report.broker_publish_per_second);
-    report.ratios = Ratios {
-        receiver_vs_ceiling: report.receiver.per_second / ceiling,
-        worker_vs_consume_ceiling: report.worker_unique.deliveries_per_second
-            / report.broker_consume_ack_per_second,
-        duplicates_vs_unique: report.worker_duplicates.unique_events_per_second
-            / report.worker_unique.unique_events_per_second,
-    };
-    Ok(report)
+/// The bench's own queue for the broker ceiling (not part of the topology).
+fn ceiling_queue(namespace: &Namespace) -> String {
+    namespace.amqp("ceiling")
 }
 
 /// Seconds the worker spent in each stage of its batches (summed over
 /// concurrent batches), from its own `wa_stage_seconds` histogram.
-async fn stage_seconds(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+async fn stage_seconds(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
     let text = match reqwest::get(format!("http://{addr}/metrics")).await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -294,22 +342,6 @@ fn worker_payloads(tag: &str, n: usize, copies: usize) -> Vec<Vec<u8>> {
     bodies
 }
 
-async fn unpublished(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-async fn stored(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_statuses)",
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
 async fn publish_all(url: &str, exchange: &str, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
@@ -350,36 +382,23 @@ async fn purge(url: &str, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
+async fn cleanup(args: &BenchArgs, namespace: &Namespace, topology: &Topology, database_url: &str) {
     if let Ok(connection) =
         Connection::connect(args.amqp.amqp_url.expose(), ConnectionProperties::default()).await
         && let Ok(channel) = connection.create_channel().await
     {
-        let fixed = [
-            "inbound",
-            "dlq",
-            "retry.5s",
-            "retry.30s",
-            "retry.2m",
-            "retry.10m",
-            "retry.1h",
-            "ceiling",
-        ];
-        let shards = (0..4).map(|i| format!("events.{i}"));
-        for queue in fixed.iter().map(|q| (*q).to_owned()).chain(shards) {
+        let queues = topology
+            .queues()
+            .into_iter()
+            .chain([ceiling_queue(namespace)]);
+        for queue in queues {
             let _ = channel
-                .queue_delete(
-                    format!("{namespace}.{queue}").as_str().into(),
-                    QueueDeleteOptions::default(),
-                )
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in ["inbound", "events"] {
+        for exchange in topology.exchanges() {
             let _ = channel
-                .exchange_delete(
-                    format!("{namespace}.{exchange}").as_str().into(),
-                    Default::default(),
-                )
+                .exchange_delete(exchange.as_str().into(), Default::default())
                 .await;
         }
         let _ = connection.close(200, "bench cleaned up".into()).await;
@@ -389,7 +408,7 @@ async fn cleanup(args: &BenchArgs, namespace: &str, database_url: &str) {
 }
 
 /// The run's claim markers (24 h TTL) would outlive it: delete them.
-async fn delete_redis_keys(args: &BenchArgs, namespace: &str) -> redis::RedisResult<()> {
+async fn delete_redis_keys(args: &BenchArgs, namespace: &Namespace) -> redis::RedisResult<()> {
     let client = redis::Client::open(args.redis.redis_url.expose())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
@@ -397,7 +416,7 @@ async fn delete_redis_keys(args: &BenchArgs, namespace: &str) -> redis::RedisRes
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{namespace}:*"))
+            .arg(namespace.redis("*"))
             .arg("COUNT")
             .arg(1000)
             .query_async(&mut connection)

@@ -59,10 +59,6 @@ impl Topology {
         self
     }
 
-    pub fn namespace(&self) -> &Namespace {
-        &self.namespace
-    }
-
     /// Exchange and queue receiving every webhook body.
     pub fn inbound(&self) -> String {
         self.namespace.amqp("inbound")
@@ -79,6 +75,27 @@ impl Topology {
     pub fn retry_queue(&self, delay: Duration) -> String {
         self.namespace
             .amqp(&format!("retry.{}", format_duration(delay)))
+    }
+
+    /// Every queue this topology declares.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![self.inbound(), self.dlq()];
+        queues.extend(
+            self.retry_tiers
+                .iter()
+                .map(|&delay| self.retry_queue(delay)),
+        );
+        queues.extend((0..self.event_shards).map(|shard| self.event_queue(shard)));
+        queues
+    }
+
+    /// Every exchange this topology declares.
+    pub fn exchanges(&self) -> Vec<String> {
+        let mut exchanges = vec![self.inbound()];
+        if self.event_shards > 0 {
+            exchanges.push(self.events());
+        }
+        exchanges
     }
 
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {

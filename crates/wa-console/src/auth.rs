@@ -20,16 +20,16 @@ const MAX_SESSIONS: usize = 1024;
 const FAILED_LOGINS_PER_MINUTE: usize = 10;
 
 #[derive(Debug, Clone)]
-pub struct Session {
-    pub operator: String,
-    pub csrf: String,
+pub(crate) struct Session {
+    pub(crate) operator: String,
+    pub(crate) csrf: String,
     /// A short prefix of the session id, for the audit log.
-    pub tag: String,
+    pub(crate) tag: String,
     expires: Instant,
     created: Instant,
 }
 
-pub struct Auth {
+pub(crate) struct Auth {
     /// SHA-256 of each token: compared in constant time, never kept in clear.
     tokens: Vec<(String, [u8; 32])>,
     sessions: Mutex<HashMap<String, Session>>,
@@ -38,7 +38,7 @@ pub struct Auth {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum LoginError {
+pub(crate) enum LoginError {
     Refused,
     TooMany,
 }
@@ -54,12 +54,12 @@ fn digest(text: &str) -> [u8; 32] {
 }
 
 /// Equal in time independent of where they differ.
-pub fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Auth {
-    pub fn new(operators: &[Operator], ttl: Duration) -> Self {
+    pub(crate) fn new(operators: &[Operator], ttl: Duration) -> Self {
         Self {
             tokens: operators
                 .iter()
@@ -72,7 +72,7 @@ impl Auth {
     }
 
     /// A new session id for the operator whose token this is.
-    pub fn login(&self, token: &str) -> Result<(String, Session), LoginError> {
+    pub(crate) fn login(&self, token: &str) -> Result<(String, Session), LoginError> {
         let now = Instant::now();
         {
             let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -119,7 +119,7 @@ impl Auth {
     }
 
     /// The live session with this id.
-    pub fn session(&self, id: &str) -> Option<Session> {
+    pub(crate) fn session(&self, id: &str) -> Option<Session> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions
             .get(id)
@@ -127,11 +127,11 @@ impl Auth {
             .cloned()
     }
 
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
-    pub fn logout(&self, id: &str) {
+    pub(crate) fn logout(&self, id: &str) {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -140,7 +140,7 @@ impl Auth {
 }
 
 /// The session id in a `Cookie` header.
-pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+pub(crate) fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()

@@ -5,12 +5,12 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 /// Messages shown per conversation, newest first.
-pub const MAX_MESSAGES: i64 = 200;
+pub(crate) const MAX_MESSAGES: i64 = 200;
 /// Status rows shown, newest first.
-pub const MAX_STATUSES: i64 = 1000;
+pub(crate) const MAX_STATUSES: i64 = 1000;
 
 #[derive(Debug, Clone)]
-pub enum Subject {
+pub(crate) enum Subject {
     /// A contact record, with the records merged into it.
     Contact {
         key: String,
@@ -24,32 +24,32 @@ pub enum Subject {
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct Message {
-    pub wamid: String,
-    pub direction: String,
-    pub message_type: String,
-    pub phone_number_id: Option<String>,
-    pub meta_timestamp: Option<DateTime<Utc>>,
-    pub stored_at: DateTime<Utc>,
-    pub latest_status: Option<String>,
+pub(crate) struct Message {
+    pub(crate) wamid: String,
+    pub(crate) direction: String,
+    pub(crate) message_type: String,
+    pub(crate) phone_number_id: Option<String>,
+    pub(crate) meta_timestamp: Option<DateTime<Utc>>,
+    pub(crate) stored_at: DateTime<Utc>,
+    pub(crate) latest_status: Option<String>,
     /// Only when revealed.
-    pub text: Option<String>,
+    pub(crate) text: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StatusRow {
-    pub wamid: String,
-    pub status: String,
-    pub participant: String,
-    pub meta_timestamp: Option<DateTime<Utc>>,
-    pub stored_at: DateTime<Utc>,
+pub(crate) struct StatusRow {
+    pub(crate) wamid: String,
+    pub(crate) status: String,
+    pub(crate) participant: String,
+    pub(crate) meta_timestamp: Option<DateTime<Utc>>,
+    pub(crate) stored_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
-pub struct Conversation {
-    pub subject: Subject,
-    pub messages: Vec<Message>,
-    pub statuses: Vec<StatusRow>,
+pub(crate) struct Conversation {
+    pub(crate) subject: Subject,
+    pub(crate) messages: Vec<Message>,
+    pub(crate) statuses: Vec<StatusRow>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -62,7 +62,7 @@ struct ContactRow {
 
 /// Finds whom `who` names: a group id (`group:` prefix optional), a
 /// contact key, a phone number (`wa_id`) or a BSUID (`user_id`).
-pub async fn find(db: &PgPool, who: &str) -> Result<Option<Subject>, sqlx::Error> {
+pub(crate) async fn find(db: &PgPool, who: &str) -> Result<Option<Subject>, sqlx::Error> {
     let who = who.trim();
     if who.is_empty() {
         return Ok(None);
@@ -115,7 +115,7 @@ const TEXT: &str = "COALESCE(m.raw->'text'->>'body', m.raw->(m.message_type)->>'
                              m.raw->'interactive'->'button_reply'->>'title',
                              m.raw->'button'->>'text')";
 
-pub async fn load(
+pub(crate) async fn load(
     db: &PgPool,
     subject: Subject,
     reveal: bool,

@@ -15,14 +15,14 @@ use wa_dlq::Snapshot;
 const MAX_AGE: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
-pub struct Indexed {
-    pub snapshot: Snapshot,
-    pub read_at: DateTime<Utc>,
-    pub took: Duration,
+pub(crate) struct Indexed {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) read_at: DateTime<Utc>,
+    pub(crate) took: Duration,
     read_instant: Instant,
 }
 
-pub struct DlqIndex {
+pub(crate) struct DlqIndex {
     broker: Broker,
     scan_limit: usize,
     /// How often a read may be repeated when the depth changed.
@@ -33,7 +33,7 @@ pub struct DlqIndex {
 }
 
 impl DlqIndex {
-    pub fn new(broker: Broker, scan_limit: usize, min_age: Duration) -> Arc<Self> {
+    pub(crate) fn new(broker: Broker, scan_limit: usize, min_age: Duration) -> Arc<Self> {
         Arc::new(Self {
             broker,
             scan_limit,
@@ -53,7 +53,7 @@ impl DlqIndex {
     /// The last read, refreshed in the background when it is stale (the
     /// queue's depth moved, or it is older than a minute). The first call
     /// waits for a read.
-    pub async fn get(self: &Arc<Self>, depth: Option<u32>) -> anyhow::Result<Arc<Indexed>> {
+    pub(crate) async fn get(self: &Arc<Self>, depth: Option<u32>) -> anyhow::Result<Arc<Indexed>> {
         let Some(current) = self.current() else {
             return self.fresh().await;
         };
@@ -81,7 +81,7 @@ impl DlqIndex {
     }
 
     /// A read that starts after this call.
-    pub async fn fresh(&self) -> anyhow::Result<Arc<Indexed>> {
+    pub(crate) async fn fresh(&self) -> anyhow::Result<Arc<Indexed>> {
         let _reading = self.reading.lock().await;
         self.read().await
     }

@@ -18,17 +18,17 @@ const EXACT_COUNT_TIMEOUT: &str = "1500ms";
 const BROKER_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
-pub struct QueueDepth {
+pub(crate) struct QueueDepth {
     /// `inbound`, `retry-0`, `dlq`, `events-0`: stable across namespaces.
-    pub label: String,
-    pub name: String,
+    pub(crate) label: String,
+    pub(crate) name: String,
     /// Ready messages; `None` when the queue does not exist (or the broker did not answer).
-    pub messages: Option<u32>,
-    pub consumers: Option<u32>,
+    pub(crate) messages: Option<u32>,
+    pub(crate) consumers: Option<u32>,
 }
 
 /// The queues of a namespace, in the pipeline's order, with their labels.
-pub fn queue_names(topology: &Topology) -> Vec<(String, String)> {
+pub(crate) fn queue_names(topology: &Topology) -> Vec<(String, String)> {
     let mut names = vec![("inbound".to_owned(), topology.inbound())];
     names.extend(
         topology
@@ -46,7 +46,7 @@ pub fn queue_names(topology: &Topology) -> Vec<(String, String)> {
 
 /// Every queue's depth. A passive declare of a missing queue closes its
 /// channel, so such a failure opens a new one for the next queue.
-pub async fn queue_depths(broker: &Broker) -> Result<Vec<QueueDepth>, String> {
+pub(crate) async fn queue_depths(broker: &Broker) -> Result<Vec<QueueDepth>, String> {
     let session = broker.current().ok_or("not connected to RabbitMQ")?;
     let mut channel = None;
     let mut depths = Vec::new();
@@ -101,27 +101,27 @@ pub async fn queue_depths(broker: &Broker) -> Result<Vec<QueueDepth>, String> {
 
 /// A row count, exact or (when the exact count took too long) estimated.
 #[derive(Debug, Clone, Copy)]
-pub struct Count {
-    pub value: i64,
-    pub exact: bool,
+pub(crate) struct Count {
+    pub(crate) value: i64,
+    pub(crate) exact: bool,
 }
 
 #[derive(Debug, Clone)]
-pub struct Stored {
-    pub messages: Count,
-    pub statuses: Count,
-    pub group_events: Count,
-    pub contacts: Count,
+pub(crate) struct Stored {
+    pub(crate) messages: Count,
+    pub(crate) statuses: Count,
+    pub(crate) group_events: Count,
+    pub(crate) contacts: Count,
     /// Outbox events not yet released downstream, and the oldest one's age.
-    pub outbox_backlog: i64,
-    pub outbox_oldest_seconds: Option<f64>,
+    pub(crate) outbox_backlog: i64,
+    pub(crate) outbox_oldest_seconds: Option<f64>,
     /// Released in the last five minutes.
-    pub released_recently: i64,
+    pub(crate) released_recently: i64,
 }
 
 const TABLES: [&str; 4] = ["messages", "message_statuses", "group_events", "contacts"];
 
-pub async fn stored(db: &PgPool) -> Result<Stored, sqlx::Error> {
+pub(crate) async fn stored(db: &PgPool) -> Result<Stored, sqlx::Error> {
     let mut counts = Vec::new();
     for table in TABLES {
         counts.push(count(db, table).await?);
@@ -179,14 +179,14 @@ async fn count(db: &PgPool, table: &'static str) -> Result<Count, sqlx::Error> {
 
 /// Per error class: how many, and the latest error with its time.
 #[derive(Debug, Clone)]
-pub struct ClassErrors {
-    pub class: String,
-    pub count: usize,
-    pub latest_error: String,
-    pub latest_at: Option<chrono::DateTime<chrono::Utc>>,
+pub(crate) struct ClassErrors {
+    pub(crate) class: String,
+    pub(crate) count: usize,
+    pub(crate) latest_error: String,
+    pub(crate) latest_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub fn errors_by_class(index: &Indexed) -> Vec<ClassErrors> {
+pub(crate) fn errors_by_class(index: &Indexed) -> Vec<ClassErrors> {
     let mut classes: BTreeMap<&str, ClassErrors> = BTreeMap::new();
     for entry in &index.snapshot.entries {
         let at = entry.failed_at();

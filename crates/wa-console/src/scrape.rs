@@ -13,12 +13,12 @@ const MAX_ADDRESSES_PER_URL: usize = 64;
 
 /// The counters the overview turns into rates, summed over every target.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Counters {
-    pub received: f64,
-    pub stored: f64,
-    pub duplicates: f64,
-    pub released: f64,
-    pub dead_lettered: f64,
+pub(crate) struct Counters {
+    pub(crate) received: f64,
+    pub(crate) stored: f64,
+    pub(crate) duplicates: f64,
+    pub(crate) released: f64,
+    pub(crate) dead_lettered: f64,
 }
 
 impl Counters {
@@ -32,7 +32,7 @@ impl Counters {
 
     /// Per second between two samples; a counter that went down (a process
     /// restarted) counts from zero.
-    pub fn rate_since(&self, earlier: &Counters, seconds: f64) -> Counters {
+    pub(crate) fn rate_since(&self, earlier: &Counters, seconds: f64) -> Counters {
         let rate = |now: f64, then: f64| {
             let delta = if now >= then { now - then } else { now };
             delta / seconds.max(0.001)
@@ -49,24 +49,24 @@ impl Counters {
 
 /// A worker that says it is paused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pause {
-    pub target: String,
-    pub dependency: String,
-    pub reason: String,
+pub(crate) struct Pause {
+    pub(crate) target: String,
+    pub(crate) dependency: String,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Scrape {
-    pub counters: Counters,
-    pub paused: Vec<Pause>,
+pub(crate) struct Scrape {
+    pub(crate) counters: Counters,
+    pub(crate) paused: Vec<Pause>,
     /// Targets that answered, and those that did not (with why).
-    pub reached: usize,
-    pub failed: Vec<(String, String)>,
-    pub at: Option<Instant>,
+    pub(crate) reached: usize,
+    pub(crate) failed: Vec<(String, String)>,
+    pub(crate) at: Option<Instant>,
 }
 
 /// Reads every target once.
-pub async fn scrape_all(client: &reqwest::Client, urls: &[url::Url]) -> Scrape {
+pub(crate) async fn scrape_all(client: &reqwest::Client, urls: &[url::Url]) -> Scrape {
     let mut scrape = Scrape {
         at: Some(Instant::now()),
         ..Scrape::default()
@@ -171,7 +171,7 @@ async fn fetch(client: &reqwest::Client, url: &url::Url) -> Result<String, Strin
 }
 
 /// The counters and active pauses in one Prometheus text.
-pub fn parse(text: &str) -> (Counters, Vec<(String, String)>) {
+pub(crate) fn parse(text: &str) -> (Counters, Vec<(String, String)>) {
     let mut counters = Counters::default();
     let mut paused = Vec::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -12,10 +12,10 @@ use crate::overview::{ClassErrors, QueueDepth, Stored};
 use crate::scrape::{Counters, Scrape};
 
 /// DLQ rows per page.
-pub const PAGE_SIZE: usize = 50;
+pub(crate) const PAGE_SIZE: usize = 50;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Nav {
+pub(crate) enum Nav {
     Overview,
     Dlq,
     Conversation,
@@ -26,7 +26,7 @@ fn time(at: Option<DateTime<Utc>>) -> String {
         .unwrap_or_else(|| "—".into())
 }
 
-pub fn layout(
+pub(crate) fn layout(
     title: &str,
     nav: Nav,
     session: Option<&Session>,
@@ -71,7 +71,7 @@ pub fn layout(
     }
 }
 
-pub fn login(error: Option<&str>) -> Markup {
+pub(crate) fn login(error: Option<&str>) -> Markup {
     layout(
         "Sign in",
         Nav::Overview,
@@ -104,16 +104,16 @@ fn rate(value: f64) -> String {
     }
 }
 
-pub struct OverviewData<'a> {
-    pub queues: Result<&'a [QueueDepth], &'a str>,
-    pub stored: Result<&'a Stored, String>,
-    pub scrape: Option<&'a Scrape>,
-    pub rates: Option<Counters>,
-    pub scrape_configured: bool,
-    pub errors: Result<(Vec<ClassErrors>, &'a Indexed), String>,
+pub(crate) struct OverviewData<'a> {
+    pub(crate) queues: Result<&'a [QueueDepth], &'a str>,
+    pub(crate) stored: Result<&'a Stored, String>,
+    pub(crate) scrape: Option<&'a Scrape>,
+    pub(crate) rates: Option<Counters>,
+    pub(crate) scrape_configured: bool,
+    pub(crate) errors: Result<(Vec<ClassErrors>, &'a Indexed), String>,
 }
 
-pub fn overview(session: &Session, refresh: u64, data: OverviewData<'_>) -> Markup {
+pub(crate) fn overview(session: &Session, refresh: u64, data: OverviewData<'_>) -> Markup {
     let body = html! {
         h1 { "Overview " span.muted { "· " (Utc::now().format("%H:%M:%S")) " UTC, every " (refresh) " s" } }
         section.card {
@@ -247,11 +247,11 @@ fn read_note(index: &Indexed) -> Markup {
 }
 
 /// The filter as query parameters, for links and hidden fields.
-pub struct FilterForm<'a> {
-    pub class: &'a str,
-    pub error: &'a str,
-    pub since: &'a str,
-    pub phone_number_id: &'a str,
+pub(crate) struct FilterForm<'a> {
+    pub(crate) class: &'a str,
+    pub(crate) error: &'a str,
+    pub(crate) since: &'a str,
+    pub(crate) phone_number_id: &'a str,
 }
 
 fn filter_fields(form: &FilterForm<'_>) -> Markup {
@@ -263,16 +263,16 @@ fn filter_fields(form: &FilterForm<'_>) -> Markup {
     }
 }
 
-pub struct DlqListData<'a> {
-    pub index: &'a Indexed,
-    pub matching: Vec<&'a DlqEntry>,
-    pub page: usize,
-    pub form: FilterForm<'a>,
-    pub filter_error: Option<String>,
-    pub query: String,
+pub(crate) struct DlqListData<'a> {
+    pub(crate) index: &'a Indexed,
+    pub(crate) matching: Vec<&'a DlqEntry>,
+    pub(crate) page: usize,
+    pub(crate) form: FilterForm<'a>,
+    pub(crate) filter_error: Option<String>,
+    pub(crate) query: String,
 }
 
-pub fn dlq_list(session: &Session, data: DlqListData<'_>) -> Markup {
+pub(crate) fn dlq_list(session: &Session, data: DlqListData<'_>) -> Markup {
     let total = data.matching.len();
     let start = data.page * PAGE_SIZE;
     let rows = data.matching.iter().skip(start).take(PAGE_SIZE);
@@ -335,13 +335,13 @@ pub fn dlq_list(session: &Session, data: DlqListData<'_>) -> Markup {
     layout("DLQ", Nav::Dlq, Some(session), None, body)
 }
 
-pub struct Detail<'a> {
-    pub entry: &'a DlqEntry,
+pub(crate) struct Detail<'a> {
+    pub(crate) entry: &'a DlqEntry,
     /// Headers and body, when the operator asked for them.
-    pub revealed: Option<&'a wa_dlq::Inspection>,
+    pub(crate) revealed: Option<&'a wa_dlq::Inspection>,
 }
 
-pub fn dlq_detail(session: &Session, detail: Detail<'_>) -> Markup {
+pub(crate) fn dlq_detail(session: &Session, detail: Detail<'_>) -> Markup {
     let entry = detail.entry;
     let field = |name: &str, value: String| html! { tr { th { (name) } td { (value) } } };
     let body = html! {
@@ -412,16 +412,16 @@ fn pretty_body(body: &[u8]) -> String {
 }
 
 /// A confirmation step: what a dry run found, and the button that acts.
-pub struct Confirm<'a> {
-    pub title: &'a str,
-    pub message: String,
-    pub action: &'a str,
-    pub fields: Vec<(&'a str, String)>,
-    pub button: &'a str,
-    pub danger: bool,
+pub(crate) struct Confirm<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) message: String,
+    pub(crate) action: &'a str,
+    pub(crate) fields: Vec<(&'a str, String)>,
+    pub(crate) button: &'a str,
+    pub(crate) danger: bool,
 }
 
-pub fn confirm(session: &Session, confirm: Confirm<'_>) -> Markup {
+pub(crate) fn confirm(session: &Session, confirm: Confirm<'_>) -> Markup {
     let body = html! {
         h1 { (confirm.title) }
         section.card {
@@ -440,7 +440,7 @@ pub fn confirm(session: &Session, confirm: Confirm<'_>) -> Markup {
     layout(confirm.title, Nav::Dlq, Some(session), None, body)
 }
 
-pub fn outcome(session: &Session, title: &str, message: &str, ok: bool) -> Markup {
+pub(crate) fn outcome(session: &Session, title: &str, message: &str, ok: bool) -> Markup {
     let body = html! {
         h1 { (title) }
         div #outcome class=(if ok { "notice" } else { "alert" }) { (message) }
@@ -449,7 +449,7 @@ pub fn outcome(session: &Session, title: &str, message: &str, ok: bool) -> Marku
     layout(title, Nav::Dlq, Some(session), None, body)
 }
 
-pub fn conversation(
+pub(crate) fn conversation(
     session: &Session,
     who: &str,
     found: Option<&Conversation>,
@@ -530,7 +530,7 @@ pub fn conversation(
     layout("Conversation", Nav::Conversation, Some(session), None, body)
 }
 
-pub fn filter_of(form: &FilterForm<'_>) -> Result<Filter, String> {
+pub(crate) fn filter_of(form: &FilterForm<'_>) -> Result<Filter, String> {
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     Ok(Filter {
         ids: Vec::new(),

@@ -169,25 +169,19 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// Parses `"5s"`, `"250ms"`, `"2m"`, `"1h"` or plain seconds (`"30"`).
+/// Parses a duration: humantime's units (`250ms`, `5s`, `2m`, `1h`, `7d`,
+/// also combined: `1h 30m`) or plain seconds (`30`). Overflow is an error.
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
-    use std::time::Duration;
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
-        _ => return Err(format!("{value:?} has an unknown unit (use ms, s, m or h)")),
-    };
-    Ok(duration)
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| format!("{value:?} is too many seconds"));
+    }
+    humantime::parse_duration(value).map_err(|error| {
+        format!("{value:?} is not a duration such as 250ms, 5s, 2m, 1h or 7d ({error})")
+    })
 }
 
 /// The shortest exact text for a duration, for queue names: `5s`, `250ms`, `2m`.
@@ -231,7 +225,44 @@ mod tests {
         for text in ["250ms", "5s", "30s", "2m", "10m", "1h"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
-        assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
-        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn every_duration_accepted_before_is_still_accepted_and_days_too() {
+        use std::time::Duration;
+        let cases = [
+            ("0", Duration::ZERO),
+            ("7", Duration::from_secs(7)),
+            (" 30 ", Duration::from_secs(30)),
+            ("0s", Duration::ZERO),
+            ("0ms", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+            ("5s", Duration::from_secs(5)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("24h", Duration::from_secs(86_400)),
+            ("1d", Duration::from_secs(86_400)),
+            ("7days", Duration::from_secs(7 * 86_400)),
+            ("1h 30m", Duration::from_secs(5400)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn junk_and_overflow_are_errors_that_quote_the_value() {
+        for bad in [
+            "",
+            "5 parsecs",
+            "-5s",
+            "s",
+            "1.5.3s",
+            "99999999999999999999999s",
+        ] {
+            let error = parse_duration(bad).expect_err(bad);
+            assert!(error.contains(&format!("{:?}", bad.trim())), "{error}");
+        }
+        assert!(parse_duration("99999999999999999999999").is_err());
     }
 }

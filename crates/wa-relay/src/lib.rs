@@ -21,8 +21,8 @@ use wa_broker::{Broker, Topology};
 use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
 
-pub use config::RelayConfig;
-pub use release::{Release, release_once};
+pub use config::{DEFAULT_EVENT_SHARDS, RelayConfig};
+pub use release::{ReleaseSettings, release_due};
 
 /// Runs until `shutdown`, then finishes the release in progress and returns.
 pub async fn run(
@@ -39,13 +39,16 @@ pub async fn run(
         broker_stop.clone(),
     );
     let pool = config.database.pool()?;
+    // The ops server has its own stop: its metrics stay up while the
+    // release in progress finishes after the shutdown signal.
+    let ops_stop = CancellationToken::new();
     let readiness = broker.clone();
     let ops = tokio::spawn(wa_core::ops::serve(
         ops_listener,
         Arc::new(move || readiness.check_connected()),
-        shutdown.clone(),
+        ops_stop.clone(),
     ));
-    let settings = Release {
+    let settings = ReleaseSettings {
         window: config.reorder_window,
         shards: config.event_shards,
         max_contacts: i64::from(config.batch_contacts),
@@ -59,7 +62,7 @@ pub async fn run(
         if broker.connected(&shutdown).await.is_none() {
             break;
         }
-        let pause = match release_once(&pool, &broker, &settings).await {
+        let pause = match release_due(&pool, &broker, &settings).await {
             Ok(0) => config.poll_interval,
             Ok(_) => {
                 failures = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
@@ -91,6 +94,7 @@ pub async fn run(
         }
     }
     broker_stop.cancel();
+    ops_stop.cancel();
     let _ = ops.await;
     pool.close().await;
     tracing::info!("relay stopped");

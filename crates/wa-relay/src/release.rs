@@ -10,15 +10,12 @@ use futures_util::future::join_all;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
-use wa_broker::{Broker, Outgoing, PublishError, event_shard, headers};
-use wa_store::outbox::{self, ContactCursor, PendingEvent, Released};
-
-pub const SEQUENCE: &str = "x-wa-sequence";
-pub const LATE: &str = "x-wa-late";
-pub const CONTACT_KEY: &str = "x-wa-contact-key";
+use wa_broker::headers::{self, CONTACT_KEY, LATE, SEQUENCE};
+use wa_broker::{Broker, Outgoing, PublishError, event_shard};
+use wa_store::outbox::{self, ContactCursor, PendingEvent, PublishedEvent};
 
 #[derive(Debug, Clone)]
-pub struct Release {
+pub struct ReleaseSettings {
     pub window: Duration,
     pub shards: u16,
     pub max_contacts: i64,
@@ -26,10 +23,15 @@ pub struct Release {
 }
 
 /// Releases what is due now; returns how many events were published.
-pub async fn release_once(
+#[tracing::instrument(
+    name = "release",
+    skip_all,
+    fields(contacts = tracing::field::Empty, events = tracing::field::Empty)
+)]
+pub async fn release_due(
     pool: &PgPool,
     broker: &Broker,
-    settings: &Release,
+    settings: &ReleaseSettings,
 ) -> anyhow::Result<usize> {
     let started = Instant::now();
     let mut claim = outbox::claim(
@@ -43,6 +45,9 @@ pub async fn release_once(
     if events.is_empty() {
         return Ok(0);
     }
+    let span = tracing::Span::current();
+    span.record("contacts", claim.contacts.len());
+    span.record("events", events.len());
     let mut cursors: HashMap<&str, ContactCursor> = claim
         .contacts
         .iter()
@@ -75,22 +80,22 @@ pub async fn release_once(
             .push((event, cursor.last_sequence, late));
     }
 
-    let published = join_all(by_contact.values().map(|events| async move {
+    let outcomes = join_all(by_contact.values().map(|events| async move {
         for (event, sequence, late) in events {
             publish(broker, settings.shards, event, *sequence, *late).await?;
         }
         Ok::<(), PublishError>(())
     }))
     .await;
-    if let Some(Err(error)) = published.into_iter().find(Result::is_err) {
+    if let Some(Err(error)) = outcomes.into_iter().find(Result::is_err) {
         // Nothing is marked: the next release publishes these again, same ids.
         return Err(anyhow::Error::new(error).context("publishing events failed"));
     }
 
-    let released: Vec<Released> = by_contact
+    let published: Vec<PublishedEvent> = by_contact
         .values()
         .flatten()
-        .map(|(event, sequence, late)| Released {
+        .map(|(event, sequence, late)| PublishedEvent {
             id: event.id,
             sequence: *sequence,
             late: *late,
@@ -100,7 +105,7 @@ pub async fn release_once(
         .keys()
         .filter_map(|contact| cursors.get(contact).cloned())
         .collect();
-    claim.commit(&released, &moved).await?;
+    claim.commit(&published, &moved).await?;
 
     for (event, _, late) in by_contact.values().flatten() {
         metrics::counter!("wa_relay_events_total", "type" => event.event_type.clone(), "late" => late.to_string())
@@ -109,7 +114,7 @@ pub async fn release_once(
     }
     metrics::histogram!("wa_relay_release_duration_seconds")
         .record(started.elapsed().as_secs_f64());
-    Ok(released.len())
+    Ok(published.len())
 }
 
 /// Behind what this contact already released, by Meta's timestamp (ties by
@@ -123,6 +128,11 @@ fn is_late(cursor: &ContactCursor, event: &PendingEvent) -> bool {
     }
 }
 
+#[tracing::instrument(
+    name = "publish_event",
+    skip_all,
+    fields(event_id = %event.event_id, sequence = sequence, late = late)
+)]
 async fn publish(
     broker: &Broker,
     shards: u16,
@@ -155,4 +165,58 @@ async fn publish(
             properties,
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::*;
+
+    fn at(seconds: i64) -> Option<DateTime<Utc>> {
+        Utc.timestamp_opt(seconds, 0).single()
+    }
+
+    fn cursor(last: Option<DateTime<Utc>>, wamid: Option<&str>) -> ContactCursor {
+        ContactCursor {
+            contact_key: "c".into(),
+            last_sequence: 3,
+            last_timestamp: last,
+            last_wamid: wamid.map(str::to_owned),
+        }
+    }
+
+    fn event(timestamp: Option<DateTime<Utc>>, wamid: &str) -> PendingEvent {
+        PendingEvent {
+            id: 1,
+            event_id: "e".into(),
+            event_type: "message.created".into(),
+            contact_key: "c".into(),
+            wamid: wamid.into(),
+            meta_timestamp: timestamp,
+            payload: serde_json::Value::Null,
+            due: true,
+            age_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn an_event_behind_what_its_contact_released_is_late() {
+        let released = cursor(at(100), Some("wamid.B"));
+        assert!(is_late(&released, &event(at(99), "wamid.Z")));
+        // Same second: the wamid breaks the tie.
+        assert!(is_late(&released, &event(at(100), "wamid.A")));
+        assert!(!is_late(&released, &event(at(100), "wamid.B")));
+        assert!(!is_late(&released, &event(at(100), "wamid.C")));
+        assert!(!is_late(&released, &event(at(101), "wamid.A")));
+    }
+
+    #[test]
+    fn without_a_timestamp_on_either_side_nothing_is_late() {
+        assert!(!is_late(&cursor(None, None), &event(at(1), "wamid.A")));
+        assert!(!is_late(
+            &cursor(at(100), Some("wamid.B")),
+            &event(None, "wamid.A")
+        ));
+    }
 }

@@ -35,7 +35,7 @@ pub struct TailArgs {
         long,
         env = "WA_EVENT_SHARDS",
         value_name = "WA_EVENT_SHARDS",
-        default_value_t = 4
+        default_value_t = crate::DEFAULT_EVENT_SHARDS
     )]
     pub event_shards: u16,
     /// Only this shard.

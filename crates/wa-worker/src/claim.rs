@@ -3,7 +3,7 @@
 //!
 //! - claim: `SET {ns}:claim:{key} pending:{token} NX PX {lease} GET`, atomic;
 //! - stored: compare-and-set to `done` with a long TTL;
-//! - failed: compare-and-delete, so the retry can claim again at once;
+//! - failed: compare-and-delete (`abandon`), so the retry can claim again at once;
 //! - held by `done`: a duplicate; held by another `pending`: look again after
 //!   the lease, never drop (the owner may have died before storing).
 //!
@@ -24,7 +24,7 @@ if current == ARGV[1] or not current then
 end
 return 0";
 
-const RELEASE: &str = r"
+const ABANDON: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -77,7 +77,7 @@ pub struct Claims {
     config: ClaimConfig,
     connection: Mutex<Option<ConnectionManager>>,
     mark_done: Script,
-    release: Script,
+    abandon: Script,
 }
 
 impl Claims {
@@ -89,12 +89,8 @@ impl Claims {
             config,
             connection: Mutex::new(None),
             mark_done: Script::new(MARK_DONE),
-            release: Script::new(RELEASE),
+            abandon: Script::new(ABANDON),
         }
-    }
-
-    pub fn fail_mode(&self) -> FailMode {
-        self.config.fail_mode
     }
 
     /// The Redis key of an event's claim.
@@ -104,6 +100,7 @@ impl Claims {
 
     /// Claims every key for `token` in one round trip. Fails only when Redis
     /// is unreachable and claims fail closed.
+    #[tracing::instrument(name = "claim", skip_all, fields(events = keys.len()))]
     pub async fn claim(&self, token: &str, keys: &[&str]) -> Result<Vec<Claim>, ClaimsUnavailable> {
         let owner = pending(token);
         let lease_ms = millis(self.config.lease);
@@ -142,6 +139,7 @@ impl Claims {
     /// Turns our pending claims into `done` markers. A failure here costs
     /// nothing but an early duplicate filter: the lease expires and the
     /// database still refuses the second row.
+    #[tracing::instrument(name = "mark_done", skip_all, fields(events = keys.len()))]
     pub async fn mark_done(&self, token: &str, keys: &[&str]) {
         let done_ms = millis(self.config.done_ttl).to_string();
         if let Err(error) = self
@@ -156,13 +154,15 @@ impl Claims {
         }
     }
 
-    /// Drops our pending claims so that a retry can claim at once.
-    pub async fn release(&self, token: &str, keys: &[&str]) {
-        if let Err(error) = self.run_script(&self.release, token, keys, None).await {
+    /// Gives up our pending claims after a failed store (compare-and-delete)
+    /// so that a retry can claim them at once.
+    #[tracing::instrument(name = "abandon_claims", skip_all, fields(events = keys.len()))]
+    pub async fn abandon(&self, token: &str, keys: &[&str]) {
+        if let Err(error) = self.run_script(&self.abandon, token, keys, None).await {
             tracing::warn!(
                 error = %wa_core::telemetry::error_chain(&error),
                 events = keys.len(),
-                "could not release claims"
+                "could not abandon claims"
             );
         }
     }

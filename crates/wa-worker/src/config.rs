@@ -9,6 +9,17 @@ use wa_store::DatabaseArgs;
 
 use crate::claim::FailMode;
 
+/// The retry tiers when `WA_RETRY_TIERS` is not set.
+const DEFAULT_RETRY_TIERS: &str = "5s,30s,2m,10m,1h";
+
+/// [`DEFAULT_RETRY_TIERS`] as durations (the queues a default worker declares).
+pub fn default_retry_tiers() -> Vec<Duration> {
+    DEFAULT_RETRY_TIERS
+        .split(',')
+        .map(|tier| parse_duration(tier).expect("the default tiers parse"))
+        .collect()
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
     #[command(flatten)]
@@ -55,7 +66,7 @@ pub struct WorkerConfig {
     )]
     pub claim_fail_mode: FailMode,
     /// Delays of the retry tiers, in order; after the last comes the DLQ.
-    #[arg(long, env = "WA_RETRY_TIERS", value_name = "WA_RETRY_TIERS", value_delimiter = ',', default_value = "5s,30s,2m,10m,1h", value_parser = parse_duration)]
+    #[arg(long, env = "WA_RETRY_TIERS", value_name = "WA_RETRY_TIERS", value_delimiter = ',', default_value = DEFAULT_RETRY_TIERS, value_parser = parse_duration)]
     pub retry_tiers: Vec<Duration>,
     /// Quick in-process retries of a transient store error before a tier.
     #[arg(long, env = "WA_QUICK_RETRIES", value_name = "WA_QUICK_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=10))]

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wa_broker::{Broker, Topology};
 
-pub use config::{RedisArgs, WorkerConfig};
+pub use config::{RedisArgs, WorkerConfig, default_retry_tiers};
 
 use crate::claim::{ClaimConfig, Claims};
 use crate::consumer::ConsumeSettings;
