@@ -16,7 +16,9 @@ pub const APP_SECRET: &str = "test-app-secret";
 pub const ROTATED_SECRET: &str = "test-app-secret-next";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
 
+/// A test's extra options come last and win over the harness's defaults.
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Args<T: clap::Args> {
     #[command(flatten)]
     config: T,

@@ -21,6 +21,42 @@ const SECRET: &str = "bench-app-secret";
 
 pub(crate) async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     let wa_ingest = wa_ingest_binary()?;
+    let (namespace, database_url) = create_bench_database(args).await?;
+    let topology = default_topology(&namespace);
+    let outcome = async {
+        let run = Run::new(args, &wa_ingest, &namespace, &topology, &database_url).await?;
+        let report = run.all_stages().await;
+        run.pool.close().await;
+        report
+    }
+    .await;
+    cleanup(args, &namespace, &topology, &database_url).await;
+    outcome
+}
+
+/// `wa-ingest bench --postgres-tls`: only the worker, plaintext against TLS.
+pub(crate) async fn run_postgres_tls(
+    args: &BenchArgs,
+) -> anyhow::Result<crate::postgres_tls::TlsReport> {
+    let wa_ingest = wa_ingest_binary()?;
+    let (namespace, database_url) = create_bench_database(args).await?;
+    let topology = default_topology(&namespace);
+    let outcome = async {
+        // The bench counts rows in plaintext, so that the TLS sessions it
+        // sees are the worker's.
+        let plain_url = crate::postgres_tls::with_sslmode(&database_url.parse()?, "disable");
+        let run = Run::new(args, &wa_ingest, &namespace, &topology, &plain_url).await?;
+        let report = crate::postgres_tls::compare(&run).await;
+        run.pool.close().await;
+        report
+    }
+    .await;
+    cleanup(args, &namespace, &topology, &database_url).await;
+    outcome
+}
+
+/// A fresh namespace and a database of its own on the server of `DATABASE_URL`.
+async fn create_bench_database(args: &BenchArgs) -> anyhow::Result<(Namespace, String)> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let namespace: Namespace = format!("bench_{}", &id[..8])
         .parse()
@@ -31,44 +67,29 @@ pub(crate) async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     sqlx::Postgres::create_database(&database_url)
         .await
         .context("cannot create the bench database")?;
-    // The queues the roles declare with their default settings.
-    let topology = Topology::new(namespace.clone())
+    Ok((namespace, database_url))
+}
+
+/// The queues the roles declare with their default settings.
+fn default_topology(namespace: &Namespace) -> Topology {
+    Topology::new(namespace.clone())
         .with_retry_tiers(&wa_worker::default_retry_tiers())
-        .with_event_shards(wa_relay::DEFAULT_EVENT_SHARDS);
-    let outcome = async {
-        let pool = sqlx::PgPool::connect(&database_url).await?;
-        wa_store::migrate(&pool).await?;
-        let run = Run {
-            args,
-            wa_ingest: &wa_ingest,
-            namespace: &namespace,
-            topology: &topology,
-            database_url: &database_url,
-            amqp_url: args.amqp.amqp_url.expose().to_owned(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(args.concurrency)
-                .build()?,
-            jobs: signed_jobs(&namespace),
-            pool,
-        };
-        let report = run.all_stages().await;
-        run.pool.close().await;
-        report
-    }
-    .await;
-    cleanup(args, &namespace, &topology, &database_url).await;
-    outcome
+        .with_event_shards(wa_relay::DEFAULT_EVENT_SHARDS)
 }
 
 /// What every stage of one run shares.
-struct Run<'a> {
-    args: &'a BenchArgs,
+pub(crate) struct Run<'a> {
+    pub(crate) args: &'a BenchArgs,
     /// The production binary the roles run from.
     wa_ingest: &'a Path,
-    namespace: &'a Namespace,
-    topology: &'a Topology,
-    database_url: &'a str,
+    pub(crate) namespace: &'a Namespace,
+    pub(crate) topology: &'a Topology,
+    pub(crate) database_url: &'a str,
+    /// Every node, for the roles.
     amqp_url: String,
+    /// The first node, where the bench itself publishes and purges.
+    pub(crate) first_node: String,
+    /// A pool on the bench database, for counting rows.
     pool: sqlx::PgPool,
     client: reqwest::Client,
     /// Signed webhook bodies for the HTTP stages.
@@ -85,6 +106,41 @@ fn signed_jobs(namespace: &Namespace) -> Vec<Job> {
             (Arc::new(body), Arc::new(signature))
         })
         .collect()
+}
+
+/// One worker run: its figures, its peak RSS and how many of its sessions
+/// on the bench database used TLS (counted before it stops).
+pub(crate) struct Measured {
+    pub(crate) figures: WorkerFigures,
+    pub(crate) peak_rss: u64,
+    pub(crate) tls_sessions: i64,
+}
+
+impl<'a> Run<'a> {
+    async fn new(
+        args: &'a BenchArgs,
+        wa_ingest: &'a Path,
+        namespace: &'a Namespace,
+        topology: &'a Topology,
+        database_url: &'a str,
+    ) -> anyhow::Result<Self> {
+        let pool = sqlx::PgPool::connect(database_url).await?;
+        wa_store::migrate(&pool).await?;
+        Ok(Run {
+            args,
+            wa_ingest,
+            namespace,
+            topology,
+            database_url,
+            amqp_url: args.amqp.amqp_url.expose(),
+            first_node: args.amqp.amqp_url.first().expose().to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .build()?,
+            jobs: signed_jobs(namespace),
+            pool,
+        })
+    }
 }
 
 impl Run<'_> {
@@ -149,7 +205,7 @@ impl Run<'_> {
         report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
         report.receiver_peak_rss_bytes = receiver.peak_rss().unwrap_or(0);
         receiver.stop().await;
-        purge(&self.amqp_url, &self.topology.inbound()).await
+        purge(&self.first_node, &self.topology.inbound()).await
     }
 
     async fn bare_handler(&self, report: &mut Report) -> anyhow::Result<()> {
@@ -166,7 +222,7 @@ impl Run<'_> {
     async fn broker_ceiling(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
         let ceiling = crate::broker::measure(
-            &self.amqp_url,
+            &self.first_node,
             &ceiling_queue(self.namespace),
             self.jobs[0].0.clone(),
             self.args.concurrency,
@@ -189,29 +245,37 @@ impl Run<'_> {
             ("[5/6] worker, every payload 3 times", 3),
         ] {
             eprintln!("{stage}: {n} payloads of 3 events");
-            let (figures, peak_rss) = self.drain_with_worker(n, copies).await?;
-            report.worker_peak_rss_bytes = report.worker_peak_rss_bytes.max(peak_rss);
+            let tag = format!("{}c{copies}", self.namespace);
+            let measured = self
+                .drain_with_worker(&tag, copies, self.database_url)
+                .await?;
+            report.worker_peak_rss_bytes = report.worker_peak_rss_bytes.max(measured.peak_rss);
             if copies == 1 {
-                report.worker_unique = figures;
+                report.worker_unique = measured.figures;
             } else {
-                report.worker_duplicates = figures;
+                report.worker_duplicates = measured.figures;
             }
         }
         Ok(())
     }
 
-    async fn drain_with_worker(
+    /// One worker process storing `worker_payloads` payloads (each `copies`
+    /// times) published before it starts, over `database_url`, timed from
+    /// its first stored row.
+    pub(crate) async fn drain_with_worker(
         &self,
-        n: usize,
+        tag: &str,
         copies: usize,
-    ) -> anyhow::Result<(WorkerFigures, u64)> {
-        let bodies = worker_payloads(&format!("{}c{copies}", self.namespace), n, copies);
-        publish_all(&self.amqp_url, &self.topology.inbound(), &bodies).await?;
+        database_url: &str,
+    ) -> anyhow::Result<Measured> {
+        let n = self.args.worker_payloads;
+        let bodies = worker_payloads(tag, n, copies);
+        publish_all(&self.first_node, &self.topology.inbound(), &bodies).await?;
         let before = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
         let addr = free_addr()?;
         let env = HashMap::from([
-            ("REDIS_URL", self.args.redis.redis_url.expose().to_owned()),
-            ("DATABASE_URL", self.database_url.to_owned()),
+            ("REDIS_URL", self.args.redis.redis_url.expose()),
+            ("DATABASE_URL", database_url.to_owned()),
             ("METRICS_ADDR", addr.to_string()),
             ("WA_PREFETCH", self.args.prefetch.to_string()),
         ]);
@@ -240,6 +304,7 @@ impl Run<'_> {
             .max(0.001);
         let peak_rss = worker.peak_rss().unwrap_or(0);
         let stage_seconds = stage_seconds(addr).await;
+        let tls_sessions = tls_sessions(&self.pool).await?;
         worker.stop().await;
         let figures = WorkerFigures {
             deliveries: bodies.len() as u64,
@@ -249,7 +314,11 @@ impl Run<'_> {
             unique_events_per_second: 3.0 * n as f64 / seconds,
             stage_seconds,
         };
-        Ok((figures, peak_rss))
+        Ok(Measured {
+            figures,
+            peak_rss,
+            tls_sessions,
+        })
     }
 
     /// The worker runs left their downstream events in the outbox: release
@@ -278,6 +347,16 @@ impl Run<'_> {
         report.relay_events_per_second = pending as f64 / seconds;
         Ok(())
     }
+}
+
+/// Sessions on this pool's database that use TLS.
+async fn tls_sessions(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+         WHERE ssl AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// The bench's own queue for the broker ceiling (not part of the topology).
@@ -383,8 +462,11 @@ async fn purge(url: &str, queue: &str) -> anyhow::Result<()> {
 }
 
 async fn cleanup(args: &BenchArgs, namespace: &Namespace, topology: &Topology, database_url: &str) {
-    if let Ok(connection) =
-        Connection::connect(args.amqp.amqp_url.expose(), ConnectionProperties::default()).await
+    if let Ok(connection) = Connection::connect(
+        args.amqp.amqp_url.first().expose(),
+        ConnectionProperties::default(),
+    )
+    .await
         && let Ok(channel) = connection.create_channel().await
     {
         let queues = topology
@@ -409,7 +491,7 @@ async fn cleanup(args: &BenchArgs, namespace: &Namespace, topology: &Topology, d
 
 /// The run's claim markers (24 h TTL) would outlive it: delete them.
 async fn delete_redis_keys(args: &BenchArgs, namespace: &Namespace) -> redis::RedisResult<()> {
-    let client = redis::Client::open(args.redis.redis_url.expose())?;
+    let client = redis::Client::open(args.redis.redis_url.first().expose())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
     loop {

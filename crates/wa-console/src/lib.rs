@@ -60,7 +60,7 @@ pub async fn run(
         .with_retry_tiers(&config.retry_tiers)
         .with_event_shards(config.event_shards);
     let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest console"),
+        config.amqp.broker_config("wa-ingest console")?,
         topology,
         shutdown.clone(),
     );

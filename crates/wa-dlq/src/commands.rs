@@ -108,7 +108,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let topology = Topology::new(args.namespace.namespace.clone());
     let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest dlq"),
+        args.amqp.broker_config("wa-ingest dlq")?,
         topology,
         stop.clone(),
     );

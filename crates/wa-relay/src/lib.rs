@@ -34,7 +34,7 @@ pub async fn run(
         Topology::new(config.namespace.namespace.clone()).with_event_shards(config.event_shards);
     let broker_stop = CancellationToken::new();
     let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest relay"),
+        config.amqp.broker_config("wa-ingest relay")?,
         topology,
         broker_stop.clone(),
     );

@@ -53,7 +53,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         Topology::new(args.namespace.namespace.clone()).with_event_shards(args.event_shards);
     let broker_stop = CancellationToken::new();
     let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest events tail"),
+        args.amqp.broker_config("wa-ingest events tail")?,
         topology.clone(),
         broker_stop.clone(),
     );

@@ -1,10 +1,11 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use wa_broker::AmqpArgs;
-use wa_core::SecretUrl;
+use wa_core::SecretUrls;
 use wa_core::args::NamespaceArgs;
-use wa_core::config::{SecretUrlParser, parse_duration};
+use wa_core::config::{SecretUrlsParser, parse_duration};
 use wa_store::DatabaseArgs;
 
 use crate::claim::FailMode;
@@ -127,14 +128,31 @@ impl WorkerConfig {
 /// Where the claims live (`REDIS_URL`) and how long a command may take.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
-    /// Redis URL.
+    /// Redis URL (`rediss://` for TLS); with WA_REDIS_CLUSTER, the seed
+    /// nodes of the cluster, comma-separated.
     #[arg(
         long = "redis-url",
-        value_parser = SecretUrlParser,
+        value_parser = SecretUrlsParser,
         env = "REDIS_URL", value_name = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/"
     )]
-    pub redis_url: SecretUrl,
+    pub redis_url: SecretUrls,
+    /// Redis is a Redis Cluster: REDIS_URL lists seed nodes, commands follow the slots.
+    #[arg(long, env = "WA_REDIS_CLUSTER", value_name = "WA_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+    /// PEM CA certificate(s) a `rediss://` server must chain to (default: the system's roots).
+    #[arg(long, env = "WA_REDIS_CA_FILE", value_name = "WA_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to a `rediss://` server (with WA_REDIS_CLIENT_KEY).
+    #[arg(
+        long,
+        env = "WA_REDIS_CLIENT_CERT",
+        value_name = "WA_REDIS_CLIENT_CERT"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+    /// PEM key of WA_REDIS_CLIENT_CERT.
+    #[arg(long, env = "WA_REDIS_CLIENT_KEY", value_name = "WA_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
     /// Time limit of every Redis command.
     #[arg(long, env = "WA_REDIS_TIMEOUT", value_name = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
