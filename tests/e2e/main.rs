@@ -5,6 +5,7 @@
 mod attack;
 mod backends_tls;
 mod clusters;
+mod console;
 mod contacts;
 mod deliver;
 mod edge;

@@ -42,6 +42,8 @@ enum Command {
     Events(wa_relay::tail::EventsArgs),
     /// Inspect, replay and purge the dead-letter queue.
     Dlq(wa_dlq::DlqArgs),
+    /// Serve the operator console (pipeline, DLQ, conversations) on CONSOLE_ADDR.
+    Console(wa_console::ConsoleConfig),
     /// Send signed, realistic webhook traffic; check that all of it was
     /// stored (runs wa-ingest-tools).
     #[command(disable_help_flag = true)]
@@ -101,6 +103,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Events(args) => wa_relay::tail::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
+        Command::Console(config) => {
+            // Checked before binding, so a missing token is named before anything listens.
+            config.validate().map_err(anyhow::Error::msg)?;
+            let listener = listen(config.console_addr, "CONSOLE_ADDR").await?;
+            wa_console::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
         Command::Loadgen(_) | Command::Bench(_) => {
             unreachable!("the tools run in wa-ingest-tools, before the runtime starts")
         }
