@@ -18,6 +18,8 @@ pub struct Report {
     /// Outbox events released with no reorder window, and how fast.
     pub relay_events: u64,
     pub relay_events_per_second: f64,
+    /// HTTP delivery to one local endpoint that answers 200 at once.
+    pub deliver: crate::deliver::DeliverFigures,
     pub ratios: Ratios,
 }
 
@@ -137,6 +139,16 @@ impl fmt::Display for Report {
             f,
             "{:<52} {:>12.0} events/s ({} downstream events, no reorder window)",
             "relay", self.relay_events_per_second, self.relay_events
+        )?;
+        let d = &self.deliver;
+        writeln!(
+            f,
+            "{:<52} {:>12.0} events/s ({} events, {} conversations, {:.0} us CPU per delivery)",
+            "deliver (HTTP, local endpoint answering 200)",
+            d.per_second,
+            d.events,
+            d.conversations,
+            d.cpu_us_per_event
         )?;
         writeln!(f)?;
         let ratios = &self.ratios;

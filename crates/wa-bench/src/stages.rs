@@ -149,11 +149,16 @@ impl Run<'_> {
             worker_prefetch: self.args.prefetch,
             ..Report::default()
         };
+        if self.args.deliver_only {
+            self.deliver(&mut report).await?;
+            return Ok(report);
+        }
         self.receiver(&mut report).await?;
         self.bare_handler(&mut report).await?;
         self.broker_ceiling(&mut report).await?;
         self.worker(&mut report).await?;
         self.relay(&mut report).await?;
+        self.deliver(&mut report).await?;
         report.ratios = Ratios::of(&report);
         Ok(report)
     }
@@ -187,7 +192,7 @@ impl Run<'_> {
     async fn receiver(&self, report: &mut Report) -> anyhow::Result<()> {
         let duration = self.args.duration;
         eprintln!(
-            "[1/6] receiver: {} in flight for {duration:?}",
+            "[1/7] receiver: {} in flight for {duration:?}",
             self.args.concurrency
         );
         let addr = free_addr()?;
@@ -209,7 +214,7 @@ impl Run<'_> {
     }
 
     async fn bare_handler(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("[2/6] bare handler (HTTP ceiling)");
+        eprintln!("[2/7] bare handler (HTTP ceiling)");
         let addr = free_addr()?;
         let args = ["bench", "--serve-bare", &addr.to_string()];
         let bare = Role::start(&this_binary()?, &args, &HashMap::new(), addr).await?;
@@ -220,7 +225,7 @@ impl Run<'_> {
     }
 
     async fn broker_ceiling(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("[3/6] broker ceiling: confirmed publishes and consume + ack");
+        eprintln!("[3/7] broker ceiling: confirmed publishes and consume + ack");
         let ceiling = crate::broker::measure(
             &self.first_node,
             &ceiling_queue(self.namespace),
@@ -241,8 +246,8 @@ impl Run<'_> {
     async fn worker(&self, report: &mut Report) -> anyhow::Result<()> {
         let n = self.args.worker_payloads;
         for (stage, copies) in [
-            ("[4/6] worker, no duplicates", 1),
-            ("[5/6] worker, every payload 3 times", 3),
+            ("[4/7] worker, no duplicates", 1),
+            ("[5/7] worker, every payload 3 times", 3),
         ] {
             eprintln!("{stage}: {n} payloads of 3 events");
             let tag = format!("{}c{copies}", self.namespace);
@@ -325,7 +330,7 @@ impl Run<'_> {
     /// them all with no reorder window and time it.
     async fn relay(&self, report: &mut Report) -> anyhow::Result<()> {
         let pending = wa_store::outbox::count_unpublished(&self.pool).await?;
-        eprintln!("[6/6] relay: release {pending} outbox events");
+        eprintln!("[6/7] relay: release {pending} outbox events");
         let addr = free_addr()?;
         let env = HashMap::from([
             ("DATABASE_URL", self.database_url.to_owned()),
@@ -345,6 +350,23 @@ impl Run<'_> {
         relay.stop().await;
         report.relay_events = u64::try_from(pending).unwrap_or(0);
         report.relay_events_per_second = pending as f64 / seconds;
+        Ok(())
+    }
+
+    /// HTTP delivery to a local endpoint by a real `wa-ingest deliver`.
+    async fn deliver(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!(
+            "[7/7] deliver: {} events in 100 conversations to a local endpoint",
+            self.args.deliver_events
+        );
+        report.deliver = crate::deliver::measure(
+            self.wa_ingest,
+            &self.pool,
+            self.database_url,
+            self.args.deliver_events,
+            100,
+        )
+        .await?;
         Ok(())
     }
 }
