@@ -39,6 +39,32 @@ async fn wamid_rows(env: &TestEnv, wamid: &str) -> i64 {
         .expect("count")
 }
 
+/// An HTTP subscriber for every event type, as `wa-ingest endpoints add` stores it.
+async fn add_endpoint(env: &TestEnv) -> i64 {
+    wa_deliver::store::add(
+        &env.db,
+        &wa_deliver::store::NewEndpoint {
+            url: "https://hooks.example.com/wa?token=hidden".to_owned(),
+            description: "the CRM".to_owned(),
+            secret: wa_deliver::sign::SigningSecret::generate().to_whsec(),
+            event_types: vec!["message.created".to_owned(), "message.status".to_owned()],
+            phone_number_ids: Vec::new(),
+            rate_limit: None,
+            max_in_flight: 8,
+        },
+    )
+    .await
+    .expect("add endpoint")
+}
+
+async fn endpoint_state(env: &TestEnv, id: i64) -> (bool, Option<String>) {
+    sqlx::query_as("SELECT enabled, disabled_reason FROM delivery_endpoints WHERE id = $1")
+        .bind(id)
+        .fetch_one(&env.db)
+        .await
+        .expect("endpoint")
+}
+
 #[tokio::test]
 async fn an_operator_works_the_console_in_a_real_browser() {
     let env = TestEnv::new().await;
@@ -314,6 +340,61 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     );
     browser.screenshot("conversation").await;
 
+    // Subscribers: an endpoint, disabled and enabled again from its page.
+    let endpoint = add_endpoint(&env).await;
+    browser.goto(&console.url("/subscribers")).await;
+    let row = browser.text(&format!("endpoint-{endpoint}")).await;
+    assert!(
+        row.contains("https://hooks.example.com/wa") && !row.contains("whsec_"),
+        "{row}"
+    );
+    assert!(
+        !browser.source().await.contains("whsec_"),
+        "no secret on the page"
+    );
+    assert!(
+        browser
+            .text(&format!("state-{endpoint}"))
+            .await
+            .contains("enabled")
+    );
+    browser.screenshot("subscribers").await;
+    browser
+        .goto(&console.url(&format!("/subscribers/{endpoint}")))
+        .await;
+    browser.fill("reason", "receiver moving").await;
+    browser.click("disable").await;
+    assert!(
+        browser
+            .text("outcome")
+            .await
+            .contains("disabled (receiver moving)")
+    );
+    assert_eq!(
+        endpoint_state(&env, endpoint).await,
+        (false, Some("receiver moving".to_owned()))
+    );
+    browser.click("back").await;
+    assert!(browser.text("state").await.contains("receiver moving"));
+    browser.click("enable").await;
+    assert!(browser.text("outcome").await.contains("enabled"));
+    assert_eq!(endpoint_state(&env, endpoint).await, (true, None));
+    browser.click("back").await;
+    browser.fill("since", "1h").await;
+    browser.click("replay").await;
+    assert!(
+        browser
+            .text("outcome")
+            .await
+            .contains("Queued 0 delivered event(s)"),
+        "{}",
+        browser.text("outcome").await
+    );
+    browser
+        .goto(&console.url(&format!("/subscribers/{endpoint}")))
+        .await;
+    browser.screenshot("subscriber").await;
+
     // Readable on a phone: the same page at 390 px wide.
     browser.resize(390, 844).await;
     browser.goto(&console.url("/")).await;
@@ -363,6 +444,17 @@ async fn the_console_refuses_requests_without_the_token_or_the_csrf_token() {
             .expect("POST");
         assert_eq!(status(refused), 403);
     }
+    // An endpoint action without the CSRF token: refused, nothing changed.
+    let endpoint = add_endpoint(&env).await;
+    let refused = client
+        .post(console.url(&format!("/subscribers/{endpoint}/disable")))
+        .header("cookie", &cookie)
+        .form(&[("reason", "no token")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(status(refused), 403);
+    assert_eq!(endpoint_state(&env, endpoint).await, (true, None));
     // The right token, but sent from another site: refused.
     let cross = client
         .post(console.url("/dlq/purge"))
