@@ -57,6 +57,27 @@ async fn add_endpoint(env: &TestEnv) -> i64 {
     .expect("add endpoint")
 }
 
+/// What a deliverer leaves behind: one event delivered after a 503, one
+/// waiting after a timeout (so a backlog of 1 and a success rate of 1/3).
+async fn record_deliveries(env: &TestEnv, endpoint: i64) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries (endpoint_id, event_id, event_type, conversation, sequence, payload, state, delivered_at)
+         VALUES ({endpoint}, 'evt-delivered', 'message.created', '15550001234', 1, '{{}}', 'delivered', now()),
+                ({endpoint}, 'evt-waiting', 'message.created', '15550001234', 2, '{{}}', 'pending', NULL);
+         INSERT INTO delivery_lanes (endpoint_id, conversation, pending, next_attempt_at)
+         VALUES ({endpoint}, '15550001234', 1, now() + interval '1 minute');
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms, error, next_attempt_at)
+         SELECT id, {endpoint}, event_id, 503, 12.5, 'HTTP 503 from the receiver', now() FROM deliveries WHERE event_id = 'evt-delivered' AND endpoint_id = {endpoint};
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms, error, next_attempt_at)
+         SELECT id, {endpoint}, event_id, 200, 8.0, NULL, NULL FROM deliveries WHERE event_id = 'evt-delivered' AND endpoint_id = {endpoint};
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms, error, next_attempt_at)
+         SELECT id, {endpoint}, event_id, NULL, 10000.0, 'timed out after 10s', now() + interval '1 minute' FROM deliveries WHERE event_id = 'evt-waiting' AND endpoint_id = {endpoint};"
+    )))
+    .execute(&env.db)
+    .await
+    .expect("record deliveries");
+}
+
 async fn endpoint_state(env: &TestEnv, id: i64) -> (bool, Option<String>) {
     sqlx::query_as("SELECT enabled, disabled_reason FROM delivery_endpoints WHERE id = $1")
         .bind(id)
@@ -342,6 +363,9 @@ async fn an_operator_works_the_console_in_a_real_browser() {
 
     // Subscribers: an endpoint, disabled and enabled again from its page.
     let endpoint = add_endpoint(&env).await;
+    record_deliveries(&env, endpoint).await;
+    browser.goto(&console.url("/")).await;
+    assert_eq!(browser.text("delivery-backlog").await, "1");
     browser.goto(&console.url("/subscribers")).await;
     let row = browser.text(&format!("endpoint-{endpoint}")).await;
     assert!(
@@ -353,6 +377,10 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         "no secret on the page"
     );
     assert!(
+        !browser.source().await.contains("token=hidden"),
+        "no URL query on the page"
+    );
+    assert!(
         browser
             .text(&format!("state-{endpoint}"))
             .await
@@ -362,6 +390,11 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     browser
         .goto(&console.url(&format!("/subscribers/{endpoint}")))
         .await;
+    let attempts = browser.text("attempts").await;
+    assert!(
+        attempts.contains("503") && attempts.contains("HTTP 503 from the receiver"),
+        "{attempts}"
+    );
     browser.fill("reason", "receiver moving").await;
     browser.click("disable").await;
     assert!(
@@ -386,7 +419,7 @@ async fn an_operator_works_the_console_in_a_real_browser() {
         browser
             .text("outcome")
             .await
-            .contains("Queued 0 delivered event(s)"),
+            .contains("Queued 1 delivered event(s)"),
         "{}",
         browser.text("outcome").await
     );

@@ -482,25 +482,26 @@ pub(crate) fn subscriber_outcome(session: &Session, id: i64, message: &str, ok: 
 }
 
 /// The endpoint's address without what could be a credential (user
-/// information, query, fragment).
-fn shown_url(url: &str) -> String {
+/// information, query, fragment), and whether something was left out.
+fn shown_url(url: &str) -> (String, bool) {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             let hidden = parsed.query().is_some()
+                || parsed.fragment().is_some()
                 || !parsed.username().is_empty()
                 || parsed.password().is_some();
             let _ = parsed.set_username("");
             let _ = parsed.set_password(None);
             parsed.set_query(None);
             parsed.set_fragment(None);
-            if hidden {
-                format!("{parsed} (query or credentials hidden)")
-            } else {
-                parsed.to_string()
-            }
+            (parsed.to_string(), hidden)
         }
-        Err(_) => "(not a URL)".into(),
+        Err(_) => ("(not a URL)".into(), true),
     }
+}
+
+fn url_note(url: &str) -> Markup {
+    html! { @if shown_url(url).1 { " " span.muted { "(query or credentials hidden)" } } }
 }
 
 fn state(endpoint: &Endpoint) -> Markup {
@@ -554,7 +555,7 @@ pub(crate) fn subscribers(session: &Session, subscribers: &[Subscriber]) -> Mark
                         @let endpoint = &subscriber.status.endpoint;
                         tr id={ "endpoint-" (endpoint.id) } class=[(!endpoint.enabled).then_some("bad")] {
                             td { a href={ "/subscribers/" (endpoint.id) } { (endpoint.id) } }
-                            td { a.mono href={ "/subscribers/" (endpoint.id) } { (shown_url(&endpoint.url)) } }
+                            td { a.mono href={ "/subscribers/" (endpoint.id) } { (shown_url(&endpoint.url).0) } (url_note(&endpoint.url)) }
                             td id={ "state-" (endpoint.id) } { (state(endpoint)) }
                             td { (endpoint.event_types.join(", ")) }
                             td { (filter_text(endpoint)) }
@@ -583,7 +584,7 @@ pub(crate) fn subscriber(session: &Session, subscriber: &Subscriber) -> Markup {
         h1 { "Endpoint " (endpoint.id) }
         section.card {
             div.table-wrap { table #endpoint {
-                (field("URL", html! { code { (shown_url(&endpoint.url)) } }))
+                (field("URL", html! { code { (shown_url(&endpoint.url).0) } (url_note(&endpoint.url)) }))
                 (field("description", html! { (endpoint.description) }))
                 (field("state", html! { span #state { (state(endpoint)) } }))
                 (field("event types", html! { (endpoint.event_types.join(", ")) }))
