@@ -39,6 +39,53 @@ async fn wamid_rows(env: &TestEnv, wamid: &str) -> i64 {
         .expect("count")
 }
 
+/// An HTTP subscriber for every event type, as `wa-ingest endpoints add` stores it.
+async fn add_endpoint(env: &TestEnv) -> i64 {
+    wa_deliver::store::add(
+        &env.db,
+        &wa_deliver::store::NewEndpoint {
+            url: "https://hooks.example.com/wa?token=hidden".to_owned(),
+            description: "the CRM".to_owned(),
+            secret: wa_deliver::sign::SigningSecret::generate().to_whsec(),
+            event_types: vec!["message.created".to_owned(), "message.status".to_owned()],
+            phone_number_ids: Vec::new(),
+            rate_limit: None,
+            max_in_flight: 8,
+        },
+    )
+    .await
+    .expect("add endpoint")
+}
+
+/// What a deliverer leaves behind: one event delivered after a 503, one
+/// waiting after a timeout (so a backlog of 1 and a success rate of 1/3).
+async fn record_deliveries(env: &TestEnv, endpoint: i64) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO deliveries (endpoint_id, event_id, event_type, conversation, sequence, payload, state, delivered_at)
+         VALUES ({endpoint}, 'evt-delivered', 'message.created', '15550001234', 1, '{{}}', 'delivered', now()),
+                ({endpoint}, 'evt-waiting', 'message.created', '15550001234', 2, '{{}}', 'pending', NULL);
+         INSERT INTO delivery_lanes (endpoint_id, conversation, pending, next_attempt_at)
+         VALUES ({endpoint}, '15550001234', 1, now() + interval '1 minute');
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms, error, next_attempt_at)
+         SELECT id, {endpoint}, event_id, 503, 12.5, 'HTTP 503 from the receiver', now() FROM deliveries WHERE event_id = 'evt-delivered' AND endpoint_id = {endpoint};
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms, error, next_attempt_at)
+         SELECT id, {endpoint}, event_id, 200, 8.0, NULL, NULL FROM deliveries WHERE event_id = 'evt-delivered' AND endpoint_id = {endpoint};
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms, error, next_attempt_at)
+         SELECT id, {endpoint}, event_id, NULL, 10000.0, 'timed out after 10s', now() + interval '1 minute' FROM deliveries WHERE event_id = 'evt-waiting' AND endpoint_id = {endpoint};"
+    )))
+    .execute(&env.db)
+    .await
+    .expect("record deliveries");
+}
+
+async fn endpoint_state(env: &TestEnv, id: i64) -> (bool, Option<String>) {
+    sqlx::query_as("SELECT enabled, disabled_reason FROM delivery_endpoints WHERE id = $1")
+        .bind(id)
+        .fetch_one(&env.db)
+        .await
+        .expect("endpoint")
+}
+
 #[tokio::test]
 async fn an_operator_works_the_console_in_a_real_browser() {
     let env = TestEnv::new().await;
@@ -314,6 +361,73 @@ async fn an_operator_works_the_console_in_a_real_browser() {
     );
     browser.screenshot("conversation").await;
 
+    // Subscribers: an endpoint, disabled and enabled again from its page.
+    let endpoint = add_endpoint(&env).await;
+    record_deliveries(&env, endpoint).await;
+    browser.goto(&console.url("/")).await;
+    assert_eq!(browser.text("delivery-backlog").await, "1");
+    browser.goto(&console.url("/subscribers")).await;
+    let row = browser.text(&format!("endpoint-{endpoint}")).await;
+    assert!(
+        row.contains("https://hooks.example.com/wa") && !row.contains("whsec_"),
+        "{row}"
+    );
+    assert!(
+        !browser.source().await.contains("whsec_"),
+        "no secret on the page"
+    );
+    assert!(
+        !browser.source().await.contains("token=hidden"),
+        "no URL query on the page"
+    );
+    assert!(
+        browser
+            .text(&format!("state-{endpoint}"))
+            .await
+            .contains("enabled")
+    );
+    browser.screenshot("subscribers").await;
+    browser
+        .goto(&console.url(&format!("/subscribers/{endpoint}")))
+        .await;
+    let attempts = browser.text("attempts").await;
+    assert!(
+        attempts.contains("503") && attempts.contains("HTTP 503 from the receiver"),
+        "{attempts}"
+    );
+    browser.fill("reason", "receiver moving").await;
+    browser.click("disable").await;
+    assert!(
+        browser
+            .text("outcome")
+            .await
+            .contains("disabled (receiver moving)")
+    );
+    assert_eq!(
+        endpoint_state(&env, endpoint).await,
+        (false, Some("receiver moving".to_owned()))
+    );
+    browser.click("back").await;
+    assert!(browser.text("state").await.contains("receiver moving"));
+    browser.click("enable").await;
+    assert!(browser.text("outcome").await.contains("enabled"));
+    assert_eq!(endpoint_state(&env, endpoint).await, (true, None));
+    browser.click("back").await;
+    browser.fill("since", "1h").await;
+    browser.click("replay").await;
+    assert!(
+        browser
+            .text("outcome")
+            .await
+            .contains("Queued 1 delivered event(s)"),
+        "{}",
+        browser.text("outcome").await
+    );
+    browser
+        .goto(&console.url(&format!("/subscribers/{endpoint}")))
+        .await;
+    browser.screenshot("subscriber").await;
+
     // Readable on a phone: the same page at 390 px wide.
     browser.resize(390, 844).await;
     browser.goto(&console.url("/")).await;
@@ -363,6 +477,17 @@ async fn the_console_refuses_requests_without_the_token_or_the_csrf_token() {
             .expect("POST");
         assert_eq!(status(refused), 403);
     }
+    // An endpoint action without the CSRF token: refused, nothing changed.
+    let endpoint = add_endpoint(&env).await;
+    let refused = client
+        .post(console.url(&format!("/subscribers/{endpoint}/disable")))
+        .header("cookie", &cookie)
+        .form(&[("reason", "no token")])
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(status(refused), 403);
+    assert_eq!(endpoint_state(&env, endpoint).await, (true, None));
     // The right token, but sent from another site: refused.
     let cross = client
         .post(console.url("/dlq/purge"))

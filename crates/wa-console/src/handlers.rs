@@ -20,7 +20,7 @@ use wa_dlq::{Filter, Pace, ReplayNote};
 use crate::Console;
 use crate::auth::{LoginError, SESSION_COOKIE, Session, same, session_cookie};
 use crate::views::{self, FilterForm};
-use crate::{conversation, overview};
+use crate::{conversation, overview, subscribers};
 
 type Shared = Arc<Console>;
 
@@ -52,6 +52,11 @@ pub(crate) fn router(console: Shared) -> Router {
             "/conversation",
             get(conversation_page).post(reveal_conversation),
         )
+        .route("/subscribers", get(subscribers_page))
+        .route("/subscribers/{id}", get(subscriber_page))
+        .route("/subscribers/{id}/disable", post(disable_subscriber))
+        .route("/subscribers/{id}/enable", post(enable_subscriber))
+        .route("/subscribers/{id}/replay", post(replay_subscriber))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(from_fn(guard))
         .with_state(console)
@@ -171,7 +176,14 @@ macro_rules! action_forms {
         }
     )*};
 }
-action_forms!(CsrfOnly, ReplayForm, PurgeForm, RevealForm);
+action_forms!(
+    CsrfOnly,
+    ReplayForm,
+    PurgeForm,
+    RevealForm,
+    DisableForm,
+    SinceForm
+);
 
 /// An action: a signed-in operator and a form with the right CSRF token.
 pub(crate) struct Action<T> {
@@ -324,11 +336,15 @@ async fn overview_page(State(console): State<Shared>, operator: Operator) -> Htm
     // In a task of its own: a transaction dropped halfway (the browser gone)
     // could go back to the pool open.
     let db = console.db.clone();
-    let stored = tokio::spawn(async move { overview::stored(&db).await });
+    let stored = tokio::spawn(async move {
+        let stored = overview::stored(&db).await;
+        (stored, subscribers::total_backlog(&db).await)
+    });
     let queues = overview::queue_depths(&console.broker).await;
-    let stored = stored
-        .await
-        .unwrap_or_else(|e| Err(sqlx::Error::Protocol(format!("the count failed: {e}"))));
+    let (stored, delivery_backlog) = stored.await.unwrap_or_else(|e| {
+        let failed = || sqlx::Error::Protocol(format!("the count failed: {e}"));
+        (Err(failed()), Err(failed()))
+    });
     let depth = queues
         .as_ref()
         .ok()
@@ -342,6 +358,7 @@ async fn overview_page(State(console): State<Shared>, operator: Operator) -> Htm
     let data = views::OverviewData {
         queues: queues.as_deref().map_err(String::as_str),
         stored: stored.as_ref().map_err(|e| error_chain(e)),
+        delivery_backlog: delivery_backlog.map_err(|e| error_chain(&e)),
         scrape: scrape.as_ref(),
         rates,
         scrape_configured: console.scrape_configured,
@@ -820,4 +837,133 @@ async fn show_conversation(
             Some(&format!("PostgreSQL: {}", error_chain(&error))),
         )),
     }
+}
+
+fn database_error(error: sqlx::Error) -> Refusal {
+    Refusal::Unavailable(format!("PostgreSQL: {}", error_chain(&error)))
+}
+
+async fn subscribers_page(
+    State(console): State<Shared>,
+    operator: Operator,
+) -> Result<Html<String>, Refusal> {
+    let db = console.db.clone();
+    let listed = tokio::spawn(async move { subscribers::list(&db).await })
+        .await
+        .map_err(|e| Refusal::Unavailable(format!("the read failed: {e}")))?
+        .map_err(database_error)?;
+    Ok(page(views::subscribers(&operator.session, &listed)))
+}
+
+async fn subscriber_page(
+    State(console): State<Shared>,
+    operator: Operator,
+    Path(id): Path<i64>,
+) -> Result<Html<String>, Refusal> {
+    let subscriber = subscribers::one(&console.db, id)
+        .await
+        .map_err(database_error)?
+        .ok_or_else(|| Refusal::NotFound(format!("no endpoint {id}")))?;
+    Ok(page(views::subscriber(&operator.session, &subscriber)))
+}
+
+/// The outcome of an endpoint action, audited, with a way back to the endpoint.
+fn subscriber_outcome(
+    operator: &Operator,
+    id: i64,
+    action: &str,
+    result: Result<String, String>,
+) -> Html<String> {
+    let (message, ok) = match result {
+        Ok(message) => (message, true),
+        Err(message) => (message, false),
+    };
+    audit(operator, action, &format!("endpoint {id}: {message}"));
+    page(views::subscriber_outcome(
+        &operator.session,
+        id,
+        &message,
+        ok,
+    ))
+}
+
+fn changed(id: i64, done: Result<bool, sqlx::Error>, what: &str) -> Result<String, String> {
+    match done {
+        Ok(true) => Ok(format!("Endpoint {id} {what}.")),
+        Ok(false) => Err(format!("No endpoint {id}.")),
+        Err(error) => Err(format!("PostgreSQL: {}", error_chain(&error))),
+    }
+}
+
+#[derive(Deserialize)]
+struct DisableForm {
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn disable_subscriber(
+    State(console): State<Shared>,
+    Path(id): Path<i64>,
+    action: Action<DisableForm>,
+) -> Html<String> {
+    let reason = match action.form.reason.trim() {
+        "" => format!(
+            "disabled by {} in the console",
+            action.operator.session.operator
+        ),
+        reason => reason.to_owned(),
+    };
+    let done = wa_deliver::store::disable(&console.db, id, &reason).await;
+    let result = changed(
+        id,
+        done,
+        &format!("disabled ({reason}); its deliveries wait until it is enabled"),
+    );
+    subscriber_outcome(&action.operator, id, "subscribers.disable", result)
+}
+
+async fn enable_subscriber(
+    State(console): State<Shared>,
+    Path(id): Path<i64>,
+    action: Action<CsrfOnly>,
+) -> Html<String> {
+    let done = wa_deliver::store::enable(&console.db, id).await;
+    let result = changed(id, done, "enabled; what waits for it is due now");
+    subscriber_outcome(&action.operator, id, "subscribers.enable", result)
+}
+
+#[derive(Deserialize)]
+struct SinceForm {
+    csrf: String,
+    #[serde(default)]
+    since: String,
+}
+
+async fn replay_subscriber(
+    State(console): State<Shared>,
+    Path(id): Path<i64>,
+    action: Action<SinceForm>,
+) -> Html<String> {
+    let result = match wa_deliver::cli::parse_since(action.form.since.trim()) {
+        Err(error) => Err(format!("since: {error}")),
+        Ok(since) => {
+            let db = console.db.clone();
+            // To its end even if the browser goes away: one statement, but
+            // the audit line must match what happened.
+            let replay = spawned(async move {
+                wa_deliver::store::replay(&db, id, since)
+                    .await
+                    .map_err(|e| format!("PostgreSQL: {}", error_chain(&e)))
+            })
+            .await;
+            replay.map(|queued| {
+                format!(
+                    "Queued {queued} delivered event(s) since {} for endpoint {id} again.",
+                    since.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            })
+        }
+    };
+    subscriber_outcome(&action.operator, id, "subscribers.replay", result)
 }

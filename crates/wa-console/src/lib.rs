@@ -10,6 +10,7 @@ mod dlq_index;
 mod handlers;
 mod overview;
 mod scrape;
+mod subscribers;
 mod views;
 
 use std::net::SocketAddr;

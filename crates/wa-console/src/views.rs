@@ -10,6 +10,8 @@ use crate::conversation::{Conversation, Subject};
 use crate::dlq_index::Indexed;
 use crate::overview::{ClassErrors, QueueDepth, Stored};
 use crate::scrape::{Counters, Scrape};
+use crate::subscribers::{RECENT_ATTEMPTS, Subscriber, succeeded};
+use wa_deliver::store::{Attempt, Endpoint};
 
 /// DLQ rows per page.
 pub(crate) const PAGE_SIZE: usize = 50;
@@ -19,6 +21,7 @@ pub(crate) enum Nav {
     Overview,
     Dlq,
     Conversation,
+    Subscribers,
 }
 
 fn time(at: Option<DateTime<Utc>>) -> String {
@@ -56,6 +59,7 @@ pub(crate) fn layout(
                         (link(Nav::Overview, "/", "Overview"))
                         (link(Nav::Dlq, "/dlq", "DLQ"))
                         (link(Nav::Conversation, "/conversation", "Conversations"))
+                        (link(Nav::Subscribers, "/subscribers", "Subscribers"))
                         span.who {
                             "signed in as " strong #operator { (session.operator) } " "
                             form method="post" action="/logout" {
@@ -107,6 +111,8 @@ fn rate(value: f64) -> String {
 pub(crate) struct OverviewData<'a> {
     pub(crate) queues: Result<&'a [QueueDepth], &'a str>,
     pub(crate) stored: Result<&'a Stored, String>,
+    /// Deliveries waiting for the HTTP subscribers.
+    pub(crate) delivery_backlog: Result<i64, String>,
     pub(crate) scrape: Option<&'a Scrape>,
     pub(crate) rates: Option<Counters>,
     pub(crate) scrape_configured: bool,
@@ -172,7 +178,10 @@ pub(crate) fn overview(session: &Session, refresh: u64, data: OverviewData<'_>) 
                         @if let Some(age) = stored.outbox_oldest_seconds {
                             p.muted { "oldest unreleased event: " (format!("{age:.1}")) " s" }
                         }
-                        p.muted { "delivery backlog (HTTP subscribers): not in this version" }
+                        @match &data.delivery_backlog {
+                            Ok(backlog) => p.muted { a href="/subscribers" { "delivery backlog (HTTP subscribers)" } ": " span #delivery-backlog { (backlog) } }
+                            Err(error) => p.alert { "delivery backlog: " (error) }
+                        }
                     }
                     Err(error) => { p.alert { "PostgreSQL: " (error) } }
                 }
@@ -441,12 +450,193 @@ pub(crate) fn confirm(session: &Session, confirm: Confirm<'_>) -> Markup {
 }
 
 pub(crate) fn outcome(session: &Session, title: &str, message: &str, ok: bool) -> Markup {
+    outcome_in(
+        session,
+        Nav::Dlq,
+        title,
+        message,
+        ok,
+        html! { a href="/dlq" { "Back to the DLQ" } },
+    )
+}
+
+fn outcome_in(
+    session: &Session,
+    nav: Nav,
+    title: &str,
+    message: &str,
+    ok: bool,
+    back: Markup,
+) -> Markup {
     let body = html! {
         h1 { (title) }
         div #outcome class=(if ok { "notice" } else { "alert" }) { (message) }
-        p { a href="/dlq" { "Back to the DLQ" } " · " a href="/" { "Overview" } }
+        p { (back) " · " a href="/" { "Overview" } }
     };
-    layout(title, Nav::Dlq, Some(session), None, body)
+    layout(title, nav, Some(session), None, body)
+}
+
+pub(crate) fn subscriber_outcome(session: &Session, id: i64, message: &str, ok: bool) -> Markup {
+    let back = html! { a #back href={ "/subscribers/" (id) } { "Back to endpoint " (id) } " · " a href="/subscribers" { "Subscribers" } };
+    outcome_in(session, Nav::Subscribers, "Subscriber", message, ok, back)
+}
+
+/// The endpoint's address without what could be a credential (user
+/// information, query, fragment), and whether something was left out.
+fn shown_url(url: &str) -> (String, bool) {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let hidden = parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || !parsed.username().is_empty()
+                || parsed.password().is_some();
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            (parsed.to_string(), hidden)
+        }
+        Err(_) => ("(not a URL)".into(), true),
+    }
+}
+
+fn url_note(url: &str) -> Markup {
+    html! { @if shown_url(url).1 { " " span.muted { "(query or credentials hidden)" } } }
+}
+
+fn state(endpoint: &Endpoint) -> Markup {
+    html! {
+        @if !endpoint.enabled {
+            span.badge.bad { "disabled" }
+            " " (endpoint.disabled_reason.clone().unwrap_or_default()) " (" (time(endpoint.disabled_at)) ")"
+        } @else if endpoint.paused_until.is_some_and(|t| t > Utc::now()) {
+            span.badge.warn { "paused" } " until " (time(endpoint.paused_until))
+        } @else if endpoint.failing_since.is_some() {
+            span.badge.warn { "failing" } " since " (time(endpoint.failing_since))
+        } @else {
+            span.badge.ok { "enabled" }
+        }
+    }
+}
+
+fn filter_text(endpoint: &Endpoint) -> String {
+    if endpoint.phone_number_ids.is_empty() {
+        "every business number".into()
+    } else {
+        format!("numbers {}", endpoint.phone_number_ids.join(", "))
+    }
+}
+
+fn success_rate(subscriber: &Subscriber) -> String {
+    subscriber
+        .success_rate()
+        .map_or_else(|| "—".into(), |r| format!("{:.0}%", r * 100.0))
+}
+
+fn attempt_error(attempt: &Attempt) -> String {
+    match (attempt.status_code, &attempt.error) {
+        (_, Some(error)) => one_line(error, 140),
+        (Some(code), None) => format!("HTTP {code}"),
+        (None, None) => "—".into(),
+    }
+}
+
+pub(crate) fn subscribers(session: &Session, subscribers: &[Subscriber]) -> Markup {
+    let body = html! {
+        h1 { "Subscribers " span.muted { "· HTTP endpoints (wa-ingest deliver)" } }
+        section.card {
+            @if subscribers.is_empty() {
+                p.muted #subscribers { "No endpoints: add one with " code { "wa-ingest endpoints add" } "." }
+            } @else {
+                div.table-wrap { table #subscribers {
+                    tr { th { "id" } th { "URL" } th { "state" } th { "event types" } th { "filter" }
+                        th.num { "success (last " (RECENT_ATTEMPTS) ")" } th.num { "backlog" } th { "last error" } }
+                    @for subscriber in subscribers {
+                        @let endpoint = &subscriber.status.endpoint;
+                        tr id={ "endpoint-" (endpoint.id) } class=[(!endpoint.enabled).then_some("bad")] {
+                            td { a href={ "/subscribers/" (endpoint.id) } { (endpoint.id) } }
+                            td { a.mono href={ "/subscribers/" (endpoint.id) } { (shown_url(&endpoint.url).0) } (url_note(&endpoint.url)) }
+                            td id={ "state-" (endpoint.id) } { (state(endpoint)) }
+                            td { (endpoint.event_types.join(", ")) }
+                            td { (filter_text(endpoint)) }
+                            td.num { (success_rate(subscriber)) }
+                            td.num id={ "backlog-" (endpoint.id) } { (subscriber.status.backlog) }
+                            td { @match subscriber.last_error() {
+                                Some(attempt) => { (attempt_error(attempt)) br; span.muted { (time(Some(attempt.attempted_at))) } }
+                                None => { "—" }
+                            } }
+                        }
+                    }
+                } }
+            }
+            p.muted { "Success rate and last error from each endpoint's last " (RECENT_ATTEMPTS) " attempts; backlog = deliveries not yet acknowledged with a 2xx." }
+        }
+    };
+    layout("Subscribers", Nav::Subscribers, Some(session), None, body)
+}
+
+pub(crate) fn subscriber(session: &Session, subscriber: &Subscriber) -> Markup {
+    let status = &subscriber.status;
+    let endpoint = &status.endpoint;
+    let field = |name: &str, value: Markup| html! { tr { th { (name) } td { (value) } } };
+    let action = |verb: &str| format!("/subscribers/{}/{verb}", endpoint.id);
+    let body = html! {
+        h1 { "Endpoint " (endpoint.id) }
+        section.card {
+            div.table-wrap { table #endpoint {
+                (field("URL", html! { code { (shown_url(&endpoint.url).0) } (url_note(&endpoint.url)) }))
+                (field("description", html! { (endpoint.description) }))
+                (field("state", html! { span #state { (state(endpoint)) } }))
+                (field("event types", html! { (endpoint.event_types.join(", ")) }))
+                (field("filter", html! { (filter_text(endpoint)) }))
+                (field("rate limit", html! { (endpoint.rate_limit.map_or("none".into(), |r| format!("{r}/s"))) " · at most " (endpoint.max_in_flight) " in flight" }))
+                (field("success rate", html! { (success_rate(subscriber)) " of the last " (subscriber.attempts.len()) " attempt(s)" }))
+                (field("backlog", html! { span #backlog { (status.backlog) } " deliveries in " (status.waiting_conversations) " conversation(s)" }))
+                (field("delivered", html! { (status.delivered) }))
+            } }
+        }
+        section.card {
+            h2 { "Actions" }
+            div.actions {
+                @if endpoint.enabled {
+                    form method="post" action=(action("disable")) {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label { "reason" input #reason type="text" name="reason" placeholder="receiver down"; }
+                        button.danger #disable type="submit" { "Disable" }
+                    }
+                } @else {
+                    form method="post" action=(action("enable")) {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        button #enable type="submit" { "Enable" }
+                    }
+                }
+                form method="post" action=(action("replay")) {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label { "replay delivered since (2h or RFC 3339)" input #since type="text" name="since" value="1h" required; }
+                    button #replay type="submit" { "Replay" }
+                }
+            }
+            p.muted { "Disabled, its deliveries wait (new events keep queueing); enabled again, they are due at once. A replay sends again, in order and with the same webhook-id, every event delivered since then." }
+        }
+        section.card {
+            h2 { "Recent attempts" }
+            div.table-wrap { table #attempts {
+                tr { th { "at" } th { "event" } th.num { "status" } th.num { "latency" } th { "error" } th { "next attempt" } }
+                @for attempt in &subscriber.attempts {
+                    tr class=[(!succeeded(attempt)).then_some("bad")] {
+                        td { (time(Some(attempt.attempted_at))) }
+                        td { code { (attempt.event_id) } }
+                        td.num { (attempt.status_code.map_or("—".into(), |c| c.to_string())) }
+                        td.num { (format!("{:.0} ms", attempt.latency_ms)) }
+                        td { (attempt.error.as_deref().map_or(String::new(), |e| one_line(e, 140))) }
+                        td { (time(attempt.next_attempt_at)) }
+                    }
+                }
+            } }
+            @if subscriber.attempts.is_empty() { p.muted { "No attempts yet." } }
+        }
+    };
+    layout("Subscriber", Nav::Subscribers, Some(session), None, body)
 }
 
 pub(crate) fn conversation(

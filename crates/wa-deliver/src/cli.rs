@@ -129,7 +129,8 @@ pub struct UpdateArgs {
     pub allow: AllowArgs,
 }
 
-fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
+/// An RFC 3339 time, or a duration back from now (`2h`).
+pub fn parse_since(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
     }
