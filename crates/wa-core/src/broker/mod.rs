@@ -16,7 +16,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use publish::{Outgoing, PublishError};
+pub use publish::{Outgoing, PublishError, Unconfirmed};
 pub use topology::{INBOUND_DELIVERY_LIMIT, Topology, event_shard};
 
 use crate::SecretUrl;
@@ -88,9 +88,9 @@ impl Session {
         self.broken.cancel();
     }
 
-    fn publisher(&self) -> &Channel {
-        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
-        &self.publishers[index]
+    /// Round robin over the publisher channels.
+    fn next_publisher(&self) -> usize {
+        self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len()
     }
 }
 
