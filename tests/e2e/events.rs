@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
-use wa_core::broker::event_shard;
+use wa_broker::event_shard;
 use wa_e2e::env::TEST_EVENT_SHARDS;
 use wa_e2e::payloads::{envelope, status, text_message};
 use wa_e2e::{Relay, Sink, TestEnv, Worker, eventually};

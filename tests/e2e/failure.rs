@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use wa_core::broker::headers;
+use wa_broker::headers;
 use wa_e2e::payloads::{self, envelope, text_message};
 use wa_e2e::roles::{WorkerServers, parse};
 use wa_e2e::{TcpRelay, TestEnv, Worker, eventually, metric_sum};

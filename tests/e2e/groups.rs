@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wa_core::broker::event_shard;
+use wa_broker::event_shard;
 use wa_e2e::env::TEST_EVENT_SHARDS;
 use wa_e2e::payloads::{Participant, envelope, group_receipt, group_text_message, groups_envelope};
 use wa_e2e::sink::Received;

@@ -15,4 +15,5 @@ mod receiver;
 mod soak;
 mod systemic;
 mod tls;
+mod tools;
 mod worker;

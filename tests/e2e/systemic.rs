@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wa_core::broker::INBOUND_DELIVERY_LIMIT;
+use wa_broker::INBOUND_DELIVERY_LIMIT;
 use wa_e2e::env::execute;
 use wa_e2e::payloads::{self, envelope, text_message};
 use wa_e2e::roles::WorkerServers;
@@ -309,7 +309,7 @@ async fn the_same_unknown_error_on_one_payload_alone_walks_the_retry_tiers_to_th
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].delivery.data, lonely);
     let properties = &dead[0].delivery.properties;
-    use wa_core::broker::headers;
+    use wa_broker::headers;
     assert_eq!(
         headers::text(properties, headers::ERROR_CLASS).as_deref(),
         Some("transient")

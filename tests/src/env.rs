@@ -100,12 +100,12 @@ impl TestEnv {
     }
 
     /// The topology test workers use.
-    pub fn topology(namespace: &Namespace) -> wa_core::broker::Topology {
+    pub fn topology(namespace: &Namespace) -> wa_broker::Topology {
         let tiers: Vec<Duration> = TEST_RETRY_TIERS
             .split(',')
             .map(|t| wa_core::config::parse_duration(t).expect("test tier"))
             .collect();
-        wa_core::broker::Topology::new(namespace.clone())
+        wa_broker::Topology::new(namespace.clone())
             .with_retry_tiers(&tiers)
             .with_event_shards(TEST_EVENT_SHARDS)
     }

@@ -13,8 +13,10 @@ mod stages;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wa_core::args::{AmqpArgs, DatabaseArgs, RedisArgs};
+use wa_broker::AmqpArgs;
 use wa_core::config::parse_duration;
+use wa_store::DatabaseArgs;
+use wa_worker::RedisArgs;
 
 pub use report::{Baseline, Report};
 

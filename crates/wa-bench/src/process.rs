@@ -1,7 +1,9 @@
-//! The roles under test as child processes of this binary.
+//! The roles under test as child processes: `wa-ingest` (the production
+//! binary, beside this one) for the roles, this binary for the bare handler.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -14,14 +16,14 @@ pub struct Role {
 }
 
 impl Role {
-    /// Starts `wa-ingest <args>` with `env`, waits for `/readyz` on `addr`.
+    /// Starts `program <args>` with `env`, waits for `/readyz` on `addr`.
     pub async fn start(
+        program: &Path,
         args: &[&str],
         env: &HashMap<&str, String>,
         addr: SocketAddr,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the wa-ingest binary")?;
-        let child = Command::new(exe)
+        let child = Command::new(program)
             .args(args)
             .envs(env)
             .env("LOG_FORMAT", "json")
@@ -30,7 +32,7 @@ impl Role {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("cannot start wa-ingest {}", args.join(" ")))?;
+            .with_context(|| format!("cannot start {} {}", program.display(), args.join(" ")))?;
         let role = Self { child, addr };
         role.wait_ready().await?;
         Ok(role)
@@ -104,6 +106,21 @@ pub fn micros_per(cpu: Duration, units: u64) -> f64 {
         return 0.0;
     }
     cpu.as_secs_f64() * 1e6 / units as f64
+}
+
+/// The production binary whose roles are measured: `wa-ingest` beside this one.
+pub fn wa_ingest_binary() -> anyhow::Result<PathBuf> {
+    wa_core::executable::find_companion("wa-ingest").ok_or_else(|| {
+        anyhow::anyhow!(wa_core::executable::missing_companion(
+            "wa-ingest",
+            "the bench"
+        ))
+    })
+}
+
+/// This binary, which serves the bare handler (`bench --serve-bare`).
+pub fn this_binary() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find this executable")
 }
 
 /// A port nothing listens on now.

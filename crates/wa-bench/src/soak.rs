@@ -4,6 +4,7 @@
 //! would show first; at the end, every event is accounted for.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use tokio::sync::Semaphore;
 use wa_core::config::parse_duration;
 
 use crate::Servers;
-use crate::process::{Role, free_addr};
+use crate::process::{Role, free_addr, wa_ingest_binary};
 use crate::stages::{
     SECRET, bench_database, cleanup, metric_sum, soak_payload, stored, unpublished,
 };
@@ -92,8 +93,9 @@ struct Sent {
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0.0, "--rate must be above 0");
+    let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = bench_database(&args.servers, "soak").await?;
-    let outcome = soak(&args, &namespace, &database_url).await;
+    let outcome = soak(&args, &wa_ingest, &namespace, &database_url).await;
     cleanup(&args.servers, &namespace, &database_url, EVENT_SHARDS).await;
     outcome
 }
@@ -115,7 +117,12 @@ impl Roles {
     }
 }
 
-async fn soak(args: &SoakArgs, namespace: &str, database_url: &str) -> anyhow::Result<()> {
+async fn soak(
+    args: &SoakArgs,
+    wa_ingest: &Path,
+    namespace: &str,
+    database_url: &str,
+) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
     let amqp_url = args.servers.amqp.amqp_url.expose().to_owned();
@@ -139,14 +146,14 @@ async fn soak(args: &SoakArgs, namespace: &str, database_url: &str) -> anyhow::R
         ("WA_VERIFY_TOKEN", "soak".to_owned()),
         ("LISTEN_ADDR", addr.to_string()),
     ]);
-    let receiver = Role::start(&["receiver"], &env, addr).await?;
+    let receiver = Role::start(wa_ingest, &["receiver"], &env, addr).await?;
     let mut workers = Vec::new();
     for _ in 0..2 {
         let addr = free_addr()?;
-        workers.push(Role::start(&["worker"], &common(addr), addr).await?);
+        workers.push(Role::start(wa_ingest, &["worker"], &common(addr), addr).await?);
     }
     let addr = free_addr()?;
-    let relay = Role::start(&["relay"], &common(addr), addr).await?;
+    let relay = Role::start(wa_ingest, &["relay"], &common(addr), addr).await?;
     let roles = Roles {
         receiver,
         workers,

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,15 +10,16 @@ use serde_json::json;
 use sqlx::migrate::MigrateDatabase;
 use wa_loadgen::{Generator, Job, LoadReport, fire};
 
-use crate::process::{Role, free_addr, micros_per};
+use crate::process::{Role, free_addr, micros_per, this_binary, wa_ingest_binary};
 use crate::report::{HttpFigures, Ratios, Report, WorkerFigures};
 use crate::{BenchArgs, Servers};
 
 pub(crate) const SECRET: &str = "bench-app-secret";
 
 pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
+    let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = bench_database(&args.servers, "bench").await?;
-    let outcome = stages(args, &namespace, &database_url).await;
+    let outcome = stages(args, &wa_ingest, &namespace, &database_url).await;
     cleanup(&args.servers, &namespace, &database_url, 4).await;
     outcome
 }
@@ -38,7 +40,12 @@ pub(crate) async fn bench_database(
     Ok((namespace, database_url))
 }
 
-async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow::Result<Report> {
+async fn stages(
+    args: &BenchArgs,
+    wa_ingest: &Path,
+    namespace: &str,
+    database_url: &str,
+) -> anyhow::Result<Report> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
     let amqp_url = args.servers.amqp.amqp_url.expose().to_owned();
@@ -71,7 +78,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("WA_VERIFY_TOKEN", "bench".to_owned()),
         ("LISTEN_ADDR", addr.to_string()),
     ]);
-    let receiver = Role::start(&["receiver"], &env, addr).await?;
+    let receiver = Role::start(wa_ingest, &["receiver"], &env, addr).await?;
     let url = format!("http://{addr}/webhooks/whatsapp");
     let cpu_before = receiver.cpu();
     let full = fire(
@@ -103,6 +110,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     eprintln!("[2/7] bare handler (HTTP ceiling)");
     let addr = free_addr()?;
     let bare = Role::start(
+        &this_binary()?,
         &["bench", "--serve-bare", &addr.to_string()],
         &HashMap::new(),
         addr,
@@ -163,7 +171,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         let before = stored(&pool).await?;
         let target = before + 3 * n as i64;
         let pool = &pool;
-        let run = run_worker(&worker_env, bodies.len(), move |_| async move {
+        let run = run_worker(wa_ingest, &worker_env, bodies.len(), move |_| async move {
             Ok(progress(stored(pool).await?, before, target))
         })
         .await?;
@@ -180,7 +188,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
     eprintln!("[6/7] worker, every delivery already stored: {n} payloads");
     publish_all(&amqp_url, &format!("{namespace}.inbound"), &new_bodies).await?;
     let deliveries = new_bodies.len();
-    let run = run_worker(&worker_env, deliveries, |metrics| async move {
+    let run = run_worker(wa_ingest, &worker_env, deliveries, |metrics| async move {
         let duplicates =
             metric_sum(metrics, "wa_events_total", "outcome=\"duplicate_claim\"").await;
         Ok(progress(duplicates as i64, 0, 3 * deliveries as i64))
@@ -210,7 +218,7 @@ async fn stages(args: &BenchArgs, namespace: &str, database_url: &str) -> anyhow
         ("METRICS_ADDR", addr.to_string()),
     ]);
     let started = Instant::now();
-    let relay = Role::start(&["relay"], &relay_env, addr).await?;
+    let relay = Role::start(wa_ingest, &["relay"], &relay_env, addr).await?;
     let cpu_before = relay.cpu();
     while unpublished(&pool).await? > 0 {
         anyhow::ensure!(
@@ -280,6 +288,7 @@ impl WorkerRun {
 /// it says done. The clock and the CPU count start with the first event:
 /// process start-up and connecting are not ingestion.
 async fn run_worker<F, Fut>(
+    wa_ingest: &Path,
     env: &dyn Fn(std::net::SocketAddr) -> HashMap<&'static str, String>,
     deliveries: usize,
     progress: F,
@@ -290,7 +299,7 @@ where
 {
     let addr = free_addr()?;
     let launched = Instant::now();
-    let worker = Role::start(&["worker"], &env(addr), addr).await?;
+    let worker = Role::start(wa_ingest, &["worker"], &env(addr), addr).await?;
     let mut started = None;
     loop {
         match progress(addr).await? {

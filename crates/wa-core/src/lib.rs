@@ -1,10 +1,11 @@
-//! What every wa-ingest role shares: configuration types, the RabbitMQ link
-//! and topology, logging, metrics and health endpoints, and shutdown.
+//! What every wa-ingest role shares: configuration types and parsing,
+//! logging, the operator endpoints (health, readiness, metrics), backoff and
+//! shutdown. The broker lives in wa-broker, the database in wa-store.
 
 pub mod args;
 pub mod backoff;
-pub mod broker;
 pub mod config;
+pub mod executable;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

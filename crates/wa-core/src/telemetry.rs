@@ -9,6 +9,16 @@ pub enum LogFormat {
     Pretty,
 }
 
+impl LogFormat {
+    /// The value of `LOG_FORMAT` that selects this format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Pretty => "pretty",
+        }
+    }
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info`.
 /// Calling it twice (tests) keeps the first one.
 pub fn init_logging(format: LogFormat) {

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use lapin::types::FieldTable;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wa_core::args::{AmqpArgs, NamespaceArgs};
-use wa_core::broker::{Broker, Outgoing, Topology, headers};
+use wa_broker::AmqpArgs;
+use wa_broker::{Broker, Outgoing, Topology, headers};
+use wa_core::args::NamespaceArgs;
 use wa_core::config::parse_duration;
 use wa_core::telemetry::error_chain;
 

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
 use serde::Serialize;
-use wa_core::broker::headers;
+use wa_broker::headers;
 
 /// What an operator needs to know about one dead-lettered delivery.
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,6 @@
 //! `wa-ingest`: one binary, one subcommand per role. Every option is also an
-//! environment variable (see `wa-ingest <command> --help`).
+//! environment variable (see `wa-ingest <command> --help`). The tools
+//! (`loadgen`, `bench`) live in `wa-ingest-tools`, which this binary runs.
 
 use std::process::ExitCode;
 
@@ -8,6 +9,7 @@ use tokio::net::TcpListener;
 use wa_core::telemetry::{LogFormat, error_chain, init_logging};
 
 mod migrate;
+mod tools;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,17 +46,29 @@ enum Command {
     Events(wa_relay::tail::EventsArgs),
     /// Inspect, replay and purge the dead-letter queue.
     Dlq(wa_dlq::DlqArgs),
-    /// Send signed, realistic webhook traffic; check that all of it was stored.
-    Loadgen(wa_loadgen::LoadgenArgs),
-    /// Measure the pipeline against this machine's ceilings.
-    Bench(wa_bench::BenchArgs),
+    /// Send signed, realistic webhook traffic; check that all of it was
+    /// stored (runs wa-ingest-tools).
+    #[command(disable_help_flag = true)]
+    Loadgen(tools::ToolArgs),
+    /// Measure the pipeline against this machine's ceilings (runs
+    /// wa-ingest-tools).
+    #[command(disable_help_flag = true)]
+    Bench(tools::ToolArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Loadgen(args) => tools::run("loadgen", args, cli.log_format),
+        Command::Bench(args) => tools::run("bench", args, cli.log_format),
+        role => run_role(role, cli.log_format),
+    }
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.log_format);
-    match run(cli.command).await {
+async fn run_role(command: Command, log_format: LogFormat) -> ExitCode {
+    init_logging(log_format);
+    match run(command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             let error = error_chain(error.as_ref());
@@ -94,7 +108,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Events(args) => wa_relay::tail::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
-        Command::Loadgen(args) => wa_loadgen::run(args).await,
-        Command::Bench(args) => wa_bench::run(args).await,
+        Command::Loadgen(_) | Command::Bench(_) => {
+            unreachable!("the tools run in wa-ingest-tools, before the runtime starts")
+        }
     }
 }

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use sqlx::migrate::MigrateDatabase;
-use wa_core::args::DatabaseArgs;
+use wa_store::DatabaseArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct MigrateArgs {

@@ -2,7 +2,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use wa_core::args::DatabaseArgs;
+use wa_store::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckArgs {

@@ -2,8 +2,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wa_broker::AmqpArgs;
 use wa_core::SecretString;
-use wa_core::args::{AmqpArgs, AppSecretArgs, NamespaceArgs};
+use wa_core::args::{AppSecretArgs, NamespaceArgs};
 use wa_core::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_core::broker::{Broker, Topology};
+use wa_broker::{Broker, Topology};
 
 pub use config::{EdgeArgs, ReceiverConfig, TlsArgs};
 pub use connection::CloseReason;

@@ -15,8 +15,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
+use wa_broker::{Broker, Outgoing, headers};
 use wa_core::SecretString;
-use wa_core::broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
 use crate::body::{BodyBudget, BodyError, BodyRules, RateDeadline, read_body};

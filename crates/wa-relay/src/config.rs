@@ -1,8 +1,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wa_core::args::{AmqpArgs, DatabaseArgs, NamespaceArgs};
+use wa_broker::AmqpArgs;
+use wa_core::args::NamespaceArgs;
 use wa_core::config::parse_duration;
+use wa_store::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {

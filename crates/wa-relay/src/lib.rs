@@ -18,8 +18,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wa_broker::{Broker, Topology};
 use wa_core::backoff::full_jitter;
-use wa_core::broker::{Broker, Topology};
 use wa_core::telemetry::error_chain;
 
 pub use config::RelayConfig;

@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
-use wa_core::broker::{Broker, Outgoing, PublishError, Unconfirmed, event_shard, headers};
+use wa_broker::{Broker, Outgoing, PublishError, Unconfirmed, event_shard, headers};
 use wa_store::outbox::{self, ContactCursor, PendingEvent, Released};
 
 pub const SEQUENCE: &str = "x-wa-sequence";

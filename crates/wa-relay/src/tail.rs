@@ -8,8 +8,9 @@ use futures_util::stream::select_all;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
-use wa_core::args::{AmqpArgs, NamespaceArgs};
-use wa_core::broker::{Broker, Topology};
+use wa_broker::AmqpArgs;
+use wa_broker::{Broker, Topology};
+use wa_core::args::NamespaceArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {

@@ -19,6 +19,7 @@ macro_rules! later_membership_wins {
     };
 }
 
+mod database;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
@@ -26,6 +27,7 @@ mod identity;
 pub mod outbox;
 mod persist;
 
+pub use database::DatabaseArgs;
 pub use error::{ErrorClass, StoreError, Systemic, sqlstate_class};
 pub use identity::ContactChanges;
 pub use persist::{Persisted, Store};

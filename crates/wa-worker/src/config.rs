@@ -1,8 +1,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wa_core::args::{AmqpArgs, DatabaseArgs, NamespaceArgs, RedisArgs};
-use wa_core::config::parse_duration;
+use wa_broker::AmqpArgs;
+use wa_core::SecretUrl;
+use wa_core::args::NamespaceArgs;
+use wa_core::config::{SecretUrlParser, parse_duration};
+use wa_store::DatabaseArgs;
 
 use crate::claim::FailMode;
 
@@ -108,4 +111,20 @@ impl WorkerConfig {
             format!("{host}-{}", std::process::id())
         })
     }
+}
+
+/// Where the claims live (`REDIS_URL`) and how long a command may take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RedisArgs {
+    /// Redis URL.
+    #[arg(
+        long = "redis-url",
+        value_parser = SecretUrlParser,
+        env = "REDIS_URL", value_name = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: SecretUrl,
+    /// Time limit of every Redis command.
+    #[arg(long, env = "WA_REDIS_TIMEOUT", value_name = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }

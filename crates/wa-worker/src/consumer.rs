@@ -17,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wa_broker::{Broker, Outgoing, headers};
 use wa_core::backoff::full_jitter;
-use wa_core::broker::{Broker, Outgoing, headers};
 use wa_core::telemetry::error_chain;
 
 use crate::pipeline::{Disposition, Processor};

@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_core::broker::{Broker, Topology};
+use wa_broker::{Broker, Topology};
 
-pub use config::WorkerConfig;
+pub use config::{RedisArgs, WorkerConfig};
 
 use crate::claim::{ClaimConfig, Claims};
 use crate::consumer::ConsumeSettings;

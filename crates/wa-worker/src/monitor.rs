@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
-use wa_core::broker::Broker;
+use wa_broker::Broker;
 
 pub async fn watch_queue_depths(broker: Broker, every: Duration, stop: CancellationToken) {
     let queues = [

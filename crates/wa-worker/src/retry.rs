@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::Utc;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
-use wa_core::broker::Topology;
-use wa_core::broker::headers::{
+use wa_broker::Topology;
+use wa_broker::headers::{
     self, ATTEMPTS, DEAD_LETTERED_BY, DEFERRALS, ERROR, ERROR_CLASS, FIRST_FAILURE_AT,
     LAST_FAILURE_AT, ORIGINAL_EXCHANGE, ORIGINAL_ROUTING_KEY, text_value as text,
 };

@@ -2,10 +2,6 @@
 //! that reconnects with backoff and re-declares the topology, a small set of
 //! confirm-mode channels for publishing, and consumers opened on request.
 
-pub mod headers;
-mod publish;
-mod topology;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,12 +12,11 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use publish::{Outgoing, PublishError, Unconfirmed};
-pub use topology::{INBOUND_DELIVERY_LIMIT, Topology, event_shard};
+use wa_core::SecretUrl;
+use wa_core::backoff::full_jitter;
+use wa_core::telemetry::error_chain;
 
-use crate::SecretUrl;
-use crate::backoff::full_jitter;
-use crate::telemetry::error_chain;
+use crate::Topology;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -51,11 +46,11 @@ impl BrokerConfig {
 /// A handle on the supervised connection; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: BrokerConfig,
+pub(crate) struct Inner {
+    pub(crate) config: BrokerConfig,
     topology: Topology,
     session: watch::Sender<Option<Arc<Session>>>,
 }
@@ -64,7 +59,7 @@ struct Inner {
 /// new one; holders of the old one see their operations fail.
 pub struct Session {
     connection: Connection,
-    publishers: Vec<Channel>,
+    pub(crate) publishers: Vec<Channel>,
     next_publisher: AtomicUsize,
     broken: CancellationToken,
 }
@@ -89,7 +84,7 @@ impl Session {
     }
 
     /// Round robin over the publisher channels.
-    fn next_publisher(&self) -> usize {
+    pub(crate) fn next_publisher(&self) -> usize {
         self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len()
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Confirmation, PublisherConfirm};
 
-use super::{Broker, Session};
+use crate::{Broker, Session};
 
 /// Where a message goes and what it carries.
 pub struct Outgoing<'a> {

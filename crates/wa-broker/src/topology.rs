@@ -7,8 +7,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
-use crate::Namespace;
-use crate::config::format_duration;
+use wa_core::Namespace;
+use wa_core::config::format_duration;
 
 /// A delivery that keeps coming back (a worker crashing on it, say) is
 /// dead-lettered by the broker after this many deliveries.
