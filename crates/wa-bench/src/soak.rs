@@ -290,7 +290,13 @@ async fn soak(
         .iter()
         .map(|(name, role)| (name.clone(), role.rss().unwrap_or(0)))
         .collect();
-    let seen = downstream.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = {
+        let seen = downstream.lock().unwrap_or_else(|p| p.into_inner());
+        Downstream {
+            last: HashMap::new(),
+            ..*seen
+        }
+    };
 
     println!("drained in {:.1}s", drained.elapsed().as_secs_f64());
     let lost = (expected - stored_rows).max(0);
