@@ -177,11 +177,13 @@ async fn soak(
         latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
     });
     let url = format!("http://{}/webhooks/whatsapp", roles.receiver.addr);
+    let (stop_sending, stop) = tokio::sync::watch::channel(false);
     let sender = tokio::spawn(send(
         url,
         args.clone(),
         format!("{namespace}s"),
         sent.clone(),
+        stop,
     ));
 
     println!(
@@ -257,7 +259,9 @@ async fn soak(
         );
         previous = now;
     }
-    sender.abort();
+    // Requests in flight finish, so that every webhook the receiver took is
+    // counted as sent.
+    let _ = stop_sending.send(true);
     let _ = sender.await;
     let accepted = sent.accepted.load(Ordering::Relaxed);
     let rejected = sent.rejected.load(Ordering::Relaxed);
@@ -380,7 +384,13 @@ impl Counters {
 }
 
 /// Sends webhook `i` at tick `i` of the rate, each with a payload of its own.
-async fn send(url: String, args: SoakArgs, tag: String, sent: Arc<Sent>) {
+async fn send(
+    url: String,
+    args: SoakArgs,
+    tag: String,
+    sent: Arc<Sent>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .timeout(Duration::from_secs(10))
@@ -391,8 +401,15 @@ async fn send(url: String, args: SoakArgs, tag: String, sent: Arc<Sent>) {
     pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut requests = tokio::task::JoinSet::new();
     for i in 0.. {
-        pace.tick().await;
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let slot = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            slot = async {
+                pace.tick().await;
+                slots.clone().acquire_owned().await
+            } => slot,
+        };
+        let Ok(slot) = slot else {
             break;
         };
         let body = soak_payload(&tag, i, args.contacts);
@@ -422,6 +439,7 @@ async fn send(url: String, args: SoakArgs, tag: String, sent: Arc<Sent>) {
         });
         while requests.try_join_next().is_some() {}
     }
+    while requests.join_next().await.is_some() {}
 }
 
 /// Consumes every shard queue (auto-ack) and checks each ordering key's
