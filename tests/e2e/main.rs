@@ -3,6 +3,8 @@
 //! live deployment. Run them with `scripts/test` (or `cargo nextest run`).
 
 mod attack;
+mod backends_tls;
+mod clusters;
 mod contacts;
 mod edge;
 mod events;

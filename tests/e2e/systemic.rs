@@ -373,16 +373,7 @@ async fn a_long_pause_hands_deliveries_back_without_using_up_the_delivery_limit(
 
     failpoint::disarm();
     env.settled((5, 15)).await;
-    assert_eq!(env.queue_depth("dlq").await, 0);
-    let metrics = worker.metrics().await;
-    assert_eq!(
-        outcome(
-            &metrics,
-            "wa_deliveries_total",
-            &[("outcome", "dead_lettered")]
-        ),
-        0.0
-    );
+    worker.assert_nothing_dead_lettered(&env).await;
     worker.stop().await;
 }
 

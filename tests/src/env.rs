@@ -39,23 +39,29 @@ impl TestEnv {
     /// A fresh namespace (exchanges, queues, Redis keys) and a fresh,
     /// migrated database. Panics, naming the server, if one is missing.
     pub async fn new() -> Self {
-        Self::create(true).await
+        Self::create(true, None).await
+    }
+
+    /// Like [`TestEnv::new`], with RabbitMQ at `amqp_url` (a node of a test
+    /// cluster) instead of the shared broker.
+    pub async fn on_broker(amqp_url: &str) -> Self {
+        Self::create(true, Some(amqp_url.to_owned())).await
     }
 
     /// Like [`TestEnv::new`], with an empty database: for tests that apply
     /// the migrations themselves.
     pub async fn unmigrated() -> Self {
-        Self::create(false).await
+        Self::create(false, None).await
     }
 
-    async fn create(migrated: bool) -> Self {
+    async fn create(migrated: bool, amqp_url: Option<String>) -> Self {
         // Quiet unless asked: WA_TEST_LOG=1 (with RUST_LOG to filter).
         if std::env::var_os("WA_TEST_LOG").is_some() {
             wa_core::telemetry::init_logging(wa_core::telemetry::LogFormat::Pretty);
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let namespace: Namespace = format!("t_{}", &id[..12]).parse().expect("valid namespace");
-        let amqp_url = server("WA_TEST_AMQP_URL", AMQP_URL);
+        let amqp_url = amqp_url.unwrap_or_else(|| server("WA_TEST_AMQP_URL", AMQP_URL));
         let redis_url = server("WA_TEST_REDIS_URL", REDIS_URL);
         let database_url = format!(
             "{}/wa_{}",
@@ -177,11 +183,7 @@ impl TestEnv {
         bodies: &[Vec<u8>],
         properties: BasicProperties,
     ) {
-        let channel = self.amqp.create_channel().await.expect("channel");
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirm mode");
+        let channel = self.confirm_channel().await;
         let mut confirms = Vec::with_capacity(bodies.len());
         for body in bodies {
             let confirm = channel
@@ -202,6 +204,16 @@ impl TestEnv {
         let _ = channel.close(200, "".into()).await;
     }
 
+    /// A channel of its own in confirm mode.
+    async fn confirm_channel(&self) -> lapin::Channel {
+        let channel = self.amqp.create_channel().await.expect("channel");
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm mode");
+        channel
+    }
+
     pub async fn publish(&self, exchange: &str, routing_key: &str, body: &[u8]) {
         self.publish_with(exchange, routing_key, body, BasicProperties::default())
             .await;
@@ -214,11 +226,7 @@ impl TestEnv {
         body: &[u8],
         properties: BasicProperties,
     ) {
-        let channel = self.amqp.create_channel().await.expect("channel");
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirm mode");
+        let channel = self.confirm_channel().await;
         let confirm = channel
             .basic_publish(
                 exchange.into(),

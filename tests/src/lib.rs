@@ -11,7 +11,10 @@ pub mod logs;
 pub mod payloads;
 pub mod relay;
 pub mod roles;
+pub mod servers;
 pub mod sink;
+pub mod sockets;
+pub mod stream;
 pub mod tls;
 
 pub use env::{TestEnv, TestRole};

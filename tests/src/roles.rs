@@ -16,7 +16,9 @@ pub const APP_SECRET: &str = "test-app-secret";
 pub const ROTATED_SECRET: &str = "test-app-secret-next";
 pub const VERIFY_TOKEN: &str = "test-verify-token";
 
+/// A test's extra options come last and win over the harness's defaults.
 #[derive(Parser)]
+#[command(args_override_self = true)]
 struct Args<T: clap::Args> {
     #[command(flatten)]
     config: T,
@@ -194,6 +196,18 @@ impl Worker {
 
     pub async fn metrics(&self) -> String {
         crate::scrape(self.ops_addr).await
+    }
+
+    /// The DLQ is empty and this worker dead-lettered nothing.
+    pub async fn assert_nothing_dead_lettered(&self, env: &TestEnv) {
+        assert_eq!(env.queue_depth("dlq").await, 0);
+        let metrics = self.metrics().await;
+        let dead_lettered = crate::metric_sum(
+            &metrics,
+            "wa_deliveries_total",
+            &[("outcome", "dead_lettered")],
+        );
+        assert_eq!(dead_lettered, 0.0);
     }
 
     pub async fn wait_ready(&self) {

@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-pub struct BrokerCeiling {
+pub(crate) struct BrokerCeiling {
     pub publish_per_second: f64,
     pub consume_ack_per_second: f64,
 }
@@ -21,7 +21,7 @@ pub struct BrokerCeiling {
 /// `concurrency` publishers over `channels` confirm channels, each awaiting
 /// its confirm before the next publish (as the receiver does), for
 /// `duration`; then one consumer with `prefetch` acks them all.
-pub async fn measure(
+pub(crate) async fn measure(
     url: &str,
     queue: &str,
     body: Arc<Vec<u8>>,

@@ -5,6 +5,7 @@
 //! from /proc.
 
 mod broker;
+mod postgres_tls;
 mod process;
 mod report;
 mod soak;
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// The worker's prefetch during the run.
     #[arg(long, default_value_t = 512)]
     pub prefetch: u16,
+    /// Only compare the worker with PostgreSQL in plaintext and over TLS
+    /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
+    #[arg(long)]
+    pub postgres_tls: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -77,6 +82,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = args.serve_bare {
         return process::serve_bare(addr).await;
+    }
+    if args.postgres_tls {
+        let report = stages::run_postgres_tls(&args).await?;
+        println!("{report}");
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        }
+        return Ok(());
     }
     let baseline = args.baseline.as_deref().map(Baseline::read).transpose()?;
     let mut report = stages::run_all(&args).await?;

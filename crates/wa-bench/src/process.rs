@@ -10,14 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::process::{Child, Command};
 
-pub struct Role {
+pub(crate) struct Role {
     child: Child,
     pub addr: SocketAddr,
 }
 
 impl Role {
     /// Starts `program <args>` with `env`, waits for `/readyz` on `addr`.
-    pub async fn start(
+    pub(crate) async fn start(
         program: &Path,
         args: &[&str],
         env: &HashMap<&str, String>,
@@ -52,12 +52,12 @@ impl Role {
     }
 
     /// Peak resident memory so far, in bytes (VmHWM).
-    pub fn peak_rss(&self) -> Option<u64> {
+    pub(crate) fn peak_rss(&self) -> Option<u64> {
         self.memory("VmHWM:")
     }
 
     /// Resident memory now, in bytes (VmRSS).
-    pub fn rss(&self) -> Option<u64> {
+    pub(crate) fn rss(&self) -> Option<u64> {
         self.memory("VmRSS:")
     }
 
@@ -71,11 +71,11 @@ impl Role {
 
     /// CPU time the process has used so far (user + system), the figure that
     /// holds on a busy machine where wall-clock rates do not.
-    pub fn cpu(&self) -> Duration {
+    pub(crate) fn cpu(&self) -> Duration {
         self.child.id().and_then(cpu_time).unwrap_or_default()
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -101,7 +101,7 @@ fn cpu_time(pid: u32) -> Option<Duration> {
 }
 
 /// CPU microseconds per unit of work.
-pub fn micros_per(cpu: Duration, units: u64) -> f64 {
+pub(crate) fn micros_per(cpu: Duration, units: u64) -> f64 {
     if units == 0 {
         return 0.0;
     }
@@ -109,7 +109,7 @@ pub fn micros_per(cpu: Duration, units: u64) -> f64 {
 }
 
 /// The production binary whose roles are measured: `wa-ingest` beside this one.
-pub fn wa_ingest_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn wa_ingest_binary() -> anyhow::Result<PathBuf> {
     wa_core::executable::find_companion("wa-ingest").ok_or_else(|| {
         anyhow::anyhow!(wa_core::executable::missing_companion(
             "wa-ingest",
@@ -119,19 +119,19 @@ pub fn wa_ingest_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// This binary, which serves the bare handler (`bench --serve-bare`).
-pub fn this_binary() -> anyhow::Result<PathBuf> {
+pub(crate) fn this_binary() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("cannot find this executable")
 }
 
 /// A port nothing listens on now.
-pub fn free_addr() -> anyhow::Result<SocketAddr> {
+pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?)
 }
 
 /// The HTTP ceiling: answers 200 to every POST after reading the body, and
 /// nothing else (no signature, no JSON check, no broker).
-pub async fn serve_bare(addr: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn serve_bare(addr: SocketAddr) -> anyhow::Result<()> {
     use axum::routing::{get, post};
     let app = axum::Router::new()
         .route(

@@ -19,7 +19,7 @@ pub struct Report {
     pub worker_already_stored: WorkerFigures,
     pub worker_peak_rss_bytes: u64,
     pub worker_prefetch: u16,
-    /// Outbox events released with no reorder window, and how fast.
+    /// Outbox events released (all past the default reorder window), and how fast.
     pub relay_events: u64,
     pub relay_events_per_second: f64,
     /// CPU time of the relay process per released event, microseconds.
@@ -97,6 +97,27 @@ pub struct Ratios {
     pub relay_vs_worker: f64,
     /// Worker CPU per delivery whose events are all stored over per new one (target <= 0.25).
     pub stored_vs_new_delivery_cpu: f64,
+}
+
+impl Ratios {
+    /// Every figure of a run as a ratio to its ceiling in the same run.
+    pub fn of(report: &Report) -> Self {
+        let ceiling = report
+            .bare_handler
+            .per_second
+            .min(report.broker_publish_per_second);
+        Self {
+            receiver_vs_ceiling: report.receiver.per_second / ceiling,
+            worker_vs_consume_ceiling: report.worker_unique.deliveries_per_second
+                / report.broker_consume_ack_per_second,
+            duplicates_vs_unique: report.worker_duplicates.unique_events_per_second
+                / report.worker_unique.unique_events_per_second,
+            relay_vs_worker: report.relay_events_per_second
+                / report.worker_unique.unique_events_per_second,
+            stored_vs_new_delivery_cpu: report.worker_already_stored.cpu_us_per_delivery
+                / report.worker_unique.cpu_us_per_delivery,
+        }
+    }
 }
 
 const MIB: f64 = 1024.0 * 1024.0;

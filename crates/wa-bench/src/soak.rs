@@ -17,13 +17,12 @@ use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::sync::Semaphore;
+use wa_broker::Topology;
 use wa_core::config::parse_duration;
 
 use crate::Servers;
 use crate::process::{Role, free_addr, wa_ingest_binary};
-use crate::stages::{
-    SECRET, bench_database, cleanup, metric_sum, soak_payload, stored, unpublished,
-};
+use crate::stages::{SECRET, bench_database, cleanup, default_topology, metric_sum, soak_payload};
 
 const EVENT_SHARDS: u16 = 4;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -91,12 +90,13 @@ struct Sent {
     latency: Mutex<Histogram<u64>>,
 }
 
-pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0.0, "--rate must be above 0");
     let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = bench_database(&args.servers, "soak").await?;
-    let outcome = soak(&args, &wa_ingest, &namespace, &database_url).await;
-    cleanup(&args.servers, &namespace, &database_url, EVENT_SHARDS).await;
+    let topology = default_topology(&namespace, EVENT_SHARDS);
+    let outcome = soak(&args, &wa_ingest, namespace.as_str(), &topology, &database_url).await;
+    cleanup(&args.servers, &namespace, &topology, &database_url).await;
     outcome
 }
 
@@ -121,18 +121,18 @@ async fn soak(
     args: &SoakArgs,
     wa_ingest: &Path,
     namespace: &str,
+    topology: &Topology,
     database_url: &str,
 ) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(database_url).await?;
     wa_store::migrate(&pool).await?;
-    let amqp_url = args.servers.amqp.amqp_url.expose().to_owned();
+    // Every node for the roles; the soak's own connection goes to the first.
+    let amqp_url = args.servers.amqp.amqp_url.expose();
+    let first_node = args.servers.amqp.amqp_url.first().expose().to_owned();
     let common = |metrics: std::net::SocketAddr| {
         HashMap::from([
             ("AMQP_URL", amqp_url.clone()),
-            (
-                "REDIS_URL",
-                args.servers.redis.redis_url.expose().to_owned(),
-            ),
+            ("REDIS_URL", args.servers.redis.redis_url.expose()),
             ("DATABASE_URL", database_url.to_owned()),
             ("WA_NAMESPACE", namespace.to_owned()),
             ("METRICS_ADDR", metrics.to_string()),
@@ -160,13 +160,13 @@ async fn soak(
         relay,
     };
 
-    let connection = Connection::connect(&amqp_url, ConnectionProperties::default())
+    let connection = Connection::connect(&first_node, ConnectionProperties::default())
         .await
         .with_context(|| "cannot connect to RabbitMQ at AMQP_URL".to_owned())?;
     let downstream = Arc::new(Mutex::new(Downstream::default()));
     let consumer = tokio::spawn(consume(
         connection.create_channel().await?,
-        namespace.to_owned(),
+        topology.clone(),
         downstream.clone(),
     ));
     let depths = connection.create_channel().await?;
@@ -228,12 +228,12 @@ async fn soak(
         };
         let publish_p99 = published_p99_ms(&pool, args.interval).await?;
         worst_publish_p99 = worst_publish_p99.max(publish_p99);
-        let inbound = depth(&depths, &format!("{namespace}.inbound")).await;
+        let inbound = depth(&depths, &topology.inbound()).await;
         let mut events = 0;
         for shard in 0..EVENT_SHARDS {
-            events += depth(&depths, &format!("{namespace}.events.{shard}")).await;
+            events += depth(&depths, &topology.event_queue(shard)).await;
         }
-        let backlog = unpublished(&pool).await?;
+        let backlog = wa_store::outbox::count_unpublished(&pool).await?;
         backlogs.push((inbound, backlog));
         let rss: Vec<u64> = roles
             .all()
@@ -270,11 +270,11 @@ async fn soak(
 
     let drained = Instant::now();
     let (stored_rows, outbox_rows, backlog) = loop {
-        let stored_rows = stored(&pool).await?;
+        let stored_rows = wa_store::lookup::count_messages_and_statuses(&pool).await?;
         let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&pool)
             .await?;
-        let backlog = unpublished(&pool).await?;
+        let backlog = wa_store::outbox::count_unpublished(&pool).await?;
         let consumed = downstream.lock().unwrap_or_else(|p| p.into_inner()).new;
         let settled = stored_rows >= expected
             && backlog == 0
@@ -287,7 +287,7 @@ async fn soak(
     // A moment for anything still in flight to show up as doubled.
     tokio::time::sleep(Duration::from_secs(1)).await;
     consumer.abort();
-    let inbound = depth(&depths, &format!("{namespace}.inbound")).await;
+    let inbound = depth(&depths, &topology.inbound()).await;
     let _ = connection.close(200, "soak done".into()).await;
     let end_rss: Vec<(String, u64)> = roles
         .all()
@@ -444,12 +444,12 @@ async fn send(
 
 /// Consumes every shard queue (auto-ack) and checks each ordering key's
 /// sequence numbers.
-async fn consume(channel: Channel, namespace: String, downstream: Arc<Mutex<Downstream>>) {
+async fn consume(channel: Channel, topology: Topology, downstream: Arc<Mutex<Downstream>>) {
     let mut consumers = Vec::new();
     for shard in 0..EVENT_SHARDS {
         let Ok(consumer) = channel
             .basic_consume(
-                format!("{namespace}.events.{shard}").as_str().into(),
+                topology.event_queue(shard).as_str().into(),
                 format!("soak-{shard}").as_str().into(),
                 BasicConsumeOptions {
                     no_ack: true,
@@ -466,11 +466,11 @@ async fn consume(channel: Channel, namespace: String, downstream: Arc<Mutex<Down
     let mut deliveries = select_all(consumers);
     while let Some(Ok(delivery)) = deliveries.next().await {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let key = match headers.inner().get(wa_relay::CONTACT_KEY) {
+        let key = match headers.inner().get(wa_broker::headers::CONTACT_KEY) {
             Some(AMQPValue::LongString(key)) => key.to_string(),
             _ => String::new(),
         };
-        let sequence = match headers.inner().get(wa_relay::SEQUENCE) {
+        let sequence = match headers.inner().get(wa_broker::headers::SEQUENCE) {
             Some(AMQPValue::LongLongInt(sequence)) => *sequence,
             _ => 0,
         };

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,6 +9,8 @@ use lapin::options::{BasicPublishOptions, QueueDeleteOptions, QueuePurgeOptions}
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde_json::json;
 use sqlx::migrate::MigrateDatabase;
+use wa_broker::Topology;
+use wa_core::Namespace;
 use wa_loadgen::{Generator, Job, LoadReport, fire};
 
 use crate::process::{Role, free_addr, micros_per, this_binary, wa_ingest_binary};
@@ -16,21 +19,52 @@ use crate::{BenchArgs, Servers};
 
 pub(crate) const SECRET: &str = "bench-app-secret";
 
-pub async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
+pub(crate) async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = bench_database(&args.servers, "bench").await?;
-    let outcome = stages(args, &wa_ingest, &namespace, &database_url).await;
-    cleanup(&args.servers, &namespace, &database_url, 4).await;
+    let topology = default_topology(&namespace, wa_relay::DEFAULT_EVENT_SHARDS);
+    let outcome = async {
+        let run = Run::new(args, &wa_ingest, &namespace, &topology, &database_url).await?;
+        let report = run.all_stages().await;
+        run.pool.close().await;
+        report
+    }
+    .await;
+    cleanup(&args.servers, &namespace, &topology, &database_url).await;
     outcome
 }
 
-/// A namespace of its own and a database named after it.
+/// `wa-ingest bench --postgres-tls`: only the worker, plaintext against TLS.
+pub(crate) async fn run_postgres_tls(
+    args: &BenchArgs,
+) -> anyhow::Result<crate::postgres_tls::TlsReport> {
+    let wa_ingest = wa_ingest_binary()?;
+    let (namespace, database_url) = bench_database(&args.servers, "bench").await?;
+    let topology = default_topology(&namespace, wa_relay::DEFAULT_EVENT_SHARDS);
+    let outcome = async {
+        // The bench counts rows in plaintext, so that the TLS sessions it
+        // sees are the worker's.
+        let plain_url = crate::postgres_tls::with_sslmode(&database_url.parse()?, "disable");
+        let run = Run::new(args, &wa_ingest, &namespace, &topology, &plain_url).await?;
+        let report = crate::postgres_tls::compare(&run).await;
+        run.pool.close().await;
+        report
+    }
+    .await;
+    cleanup(&args.servers, &namespace, &topology, &database_url).await;
+    outcome
+}
+
+/// A fresh namespace (`{kind}_…`) and a database of its own on the server of
+/// `DATABASE_URL`.
 pub(crate) async fn bench_database(
     servers: &Servers,
     kind: &str,
-) -> anyhow::Result<(String, String)> {
+) -> anyhow::Result<(Namespace, String)> {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let namespace = format!("{kind}_{}", &id[..8]);
+    let namespace: Namespace = format!("{kind}_{}", &id[..8])
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let mut database_url = servers.database.database_url.url().clone();
     database_url.set_path(&format!("/wa_{namespace}"));
     let database_url = database_url.to_string();
@@ -40,218 +74,337 @@ pub(crate) async fn bench_database(
     Ok((namespace, database_url))
 }
 
-async fn stages(
-    args: &BenchArgs,
-    wa_ingest: &Path,
-    namespace: &str,
-    database_url: &str,
-) -> anyhow::Result<Report> {
-    let pool = sqlx::PgPool::connect(database_url).await?;
-    wa_store::migrate(&pool).await?;
-    let amqp_url = args.servers.amqp.amqp_url.expose().to_owned();
-    let mut report = Report {
-        worker_prefetch: args.prefetch,
-        concurrency: args.concurrency,
-        ..Report::default()
-    };
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()?;
+/// The queues the roles declare with their default settings, over `shards`
+/// event queues.
+pub(crate) fn default_topology(namespace: &Namespace, shards: u16) -> Topology {
+    Topology::new(namespace.clone())
+        .with_retry_tiers(&wa_worker::default_retry_tiers())
+        .with_event_shards(shards)
+}
+
+/// What every stage of one run shares.
+pub(crate) struct Run<'a> {
+    pub(crate) args: &'a BenchArgs,
+    /// The production binary the roles run from.
+    wa_ingest: &'a Path,
+    pub(crate) namespace: &'a Namespace,
+    pub(crate) topology: &'a Topology,
+    pub(crate) database_url: &'a str,
+    /// Every node, for the roles.
+    amqp_url: String,
+    /// The first node, where the bench itself publishes and purges.
+    pub(crate) first_node: String,
+    /// A pool on the bench database, for counting rows.
+    pool: sqlx::PgPool,
+    client: reqwest::Client,
+    /// Signed webhook bodies for the HTTP stages.
+    jobs: Vec<Job>,
+}
+
+/// 512 signed payloads of the load generator's mix.
+fn signed_jobs(namespace: &Namespace) -> Vec<Job> {
     let generator = Generator::new(format!("{namespace}http"), 200, 1);
-    let jobs: Vec<Job> = (0..512)
+    (0..512)
         .map(|i| {
             let body = generator.payload(i);
             let signature = wa_receiver::sign(SECRET, &body);
             (Arc::new(body), Arc::new(signature))
         })
-        .collect();
+        .collect()
+}
 
-    eprintln!(
-        "[1/7] receiver: {} in flight for {:?}",
-        args.concurrency, args.duration
-    );
-    let addr = free_addr()?;
-    let env = HashMap::from([
-        ("AMQP_URL", amqp_url.clone()),
-        ("WA_NAMESPACE", namespace.to_owned()),
-        ("WA_APP_SECRET", SECRET.to_owned()),
-        ("WA_VERIFY_TOKEN", "bench".to_owned()),
-        ("LISTEN_ADDR", addr.to_string()),
-    ]);
-    let receiver = Role::start(wa_ingest, &["receiver"], &env, addr).await?;
-    let url = format!("http://{addr}/webhooks/whatsapp");
-    let cpu_before = receiver.cpu();
-    let full = fire(
-        &client,
-        &url,
-        jobs.clone(),
-        args.concurrency,
-        None,
-        Some(args.duration),
-    )
-    .await;
-    report.receiver = figures(&full);
-    report.receiver_cpu_us_per_request = micros_per(receiver.cpu() - cpu_before, full.accepted);
-    let half_rate = full.requests_per_second() / 2.0;
-    let half = fire(
-        &client,
-        &url,
-        jobs.clone(),
-        args.concurrency,
-        Some(half_rate),
-        Some(args.duration / 2),
-    )
-    .await;
-    report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
-    report.receiver_peak_rss_bytes = receiver.peak_rss().unwrap_or(0);
-    receiver.stop().await;
-    purge(&amqp_url, &format!("{namespace}.inbound")).await?;
+/// One worker run: its figures, its peak RSS and how many of its sessions
+/// on the bench database used TLS (counted before it stops).
+pub(crate) struct Measured {
+    pub(crate) figures: WorkerFigures,
+    pub(crate) peak_rss: u64,
+    pub(crate) tls_sessions: i64,
+}
 
-    eprintln!("[2/7] bare handler (HTTP ceiling)");
-    let addr = free_addr()?;
-    let bare = Role::start(
-        &this_binary()?,
-        &["bench", "--serve-bare", &addr.to_string()],
-        &HashMap::new(),
-        addr,
-    )
-    .await?;
-    let bare_url = format!("http://{addr}/webhooks/whatsapp");
-    report.bare_handler = figures(
-        &fire(
-            &client,
-            &bare_url,
-            jobs.clone(),
-            args.concurrency,
-            None,
-            Some(args.duration),
-        )
-        .await,
-    );
-    bare.stop().await;
-
-    eprintln!("[3/7] broker ceiling: confirmed publishes and consume + ack");
-    let typical = jobs[0].0.clone();
-    let ceiling = crate::broker::measure(
-        &amqp_url,
-        &format!("{namespace}.ceiling"),
-        typical,
-        args.concurrency,
-        4,
-        args.duration,
-        args.prefetch,
-    )
-    .await?;
-    report.broker_publish_per_second = ceiling.publish_per_second;
-    report.broker_consume_ack_per_second = ceiling.consume_ack_per_second;
-
-    let worker_env = |metrics: std::net::SocketAddr| {
-        HashMap::from([
-            ("AMQP_URL", amqp_url.clone()),
-            (
-                "REDIS_URL",
-                args.servers.redis.redis_url.expose().to_owned(),
-            ),
-            ("DATABASE_URL", database_url.to_owned()),
-            ("WA_NAMESPACE", namespace.to_owned()),
-            ("METRICS_ADDR", metrics.to_string()),
-            ("WA_PREFETCH", args.prefetch.to_string()),
-        ])
-    };
-    let n = args.worker_payloads;
-    let mut peak_rss = 0;
-    let mut new_bodies = Vec::new();
-    for (stage, copies) in [
-        ("[4/7] worker, no duplicates", 1),
-        ("[5/7] worker, every payload 3 times", 3),
-    ] {
-        eprintln!("{stage}: {n} payloads of 3 events");
-        let bodies = worker_payloads(&format!("{namespace}c{copies}"), n, copies);
-        publish_all(&amqp_url, &format!("{namespace}.inbound"), &bodies).await?;
-        let before = stored(&pool).await?;
-        let target = before + 3 * n as i64;
-        let pool = &pool;
-        let run = run_worker(wa_ingest, &worker_env, bodies.len(), move |_| async move {
-            Ok(progress(stored(pool).await?, before, target))
+impl<'a> Run<'a> {
+    async fn new(
+        args: &'a BenchArgs,
+        wa_ingest: &'a Path,
+        namespace: &'a Namespace,
+        topology: &'a Topology,
+        database_url: &'a str,
+    ) -> anyhow::Result<Self> {
+        let pool = sqlx::PgPool::connect(database_url).await?;
+        wa_store::migrate(&pool).await?;
+        Ok(Run {
+            args,
+            wa_ingest,
+            namespace,
+            topology,
+            database_url,
+            amqp_url: args.servers.amqp.amqp_url.expose(),
+            first_node: args.servers.amqp.amqp_url.first().expose().to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .build()?,
+            jobs: signed_jobs(namespace),
+            pool,
         })
-        .await?;
-        peak_rss = peak_rss.max(run.peak_rss);
-        if copies == 1 {
-            report.worker_unique = run.figures(3 * n as u64);
-            new_bodies = bodies;
-        } else {
-            report.worker_duplicates = run.figures(3 * n as u64);
-        }
     }
-    // The same deliveries again: every event is claimed done already, so a
-    // delivery should cost one Redis round trip and nothing else.
-    eprintln!("[6/7] worker, every delivery already stored: {n} payloads");
-    publish_all(&amqp_url, &format!("{namespace}.inbound"), &new_bodies).await?;
-    let deliveries = new_bodies.len();
-    let run = run_worker(wa_ingest, &worker_env, deliveries, |metrics| async move {
-        let duplicates =
-            metric_sum(metrics, "wa_events_total", "outcome=\"duplicate_claim\"").await;
-        Ok(progress(duplicates as i64, 0, 3 * deliveries as i64))
-    })
-    .await?;
-    peak_rss = peak_rss.max(run.peak_rss);
-    report.worker_already_stored = run.figures(0);
-    let stored_rows = stored(&pool).await?;
-    anyhow::ensure!(
-        stored_rows == 6 * n as i64,
-        "the worker stored {stored_rows} rows, not {}: a duplicate was stored",
-        6 * n
-    );
-    report.worker_peak_rss_bytes = peak_rss;
+}
 
-    // The worker runs left their downstream events in the outbox: release
-    // them all with the default reorder window (past for all of them after
-    // this pause) and time it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let pending = unpublished(&pool).await?;
-    eprintln!("[7/7] relay: release {pending} outbox events");
-    let addr = free_addr()?;
-    let relay_env = HashMap::from([
-        ("AMQP_URL", amqp_url.clone()),
-        ("DATABASE_URL", database_url.to_owned()),
-        ("WA_NAMESPACE", namespace.to_owned()),
-        ("METRICS_ADDR", addr.to_string()),
-    ]);
-    let started = Instant::now();
-    let relay = Role::start(wa_ingest, &["relay"], &relay_env, addr).await?;
-    let cpu_before = relay.cpu();
-    while unpublished(&pool).await? > 0 {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(300),
-            "the relay did not finish within 5 minutes"
+impl Run<'_> {
+    async fn all_stages(&self) -> anyhow::Result<Report> {
+        let mut report = Report {
+            worker_prefetch: self.args.prefetch,
+            concurrency: self.args.concurrency,
+            ..Report::default()
+        };
+        self.receiver(&mut report).await?;
+        self.bare_handler(&mut report).await?;
+        self.broker_ceiling(&mut report).await?;
+        self.worker(&mut report).await?;
+        self.worker_already_stored(&mut report).await?;
+        self.relay(&mut report).await?;
+        report.ratios = Ratios::of(&report);
+        Ok(report)
+    }
+
+    /// Starts `wa-ingest <role>` with `env`; ready once `/readyz` answers on `addr`.
+    async fn role(
+        &self,
+        role: &str,
+        mut env: HashMap<&'static str, String>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Role> {
+        env.insert("AMQP_URL", self.amqp_url.clone());
+        env.insert("WA_NAMESPACE", self.namespace.to_string());
+        Role::start(self.wa_ingest, &[role], &env, addr).await
+    }
+
+    /// The HTTP load of the stage, at full speed or at a fixed rate.
+    async fn load(&self, url: &str, rate: Option<f64>, duration: Duration) -> LoadReport {
+        let concurrency = self.args.concurrency;
+        fire(
+            &self.client,
+            url,
+            self.jobs.clone(),
+            concurrency,
+            rate,
+            Some(duration),
+        )
+        .await
+    }
+
+    async fn receiver(&self, report: &mut Report) -> anyhow::Result<()> {
+        let duration = self.args.duration;
+        eprintln!(
+            "[1/7] receiver: {} in flight for {duration:?}",
+            self.args.concurrency
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let addr = free_addr()?;
+        let env = HashMap::from([
+            ("WA_APP_SECRET", SECRET.to_owned()),
+            ("WA_VERIFY_TOKEN", "bench".to_owned()),
+            ("LISTEN_ADDR", addr.to_string()),
+        ]);
+        let receiver = self.role("receiver", env, addr).await?;
+        let url = format!("http://{addr}/webhooks/whatsapp");
+        let cpu_before = receiver.cpu();
+        let full = self.load(&url, None, duration).await;
+        report.receiver = figures(&full);
+        report.receiver_cpu_us_per_request = micros_per(receiver.cpu() - cpu_before, full.accepted);
+        let half_rate = full.requests_per_second() / 2.0;
+        let half = self.load(&url, Some(half_rate), duration / 2).await;
+        report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
+        report.receiver_peak_rss_bytes = receiver.peak_rss().unwrap_or(0);
+        receiver.stop().await;
+        purge(&self.first_node, &self.topology.inbound()).await
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let relay_cpu = relay.cpu() - cpu_before;
-    report.relay_peak_rss_bytes = relay.peak_rss().unwrap_or(0);
-    relay.stop().await;
-    report.relay_events = u64::try_from(pending).unwrap_or(0);
-    report.relay_events_per_second = pending as f64 / seconds;
-    report.relay_cpu_us_per_event = micros_per(relay_cpu, report.relay_events);
-    pool.close().await;
 
-    let ceiling = report
-        .bare_handler
-        .per_second
-        .min(report.broker_publish_per_second);
-    report.ratios = Ratios {
-        receiver_vs_ceiling: report.receiver.per_second / ceiling,
-        worker_vs_consume_ceiling: report.worker_unique.deliveries_per_second
-            / report.broker_consume_ack_per_second,
-        duplicates_vs_unique: report.worker_duplicates.unique_events_per_second
-            / report.worker_unique.unique_events_per_second,
-        relay_vs_worker: report.relay_events_per_second
-            / report.worker_unique.unique_events_per_second,
-        stored_vs_new_delivery_cpu: report.worker_already_stored.cpu_us_per_delivery
-            / report.worker_unique.cpu_us_per_delivery,
-    };
-    Ok(report)
+    async fn bare_handler(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!("[2/7] bare handler (HTTP ceiling)");
+        let addr = free_addr()?;
+        let args = ["bench", "--serve-bare", &addr.to_string()];
+        let bare = Role::start(&this_binary()?, &args, &HashMap::new(), addr).await?;
+        let url = format!("http://{addr}/webhooks/whatsapp");
+        report.bare_handler = figures(&self.load(&url, None, self.args.duration).await);
+        bare.stop().await;
+        Ok(())
+    }
+
+    async fn broker_ceiling(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!("[3/7] broker ceiling: confirmed publishes and consume + ack");
+        let ceiling = crate::broker::measure(
+            &self.first_node,
+            &ceiling_queue(self.namespace),
+            self.jobs[0].0.clone(),
+            self.args.concurrency,
+            4,
+            self.args.duration,
+            self.args.prefetch,
+        )
+        .await?;
+        report.broker_publish_per_second = ceiling.publish_per_second;
+        report.broker_consume_ack_per_second = ceiling.consume_ack_per_second;
+        Ok(())
+    }
+
+    /// The worker drains a filled queue, once of unique payloads and once
+    /// of every payload three times.
+    async fn worker(&self, report: &mut Report) -> anyhow::Result<()> {
+        let n = self.args.worker_payloads;
+        for (stage, copies) in [
+            ("[4/7] worker, no duplicates", 1),
+            ("[5/7] worker, every payload 3 times", 3),
+        ] {
+            eprintln!("{stage}: {n} payloads of 3 events");
+            let tag = format!("{}c{copies}", self.namespace);
+            let measured = self
+                .drain_with_worker(&tag, copies, self.database_url)
+                .await?;
+            report.worker_peak_rss_bytes = report.worker_peak_rss_bytes.max(measured.peak_rss);
+            if copies == 1 {
+                report.worker_unique = measured.figures;
+            } else {
+                report.worker_duplicates = measured.figures;
+            }
+        }
+        Ok(())
+    }
+
+    /// The no-duplicates deliveries again: every event is claimed done
+    /// already, so a delivery should cost one Redis round trip and nothing
+    /// else.
+    async fn worker_already_stored(&self, report: &mut Report) -> anyhow::Result<()> {
+        let n = self.args.worker_payloads;
+        eprintln!("[6/7] worker, every delivery already stored: {n} payloads");
+        let bodies = worker_payloads(&format!("{}c1", self.namespace), n, 1);
+        publish_all(&self.first_node, &self.topology.inbound(), &bodies).await?;
+        let deliveries = bodies.len();
+        let target = 3 * deliveries as i64;
+        let run = self
+            .run_worker(self.database_url, deliveries, |metrics| async move {
+                let duplicates =
+                    metric_sum(metrics, "wa_events_total", "outcome=\"duplicate_claim\"").await;
+                Ok(progress(duplicates as i64, 0, target))
+            })
+            .await?;
+        report.worker_peak_rss_bytes = report.worker_peak_rss_bytes.max(run.peak_rss);
+        report.worker_already_stored = run.figures(0);
+        let stored_rows = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
+        anyhow::ensure!(
+            stored_rows == 6 * n as i64,
+            "the worker stored {stored_rows} rows, not {}: a duplicate was stored",
+            6 * n
+        );
+        Ok(())
+    }
+
+    /// One worker process storing `worker_payloads` payloads (each `copies`
+    /// times) published before it starts, over `database_url`, timed from
+    /// its first stored row.
+    pub(crate) async fn drain_with_worker(
+        &self,
+        tag: &str,
+        copies: usize,
+        database_url: &str,
+    ) -> anyhow::Result<Measured> {
+        let n = self.args.worker_payloads;
+        let bodies = worker_payloads(tag, n, copies);
+        publish_all(&self.first_node, &self.topology.inbound(), &bodies).await?;
+        let before = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
+        let target = before + 3 * n as i64;
+        let pool = &self.pool;
+        let run = self
+            .run_worker(database_url, bodies.len(), move |_| async move {
+                let now = wa_store::lookup::count_messages_and_statuses(pool).await?;
+                Ok(progress(now, before, target))
+            })
+            .await?;
+        Ok(Measured {
+            figures: run.figures(3 * n as u64),
+            peak_rss: run.peak_rss,
+            tls_sessions: run.tls_sessions,
+        })
+    }
+
+    /// Starts a worker on the filled inbound queue and polls `progress`
+    /// until it says done. The clock and the CPU count start with the first
+    /// event: process start-up and connecting are not ingestion.
+    async fn run_worker<F, Fut>(
+        &self,
+        database_url: &str,
+        deliveries: usize,
+        progress: F,
+    ) -> anyhow::Result<WorkerRun>
+    where
+        F: Fn(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<bool>>>,
+    {
+        let addr = free_addr()?;
+        let env = HashMap::from([
+            ("REDIS_URL", self.args.servers.redis.redis_url.expose()),
+            ("DATABASE_URL", database_url.to_owned()),
+            ("METRICS_ADDR", addr.to_string()),
+            ("WA_PREFETCH", self.args.prefetch.to_string()),
+        ]);
+        let launched = Instant::now();
+        let worker = self.role("worker", env, addr).await?;
+        let mut started = None;
+        loop {
+            match progress(addr).await? {
+                Some(true) => break,
+                Some(false) if started.is_none() => {
+                    started = Some((Instant::now(), worker.cpu()));
+                }
+                _ => {}
+            }
+            anyhow::ensure!(
+                launched.elapsed() < Duration::from_secs(300),
+                "the worker did not finish within 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (clock, cpu) = started.unwrap_or((Instant::now(), worker.cpu()));
+        let run = WorkerRun {
+            deliveries,
+            seconds: clock.elapsed().as_secs_f64().max(0.001),
+            cpu: worker.cpu() - cpu,
+            peak_rss: worker.peak_rss().unwrap_or(0),
+            stage_seconds: stage_seconds(addr).await,
+            tls_sessions: tls_sessions(&self.pool).await?,
+        };
+        worker.stop().await;
+        Ok(run)
+    }
+
+    /// The worker runs left their downstream events in the outbox: release
+    /// them all with the default reorder window (past for all of them after
+    /// this pause) and time it.
+    async fn relay(&self, report: &mut Report) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let pending = wa_store::outbox::count_unpublished(&self.pool).await?;
+        eprintln!("[7/7] relay: release {pending} outbox events");
+        let addr = free_addr()?;
+        let env = HashMap::from([
+            ("DATABASE_URL", self.database_url.to_owned()),
+            ("METRICS_ADDR", addr.to_string()),
+        ]);
+        let started = Instant::now();
+        let relay = self.role("relay", env, addr).await?;
+        let cpu_before = relay.cpu();
+        while wa_store::outbox::count_unpublished(&self.pool).await? > 0 {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(300),
+                "the relay did not finish within 5 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let relay_cpu = relay.cpu() - cpu_before;
+        report.relay_peak_rss_bytes = relay.peak_rss().unwrap_or(0);
+        relay.stop().await;
+        report.relay_events = u64::try_from(pending).unwrap_or(0);
+        report.relay_events_per_second = pending as f64 / seconds;
+        report.relay_cpu_us_per_event = micros_per(relay_cpu, report.relay_events);
+        Ok(())
+    }
 }
 
 /// Where a worker run stands: `Some(true)` once done, `Some(false)` once
@@ -267,6 +420,9 @@ struct WorkerRun {
     cpu: Duration,
     peak_rss: u64,
     stage_seconds: std::collections::BTreeMap<String, f64>,
+    /// Its sessions on the bench database that used TLS (counted before it
+    /// stopped).
+    tls_sessions: i64,
 }
 
 impl WorkerRun {
@@ -284,50 +440,9 @@ impl WorkerRun {
     }
 }
 
-/// Starts a worker on the filled inbound queue and polls `progress` until
-/// it says done. The clock and the CPU count start with the first event:
-/// process start-up and connecting are not ingestion.
-async fn run_worker<F, Fut>(
-    wa_ingest: &Path,
-    env: &dyn Fn(std::net::SocketAddr) -> HashMap<&'static str, String>,
-    deliveries: usize,
-    progress: F,
-) -> anyhow::Result<WorkerRun>
-where
-    F: Fn(std::net::SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<bool>>>,
-{
-    let addr = free_addr()?;
-    let launched = Instant::now();
-    let worker = Role::start(wa_ingest, &["worker"], &env(addr), addr).await?;
-    let mut started = None;
-    loop {
-        match progress(addr).await? {
-            Some(true) => break,
-            Some(false) if started.is_none() => started = Some((Instant::now(), worker.cpu())),
-            _ => {}
-        }
-        anyhow::ensure!(
-            launched.elapsed() < Duration::from_secs(300),
-            "the worker did not finish within 5 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let (clock, cpu) = started.unwrap_or((Instant::now(), worker.cpu()));
-    let run = WorkerRun {
-        deliveries,
-        seconds: clock.elapsed().as_secs_f64().max(0.001),
-        cpu: worker.cpu() - cpu,
-        peak_rss: worker.peak_rss().unwrap_or(0),
-        stage_seconds: stage_seconds(addr).await,
-    };
-    worker.stop().await;
-    Ok(run)
-}
-
 /// The sum of a counter over the series whose labels contain `filter`, from
 /// a role's /metrics.
-pub(crate) async fn metric_sum(addr: std::net::SocketAddr, name: &str, filter: &str) -> f64 {
+pub(crate) async fn metric_sum(addr: SocketAddr, name: &str, filter: &str) -> f64 {
     let text = match reqwest::get(format!("http://{addr}/metrics")).await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => return 0.0,
@@ -341,9 +456,24 @@ pub(crate) async fn metric_sum(addr: std::net::SocketAddr, name: &str, filter: &
         .sum()
 }
 
+/// Sessions on this pool's database that use TLS.
+async fn tls_sessions(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+         WHERE ssl AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The bench's own queue for the broker ceiling (not part of the topology).
+fn ceiling_queue(namespace: &Namespace) -> String {
+    namespace.amqp("ceiling")
+}
+
 /// Seconds the worker spent in each stage of its batches (summed over
 /// concurrent batches), from its own `wa_stage_seconds` histogram.
-async fn stage_seconds(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+async fn stage_seconds(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
     let text = match reqwest::get(format!("http://{addr}/metrics")).await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(_) => String::new(),
@@ -404,22 +534,6 @@ pub(crate) fn soak_payload(tag: &str, i: usize, contacts: usize) -> Vec<u8> {
     .unwrap_or_default()
 }
 
-pub(crate) async fn unpublished(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await?,
-    )
-}
-
-pub(crate) async fn stored(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM message_statuses)",
-    )
-    .fetch_one(pool)
-    .await?)
-}
-
 async fn publish_all(url: &str, exchange: &str, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
@@ -460,39 +574,31 @@ async fn purge(url: &str, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn cleanup(servers: &Servers, namespace: &str, database_url: &str, shards: u16) {
+pub(crate) async fn cleanup(
+    servers: &Servers,
+    namespace: &Namespace,
+    topology: &Topology,
+    database_url: &str,
+) {
     if let Ok(connection) = Connection::connect(
-        servers.amqp.amqp_url.expose(),
+        servers.amqp.amqp_url.first().expose(),
         ConnectionProperties::default(),
     )
     .await
         && let Ok(channel) = connection.create_channel().await
     {
-        let fixed = [
-            "inbound",
-            "dlq",
-            "retry.5s",
-            "retry.30s",
-            "retry.2m",
-            "retry.10m",
-            "retry.1h",
-            "ceiling",
-        ];
-        let shards = (0..shards).map(|i| format!("events.{i}"));
-        for queue in fixed.iter().map(|q| (*q).to_owned()).chain(shards) {
+        let queues = topology
+            .queues()
+            .into_iter()
+            .chain([ceiling_queue(namespace)]);
+        for queue in queues {
             let _ = channel
-                .queue_delete(
-                    format!("{namespace}.{queue}").as_str().into(),
-                    QueueDeleteOptions::default(),
-                )
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
         }
-        for exchange in ["inbound", "events"] {
+        for exchange in topology.exchanges() {
             let _ = channel
-                .exchange_delete(
-                    format!("{namespace}.{exchange}").as_str().into(),
-                    Default::default(),
-                )
+                .exchange_delete(exchange.as_str().into(), Default::default())
                 .await;
         }
         let _ = connection.close(200, "bench cleaned up".into()).await;
@@ -502,15 +608,15 @@ pub(crate) async fn cleanup(servers: &Servers, namespace: &str, database_url: &s
 }
 
 /// The run's claim markers (24 h TTL) would outlive it: delete them.
-async fn delete_redis_keys(servers: &Servers, namespace: &str) -> redis::RedisResult<()> {
-    let client = redis::Client::open(servers.redis.redis_url.expose())?;
+async fn delete_redis_keys(servers: &Servers, namespace: &Namespace) -> redis::RedisResult<()> {
+    let client = redis::Client::open(servers.redis.redis_url.first().expose())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{namespace}:*"))
+            .arg(namespace.redis("*"))
             .arg("COUNT")
             .arg(1000)
             .query_async(&mut connection)

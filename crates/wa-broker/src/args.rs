@@ -1,23 +1,35 @@
 //! The broker's command-line and environment options, flattened by every
 //! role that talks to RabbitMQ.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use wa_core::SecretUrl;
-use wa_core::config::{SecretUrlParser, parse_duration};
+use wa_core::SecretUrls;
+use wa_core::config::{SecretUrlsParser, parse_duration};
 
 use crate::BrokerConfig;
+use crate::tls::AmqpTlsFiles;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; for a cluster, one URL per node, comma-separated
+    /// (tried in turn; a lost connection moves on to the next node).
     #[arg(
         long = "amqp-url",
-        value_parser = SecretUrlParser,
+        value_parser = SecretUrlsParser,
         env = "AMQP_URL", value_name = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
-    pub amqp_url: SecretUrl,
+    pub amqp_url: SecretUrls,
+    /// PEM CA certificate(s) that `amqps://` brokers must chain to (default: the system's roots).
+    #[arg(long, env = "WA_AMQP_CA_FILE", value_name = "WA_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to `amqps://` brokers (with WA_AMQP_CLIENT_KEY).
+    #[arg(long, env = "WA_AMQP_CLIENT_CERT", value_name = "WA_AMQP_CLIENT_CERT")]
+    pub amqp_client_cert: Option<PathBuf>,
+    /// PEM (PKCS#8) key of WA_AMQP_CLIENT_CERT.
+    #[arg(long, env = "WA_AMQP_CLIENT_KEY", value_name = "WA_AMQP_CLIENT_KEY")]
+    pub amqp_client_key: Option<PathBuf>,
     /// How long a publish waits for the broker's confirm.
     #[arg(long, env = "WA_CONFIRM_TIMEOUT", value_name = "WA_CONFIRM_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub confirm_timeout: Duration,
@@ -27,10 +39,18 @@ pub struct AmqpArgs {
 }
 
 impl AmqpArgs {
-    pub fn broker_config(&self, connection_name: &str) -> BrokerConfig {
+    /// The broker settings; fails, naming the variable, when a TLS file
+    /// cannot be read.
+    pub fn broker_config(&self, connection_name: &str) -> anyhow::Result<BrokerConfig> {
         let mut config = BrokerConfig::new(self.amqp_url.clone(), connection_name);
         config.confirm_timeout = self.confirm_timeout;
         config.publish_channels = usize::from(self.publish_channels);
-        config
+        config.tls = AmqpTlsFiles {
+            ca_file: self.amqp_ca_file.clone(),
+            client_cert: self.amqp_client_cert.clone(),
+            client_key: self.amqp_client_key.clone(),
+        }
+        .load()?;
+        Ok(config)
     }
 }

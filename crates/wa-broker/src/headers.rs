@@ -1,5 +1,6 @@
 //! The AMQP headers wa-ingest writes, shared by the roles that write them
-//! (receiver, worker) and the tools that read them (`wa-ingest dlq`).
+//! (receiver, worker, relay) and the code that reads them (`wa-ingest dlq`,
+//! `events tail`, the tests).
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, LongString};
@@ -25,6 +26,14 @@ pub const ORIGINAL_ROUTING_KEY: &str = "x-wa-original-routing-key";
 pub const DEAD_LETTERED_BY: &str = "x-wa-dead-lettered-by";
 /// When `wa-ingest dlq replay` sent it back, RFC 3339.
 pub const REPLAYED_AT: &str = "x-wa-replayed-at";
+
+// Written by the relay on every downstream event.
+/// The event's place in its ordering key's sequence (1, 2, ...).
+pub const SEQUENCE: &str = "x-wa-sequence";
+/// Published behind a later event of the same key (it came after the window).
+pub const LATE: &str = "x-wa-late";
+/// The ordering key (contact or group) the event is ordered and sharded by.
+pub const CONTACT_KEY: &str = "x-wa-contact-key";
 
 fn get<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
     properties.headers().as_ref()?.inner().get(name)

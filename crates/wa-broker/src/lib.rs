@@ -7,6 +7,7 @@ mod args;
 pub mod headers;
 mod link;
 mod publish;
+pub mod tls;
 mod topology;
 
 pub use args::AmqpArgs;

@@ -8,19 +8,23 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use wa_core::SecretUrl;
 use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
+use wa_core::{SecretUrl, SecretUrls};
 
 use crate::Topology;
 
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
-    pub url: SecretUrl,
+    /// The nodes of the cluster (or the one broker), tried in turn.
+    pub nodes: SecretUrls,
+    /// CA and client certificate for `amqps://` nodes.
+    pub tls: OwnedTLSConfig,
     /// Channels in confirm mode that publishes are spread over.
     pub publish_channels: usize,
     /// How long a publish may wait for the broker's confirm.
@@ -32,9 +36,10 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    pub fn new(url: SecretUrl, connection_name: impl Into<String>) -> Self {
+    pub fn new(nodes: impl Into<SecretUrls>, connection_name: impl Into<String>) -> Self {
         Self {
-            url,
+            nodes: nodes.into(),
+            tls: OwnedTLSConfig::default(),
             publish_channels: 4,
             confirm_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -136,7 +141,7 @@ impl Broker {
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "cannot connect to RabbitMQ at AMQP_URL {}",
-                    self.inner.config.url
+                    self.inner.config.nodes
                 )
             })
     }
@@ -165,10 +170,17 @@ impl Broker {
         }
     }
 
+    /// Keeps one connection up. A node that cannot be reached, or whose
+    /// connection was lost, hands over to the next node of `AMQP_URL`; the
+    /// backoff grows only once every node has failed in a row.
     async fn supervise(self, shutdown: CancellationToken) {
+        let nodes = self.inner.config.nodes.urls();
+        let mut node = 0;
+        let mut failed_in_a_row = 0;
         let mut delays = reconnect_backoff();
         loop {
-            let attempt = tokio::time::timeout(self.inner.config.connect_timeout, self.open());
+            let url = &nodes[node % nodes.len()];
+            let attempt = tokio::time::timeout(self.inner.config.connect_timeout, self.open(url));
             let outcome = tokio::select! {
                 outcome = attempt => outcome,
                 () = shutdown.cancelled() => break,
@@ -176,8 +188,10 @@ impl Broker {
             match outcome {
                 Ok(Ok(session)) => {
                     delays = reconnect_backoff();
+                    failed_in_a_row = 0;
                     tracing::info!(
                         connection = %self.inner.config.connection_name,
+                        node = %url,
                         "connected to RabbitMQ"
                     );
                     let session = Arc::new(session);
@@ -193,13 +207,22 @@ impl Broker {
                         }
                     }
                     self.inner.session.send_replace(None);
-                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                    tracing::warn!(node = %url, "lost the RabbitMQ connection; reconnecting");
                     let _ = session.connection.close(320, "reconnecting".into()).await;
+                    // The lost node is likely down: start with the next one.
+                    node += 1;
+                    continue;
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(error = %error_chain(&error), "cannot connect to RabbitMQ");
+                    tracing::warn!(node = %url, error = %error_chain(&error), "cannot connect to RabbitMQ");
                 }
-                Err(_) => tracing::warn!("connecting to RabbitMQ timed out"),
+                Err(_) => tracing::warn!(node = %url, "connecting to RabbitMQ timed out"),
+            }
+            node += 1;
+            failed_in_a_row += 1;
+            if failed_in_a_row % nodes.len() != 0 {
+                // Other nodes are still untried in this round: no wait.
+                continue;
             }
             let delay = delays.next().unwrap_or(Duration::from_secs(5));
             tokio::select! {
@@ -210,11 +233,16 @@ impl Broker {
         self.inner.session.send_replace(None);
     }
 
-    async fn open(&self) -> lapin::Result<Session> {
+    async fn open(&self, url: &SecretUrl) -> lapin::Result<Session> {
         let config = &self.inner.config;
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.as_str().into());
-        let connection = Connection::connect(&with_heartbeat(&config.url), properties).await?;
+        let connection = DefaultConnectionBuilder::new()?
+            .with_uri_str(with_heartbeat(url))
+            .with_properties(properties)
+            .with_tls_config(config.tls.clone())
+            .connect()
+            .await?;
         let broken = CancellationToken::new();
         watch_connection(&connection, broken.clone());
 

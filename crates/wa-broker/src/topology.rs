@@ -43,10 +43,6 @@ impl Topology {
         self.namespace.amqp("events")
     }
 
-    pub fn event_shards(&self) -> u16 {
-        self.event_shards
-    }
-
     pub fn event_queue(&self, shard: u16) -> String {
         self.namespace.amqp(&format!("events.{shard}"))
     }
@@ -57,10 +53,6 @@ impl Topology {
     pub fn with_retry_tiers(mut self, tiers: &[Duration]) -> Self {
         self.retry_tiers = tiers.to_vec();
         self
-    }
-
-    pub fn namespace(&self) -> &Namespace {
-        &self.namespace
     }
 
     /// Exchange and queue receiving every webhook body.
@@ -79,6 +71,27 @@ impl Topology {
     pub fn retry_queue(&self, delay: Duration) -> String {
         self.namespace
             .amqp(&format!("retry.{}", format_duration(delay)))
+    }
+
+    /// Every queue this topology declares.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![self.inbound(), self.dlq()];
+        queues.extend(
+            self.retry_tiers
+                .iter()
+                .map(|&delay| self.retry_queue(delay)),
+        );
+        queues.extend((0..self.event_shards).map(|shard| self.event_queue(shard)));
+        queues
+    }
+
+    /// Every exchange this topology declares.
+    pub fn exchanges(&self) -> Vec<String> {
+        let mut exchanges = vec![self.inbound()];
+        if self.event_shards > 0 {
+            exchanges.push(self.events());
+        }
+        exchanges
     }
 
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {

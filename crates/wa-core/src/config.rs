@@ -116,25 +116,111 @@ impl clap::builder::TypedValueParser for SecretUrlParser {
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
     ) -> Result<Self::Value, clap::Error> {
-        let name = arg
-            .and_then(|a| {
-                a.get_value_names()
-                    .and_then(|n| n.first().map(|n| n.to_string()))
-            })
-            .unwrap_or_else(|| "the URL".to_owned());
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(
-                clap::error::ErrorKind::InvalidUtf8,
-                format!("{name} is not UTF-8\n"),
-            )
-        })?;
-        text.parse::<SecretUrl>().map_err(|reason| {
-            clap::Error::raw(
-                clap::error::ErrorKind::ValueValidation,
-                format!("{name} is {reason}\n"),
-            )
-        })
+        parse_secret(arg, value)
     }
+}
+
+/// One or more connection URLs, written comma-separated (`AMQP_URL` of a
+/// RabbitMQ cluster, `REDIS_URL` seeds of a Redis Cluster); prints redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrls(Vec<SecretUrl>);
+
+impl SecretUrls {
+    pub fn urls(&self) -> &[SecretUrl] {
+        &self.0
+    }
+
+    /// The first URL: the only one of a single-node setting.
+    pub fn first(&self) -> &SecretUrl {
+        &self.0[0]
+    }
+
+    /// All URLs, passwords included, as they were written: only for handing
+    /// to a child process or a client library.
+    pub fn expose(&self) -> String {
+        self.0
+            .iter()
+            .map(SecretUrl::expose)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl From<SecretUrl> for SecretUrls {
+    fn from(url: SecretUrl) -> Self {
+        Self(vec![url])
+    }
+}
+
+impl FromStr for SecretUrls {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let urls = value
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .enumerate()
+            .map(|(index, part)| {
+                part.parse::<SecretUrl>()
+                    .map_err(|reason| format!("URL number {} {reason}", index + 1))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if urls.is_empty() {
+            return Err("empty (give at least one URL)".to_owned());
+        }
+        Ok(Self(urls))
+    }
+}
+
+impl fmt::Display for SecretUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: Vec<String> = self.0.iter().map(SecretUrl::redacted).collect();
+        f.write_str(&shown.join(","))
+    }
+}
+
+impl fmt::Debug for SecretUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrls({self})")
+    }
+}
+
+/// Parses [`SecretUrls`] for clap without echoing the value in the error.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SecretUrlsParser;
+
+impl clap::builder::TypedValueParser for SecretUrlsParser {
+    type Value = SecretUrls;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        parse_secret(arg, value)
+    }
+}
+
+/// Parses a value that may hold a password; the error names the variable
+/// and says why, never echoing the value.
+fn parse_secret<T: FromStr<Err = String>>(
+    arg: Option<&clap::Arg>,
+    value: &std::ffi::OsStr,
+) -> Result<T, clap::Error> {
+    let name = arg
+        .and_then(|a| {
+            a.get_value_names()
+                .and_then(|n| n.first().map(|n| n.to_string()))
+        })
+        .unwrap_or_else(|| "the URL".to_owned());
+    let invalid = |kind, reason: String| clap::Error::raw(kind, format!("{name} is {reason}\n"));
+    let text = value
+        .to_str()
+        .ok_or_else(|| invalid(clap::error::ErrorKind::InvalidUtf8, "not UTF-8".to_owned()))?;
+    text.parse::<T>()
+        .map_err(|reason| invalid(clap::error::ErrorKind::ValueValidation, reason))
 }
 
 /// A secret string (app secret, verify token) that prints as `***`.
@@ -169,25 +255,29 @@ impl fmt::Debug for SecretString {
     }
 }
 
-/// Parses `"5s"`, `"250ms"`, `"2m"`, `"1h"` or plain seconds (`"30"`).
+/// A PEM file's text, read at start; the error names the variable and the path.
+pub fn read_pem_file(variable: &str, path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{variable} {}: cannot read it: {e}", path.display()))?;
+    if !text.contains("-----BEGIN ") {
+        return Err(format!("{variable} {}: not a PEM file", path.display()));
+    }
+    Ok(text)
+}
+
+/// Parses a duration: humantime's units (`250ms`, `5s`, `2m`, `1h`, `7d`,
+/// also combined: `1h 30m`) or plain seconds (`30`). Overflow is an error.
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {
-    use std::time::Duration;
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
-    let duration = match unit {
-        "ms" => Duration::from_millis(number),
-        "" | "s" => Duration::from_secs(number),
-        "m" => Duration::from_secs(number * 60),
-        "h" => Duration::from_secs(number * 3600),
-        _ => return Err(format!("{value:?} has an unknown unit (use ms, s, m or h)")),
-    };
-    Ok(duration)
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return value
+            .parse::<u64>()
+            .map(std::time::Duration::from_secs)
+            .map_err(|_| format!("{value:?} is too many seconds"));
+    }
+    humantime::parse_duration(value).map_err(|error| {
+        format!("{value:?} is not a duration such as 250ms, 5s, 2m, 1h or 7d ({error})")
+    })
 }
 
 /// The shortest exact text for a duration, for queue names: `5s`, `250ms`, `2m`.
@@ -218,6 +308,27 @@ mod tests {
     }
 
     #[test]
+    fn url_lists_split_on_commas_and_hide_passwords() {
+        let urls: SecretUrls = "amqp://u:p1@a:5672/%2f, amqp://u:p2@b:5672/%2f"
+            .parse()
+            .unwrap();
+        assert_eq!(urls.urls().len(), 2);
+        assert_eq!(urls.first().url().host_str(), Some("a"));
+        let shown = format!("{urls} {urls:?}");
+        assert!(!shown.contains("p1") && !shown.contains("p2"), "{shown}");
+        assert!(urls.expose().contains("p2"));
+        let single: SecretUrls = "redis://127.0.0.1:6379/".parse().unwrap();
+        assert_eq!(single.urls().len(), 1);
+        assert!("".parse::<SecretUrls>().is_err());
+        assert!(
+            "amqp://a, not a url"
+                .parse::<SecretUrls>()
+                .unwrap_err()
+                .contains("number 2")
+        );
+    }
+
+    #[test]
     fn namespaces_are_plain_names() {
         assert!("wa".parse::<Namespace>().is_ok());
         assert!("test_1-a".parse::<Namespace>().is_ok());
@@ -231,7 +342,44 @@ mod tests {
         for text in ["250ms", "5s", "30s", "2m", "10m", "1h"] {
             assert_eq!(format_duration(parse_duration(text).unwrap()), text);
         }
-        assert_eq!(parse_duration("7").unwrap().as_secs(), 7);
-        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn every_duration_accepted_before_is_still_accepted_and_days_too() {
+        use std::time::Duration;
+        let cases = [
+            ("0", Duration::ZERO),
+            ("7", Duration::from_secs(7)),
+            (" 30 ", Duration::from_secs(30)),
+            ("0s", Duration::ZERO),
+            ("0ms", Duration::ZERO),
+            ("250ms", Duration::from_millis(250)),
+            ("5s", Duration::from_secs(5)),
+            ("2m", Duration::from_secs(120)),
+            ("1h", Duration::from_secs(3600)),
+            ("24h", Duration::from_secs(86_400)),
+            ("1d", Duration::from_secs(86_400)),
+            ("7days", Duration::from_secs(7 * 86_400)),
+            ("1h 30m", Duration::from_secs(5400)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text), Ok(expected), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn junk_and_overflow_are_errors_that_quote_the_value() {
+        for bad in [
+            "",
+            "5 parsecs",
+            "-5s",
+            "s",
+            "1.5.3s",
+            "99999999999999999999999s",
+        ] {
+            let error = parse_duration(bad).expect_err(bad);
+            assert!(error.contains(&format!("{:?}", bad.trim())), "{error}");
+        }
+        assert!(parse_duration("99999999999999999999999").is_err());
     }
 }

@@ -10,4 +10,4 @@ pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Namespace, SecretString, SecretUrl};
+pub use config::{Namespace, SecretString, SecretUrl, SecretUrls};

@@ -9,6 +9,35 @@ pub enum LogFormat {
     Pretty,
 }
 
+/// `--log-format` / `LOG_FORMAT`, global to a binary's subcommands.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "LOG_FORMAT",
+        value_enum,
+        default_value = "json",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The exit code of a command's outcome; a failure is logged and printed
+/// with its whole cause chain, as `wa-ingest: {error}`.
+pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let error = error_chain(error.as_ref());
+            tracing::error!(%error, "wa-ingest failed");
+            eprintln!("wa-ingest: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 impl LogFormat {
     /// The value of `LOG_FORMAT` that selects this format.
     pub fn as_str(self) -> &'static str {

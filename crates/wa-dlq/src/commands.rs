@@ -109,7 +109,7 @@ pub enum DlqCommand {
     },
     /// Delete messages for good. Refuses to run without --yes.
     Purge {
-        /// Only messages whose last failure is older than this age (e.g. 7d is `168h`).
+        /// Only messages whose last failure is older than this age (e.g. `7d`).
         #[arg(long, value_parser = parse_duration)]
         older_than: Option<Duration>,
         #[arg(long)]
@@ -141,7 +141,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     let dlq_queue = topology.dlq();
     let inbound = topology.inbound();
     let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest dlq"),
+        args.amqp.broker_config("wa-ingest dlq")?,
         topology,
         stop.clone(),
     );
@@ -195,101 +195,112 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
 /// The read-only commands, on a bounded snapshot of the DLQ.
 fn execute(command: &DlqCommand, scan: &Scan) -> anyhow::Result<()> {
     match command {
-        DlqCommand::Stats { json } => {
-            let mut stats = Stats {
-                depth: scan.messages.len(),
-                truncated: scan.truncated,
-                by_class: BTreeMap::new(),
-                by_error: BTreeMap::new(),
-            };
-            for (entry, _) in &scan.messages {
-                *stats.by_class.entry(entry.class.clone()).or_default() += 1;
-                *stats.by_error.entry(entry.error.clone()).or_default() += 1;
-            }
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                println!(
-                    "depth: {}{}",
-                    stats.depth,
-                    if stats.truncated { "+" } else { "" }
-                );
-                println!("by class:");
-                for (class, n) in &stats.by_class {
-                    println!("  {n:>7}  {class}");
-                }
-                println!("by error:");
-                for (error, n) in &stats.by_error {
-                    println!("  {n:>7}  {error}");
-                }
-            }
-        }
+        DlqCommand::Stats { json } => print_stats(scan, *json),
         DlqCommand::List {
             filter,
             limit,
             json,
-        } => {
-            let entries: Vec<&DlqEntry> = scan
-                .messages
-                .iter()
-                .map(|(entry, _)| entry)
-                .filter(|entry| filter.matches(entry))
-                .take(*limit)
-                .collect();
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&entries)?);
-            } else {
-                println!(
-                    "{:<64}  {:<9}  {:>8}  {:<25}  {:<40}  wamids",
-                    "id", "class", "attempts", "first failure", "error"
-                );
-                for entry in entries {
-                    println!(
-                        "{:<64}  {:<9}  {:>8}  {:<25}  {:<40}  {}",
-                        entry.id,
-                        entry.class,
-                        entry.attempts,
-                        entry
-                            .first_failure_at
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default(),
-                        one_line(&entry.error, 40),
-                        entry.wamids.join(","),
-                    );
-                }
-            }
-        }
-        DlqCommand::Show { id, payload } => {
-            let Some((entry, message)) = scan.messages.iter().find(|(entry, _)| entry.id == *id)
-            else {
-                bail!("no message with id {id} in the DLQ");
-            };
-            println!("{}", serde_json::to_string_pretty(entry)?);
-            let properties = &message.delivery.properties;
-            println!(
-                "content-type: {}",
-                properties
-                    .content_type()
-                    .as_ref()
-                    .map(|c| c.to_string())
-                    .unwrap_or_default()
-            );
-            let table = properties
-                .headers()
-                .clone()
-                .unwrap_or_else(FieldTable::default);
-            for (key, value) in table.inner() {
-                if key.as_str() != headers::SIGNATURE {
-                    println!("header {key}: {value:?}");
-                }
-            }
-            if *payload {
-                println!("{}", String::from_utf8_lossy(&message.delivery.data));
-            }
-        }
+        } => print_list(scan, filter, *limit, *json),
+        DlqCommand::Show { id, payload } => print_message(scan, id, *payload),
         DlqCommand::Replay { .. } | DlqCommand::Purge { .. } => {
             unreachable!("replay and purge drain the queue")
         }
+    }
+}
+
+/// `dlq stats`: depth, then counts by error class and by error text.
+fn print_stats(scan: &Scan, json: bool) -> anyhow::Result<()> {
+    let mut stats = Stats {
+        depth: scan.messages.len(),
+        truncated: scan.truncated,
+        by_class: BTreeMap::new(),
+        by_error: BTreeMap::new(),
+    };
+    for (entry, _) in &scan.messages {
+        *stats.by_class.entry(entry.class.clone()).or_default() += 1;
+        *stats.by_error.entry(entry.error.clone()).or_default() += 1;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(());
+    }
+    println!(
+        "depth: {}{}",
+        stats.depth,
+        if stats.truncated { "+" } else { "" }
+    );
+    println!("by class:");
+    for (class, n) in &stats.by_class {
+        println!("  {n:>7}  {class}");
+    }
+    println!("by error:");
+    for (error, n) in &stats.by_error {
+        println!("  {n:>7}  {error}");
+    }
+    Ok(())
+}
+
+/// `dlq list`: one line (or JSON object) per matching message.
+fn print_list(scan: &Scan, filter: &Filter, limit: usize, json: bool) -> anyhow::Result<()> {
+    let entries: Vec<&DlqEntry> = scan
+        .messages
+        .iter()
+        .map(|(entry, _)| entry)
+        .filter(|entry| filter.matches(entry))
+        .take(limit)
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    println!(
+        "{:<64}  {:<9}  {:>8}  {:<25}  {:<40}  wamids",
+        "id", "class", "attempts", "first failure", "error"
+    );
+    for entry in entries {
+        println!(
+            "{:<64}  {:<9}  {:>8}  {:<25}  {:<40}  {}",
+            entry.id,
+            entry.class,
+            entry.attempts,
+            entry
+                .first_failure_at
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            one_line(&entry.error, 40),
+            entry.wamids.join(","),
+        );
+    }
+    Ok(())
+}
+
+/// `dlq show`: one message's entry and headers (never the signature); the
+/// body only when asked for.
+fn print_message(scan: &Scan, id: &str, payload: bool) -> anyhow::Result<()> {
+    let Some((entry, message)) = scan.messages.iter().find(|(entry, _)| entry.id == id) else {
+        bail!("no message with id {id} in the DLQ");
+    };
+    println!("{}", serde_json::to_string_pretty(entry)?);
+    let properties = &message.delivery.properties;
+    println!(
+        "content-type: {}",
+        properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default()
+    );
+    let table = properties
+        .headers()
+        .clone()
+        .unwrap_or_else(FieldTable::default);
+    for (key, value) in table.inner() {
+        if key.as_str() != headers::SIGNATURE {
+            println!("header {key}: {value:?}");
+        }
+    }
+    if payload {
+        println!("{}", String::from_utf8_lossy(&message.delivery.data));
     }
     Ok(())
 }

@@ -68,10 +68,10 @@ const RAW: &[&str] = &[
 
 /// Inputs stay within the receiver's default body limit (WA_BODY_LIMIT):
 /// nothing larger reaches the parser.
-pub const MAX_INPUT_LEN: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_INPUT_LEN: usize = 4 * 1024 * 1024;
 
 /// A mutated copy of `seed` (a corpus body), at most [`MAX_INPUT_LEN`] bytes.
-pub fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
+pub(crate) fn mutate(rng: &mut StdRng, seed: &[u8]) -> Vec<u8> {
     for _ in 0..8 {
         let mutated = mutate_once(rng, seed);
         if mutated.len() <= MAX_INPUT_LEN {

@@ -11,7 +11,7 @@ use wa_receiver::{SignatureError, SignatureVerifier, parse_signature_header, sig
 use crate::mutate::mutate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Target {
+pub(crate) enum Target {
     /// `wa_payload::parse_payload` and everything derived from its events.
     Payload,
     /// The `X-Hub-Signature-256` parser and the (incremental) verifier.
@@ -19,9 +19,9 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 2] = [Target::Payload, Target::Signature];
+    pub(crate) const ALL: [Target; 2] = [Target::Payload, Target::Signature];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Payload => "payload",
             Target::Signature => "signature",
@@ -30,7 +30,7 @@ impl Target {
 
     /// The input number `index` of this target: the same for the same seed,
     /// so that any failure can be replayed alone.
-    pub fn input(self, corpus: &[Vec<u8>], rng: &mut StdRng) -> Vec<u8> {
+    pub(crate) fn input(self, corpus: &[Vec<u8>], rng: &mut StdRng) -> Vec<u8> {
         let seed = corpus.choose(rng).expect("the corpus is not empty");
         match self {
             Target::Payload => mutate(rng, seed),
@@ -39,7 +39,7 @@ impl Target {
     }
 
     /// Runs the input; `Err` names a broken property.
-    pub fn run(self, input: &[u8]) -> Result<(), String> {
+    pub(crate) fn run(self, input: &[u8]) -> Result<(), String> {
         match self {
             Target::Payload => check_payload(input),
             Target::Signature => check_signature(input),

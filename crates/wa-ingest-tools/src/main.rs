@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use wa_core::telemetry::{LogFormat, error_chain, init_logging};
+use wa_core::telemetry::{LogArgs, exit_code, init_logging};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,16 +17,8 @@ use wa_core::telemetry::{LogFormat, error_chain, init_logging};
     about = "wa-ingest's tools: load generator and benchmark"
 )]
 struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_name = "LOG_FORMAT",
-        value_enum,
-        default_value = "json",
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,18 +34,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let outcome = match cli.command {
+    init_logging(cli.log.log_format);
+    exit_code(match cli.command {
         Command::Loadgen(args) => wa_loadgen::run(args).await,
         Command::Bench(args) => wa_bench::run(*args).await,
-    };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let error = error_chain(error.as_ref());
-            tracing::error!(%error, "wa-ingest-tools failed");
-            eprintln!("wa-ingest: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
-use wa_core::telemetry::{LogFormat, error_chain, init_logging};
+use wa_core::telemetry::{LogArgs, LogFormat, exit_code, init_logging};
 
 mod migrate;
 mod tools;
@@ -18,16 +18,8 @@ mod tools;
     about = "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once"
 )]
 struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_name = "LOG_FORMAT",
-        value_enum,
-        default_value = "json",
-        global = true
-    )]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,24 +51,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Loadgen(args) => tools::run("loadgen", args, cli.log_format),
-        Command::Bench(args) => tools::run("bench", args, cli.log_format),
-        role => run_role(role, cli.log_format),
+        Command::Loadgen(args) => tools::run("loadgen", args, cli.log.log_format),
+        Command::Bench(args) => tools::run("bench", args, cli.log.log_format),
+        role => run_role(role, cli.log.log_format),
     }
 }
 
 #[tokio::main]
 async fn run_role(command: Command, log_format: LogFormat) -> ExitCode {
     init_logging(log_format);
-    match run(command).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            let error = error_chain(error.as_ref());
-            tracing::error!(%error, "wa-ingest failed");
-            eprintln!("wa-ingest: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run(command).await)
 }
 
 /// Binds a role's listener; the error names the variable that chose the address.

@@ -3,12 +3,12 @@ use sqlx::migrate::MigrateDatabase;
 use wa_store::DatabaseArgs;
 
 #[derive(Debug, clap::Args)]
-pub struct MigrateArgs {
+pub(crate) struct MigrateArgs {
     #[command(flatten)]
     database: DatabaseArgs,
 }
 
-pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     let url = args.database.database_url.expose();
     if !sqlx::Postgres::database_exists(url)
         .await

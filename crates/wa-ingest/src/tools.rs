@@ -8,16 +8,16 @@ use std::process::ExitCode;
 
 use wa_core::telemetry::LogFormat;
 
-pub const TOOLS_BINARY: &str = "wa-ingest-tools";
+pub(crate) const TOOLS_BINARY: &str = "wa-ingest-tools";
 
 /// Everything after the subcommand, `--help` included, goes to the tool.
 #[derive(Debug, clap::Args)]
-pub struct ToolArgs {
+pub(crate) struct ToolArgs {
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
     args: Vec<OsString>,
 }
 
-pub fn run(tool: &str, args: ToolArgs, log_format: LogFormat) -> ExitCode {
+pub(crate) fn run(tool: &str, args: ToolArgs, log_format: LogFormat) -> ExitCode {
     let Some(binary) = wa_core::executable::find_companion(TOOLS_BINARY) else {
         let needed_for = format!("`wa-ingest {tool}`");
         eprintln!(

@@ -29,19 +29,24 @@ pub async fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     match args.command {
         LoadgenCommand::Send(args) => {
             let report = send(&args).await?;
-            println!("{report}");
-            if report.rejected > 0 {
-                anyhow::bail!("{} request(s) were not answered 200", report.rejected);
-            }
-            Ok(())
+            print_and_judge(&report, report.rejected, "request(s) were not answered 200")
         }
         LoadgenCommand::Check(args) => {
             let report = check(&args).await?;
-            println!("{report}");
-            if report.missing > 0 {
-                anyhow::bail!("{} event(s) are missing", report.missing);
-            }
-            Ok(())
+            print_and_judge(&report, report.missing as u64, "event(s) are missing")
         }
+    }
+}
+
+/// Prints the report; the command fails when `failures` is not zero.
+fn print_and_judge(
+    report: &impl std::fmt::Display,
+    failures: u64,
+    what: &str,
+) -> anyhow::Result<()> {
+    println!("{report}");
+    match failures {
+        0 => Ok(()),
+        failures => anyhow::bail!("{failures} {what}"),
     }
 }

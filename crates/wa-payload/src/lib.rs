@@ -7,6 +7,7 @@
 
 mod canonical;
 mod event;
+mod key;
 mod parse;
 mod timestamp;
 
@@ -14,4 +15,5 @@ pub use event::{
     Contact, Direction, Event, EventKind, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
     ParticipantChange, StatusEvent, status_rank,
 };
+pub use key::EventKey;
 pub use parse::{PayloadError, parse_payload};

@@ -5,6 +5,7 @@ use crate::event::{
     Contact, Direction, Event, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
     ParticipantChange, StatusEvent,
 };
+use crate::key;
 use crate::timestamp::meta_timestamp;
 
 /// Longer ids are not ids: such an item is kept as an [`OtherEvent`].
@@ -308,12 +309,8 @@ fn message(
         Direction::Echo => &ECHO_RECIPIENT,
     };
     let contact = context.contact(Ids::read(object, fields), true);
-    let prefix = match direction {
-        Direction::Inbound => "msg",
-        Direction::Echo => "echo",
-    };
     Event::Message(MessageEvent {
-        key: format!("{prefix}:{wamid}"),
+        key: key::message(direction, &wamid),
         message_type: string_field(object, "type").unwrap_or_else(|| "unknown".to_owned()),
         group_id: id_field(object, "group_id"),
         timestamp: meta_timestamp(object.get("timestamp")),
@@ -358,10 +355,7 @@ fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryC
     if participant.as_ref().is_some_and(|p| p.len() > MAX_ID_LEN) {
         return other(&format!("{field}.invalid_status"), entry, item.clone());
     }
-    let key = match &participant {
-        Some(participant) => format!("status:{wamid}:{status}:{participant}"),
-        None => format!("status:{wamid}:{status}"),
-    };
+    let key = key::status(&wamid, &status, participant.as_deref());
     let present = |key: &str| object.get(key).filter(|v| !v.is_null()).cloned();
     Event::Status(StatusEvent {
         key,
@@ -420,19 +414,21 @@ fn group(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryCo
     let key = match (&group_id, &update_type) {
         (Some(group), Some(kind)) => {
             if let Some(request) = &request_id {
-                Some(format!("group:{group}:{kind}:request:{request}"))
+                Some(key::group(&format!("{group}:{kind}:request:{request}")))
             } else if let Some(join_request) = &join_request_id {
-                Some(format!("group:{group}:{kind}:join_request:{join_request}"))
+                Some(key::group(&format!(
+                    "{group}:{kind}:join_request:{join_request}"
+                )))
             } else {
                 item_time.map(|at| {
                     let named = participants_in_key(&participants);
-                    format!("group:{group}:{kind}:at:{}{named}", at.timestamp())
+                    key::group(&format!("{group}:{kind}:at:{}{named}", at.timestamp()))
                 })
             }
         }
         _ => None,
     };
-    let key = key.unwrap_or_else(|| format!("group:{}", entry_hash(field, entry, item)));
+    let key = key.unwrap_or_else(|| key::group(&entry_hash(field, entry, item)));
     Event::Group(GroupEvent {
         key,
         field: field.to_owned(),
@@ -501,7 +497,7 @@ fn participants_in_key(participants: &[GroupParticipant]) -> String {
 /// account and time: a redelivery hashes the same, a new notification does not.
 fn other(field: &str, entry: &EntryContext, raw: Value) -> Event {
     Event::Other(OtherEvent {
-        key: format!("event:{}", entry_hash(field, entry, &raw)),
+        key: key::other(&entry_hash(field, entry, &raw)),
         field: field.to_owned(),
         account_id: entry.account_id.clone(),
         timestamp: meta_timestamp(Some(&entry.time)),

@@ -54,7 +54,7 @@ pub async fn run_with_ops(
     let broker_stop = CancellationToken::new();
     let topology = Topology::new(config.namespace.namespace.clone());
     let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest receiver"),
+        config.amqp.broker_config("wa-ingest receiver")?,
         topology,
         broker_stop.clone(),
     );

@@ -198,6 +198,11 @@ async fn require_client_certificate(
 /// or malformed signature, an announced length over the limit), then reads
 /// the body under its deadline and budget while hashing it, and only once
 /// the signature holds checks the JSON and publishes.
+#[tracing::instrument(
+    name = "webhook",
+    skip_all,
+    fields(bytes = tracing::field::Empty, message_id = tracing::field::Empty)
+)]
 async fn receive(
     State(state): State<Arc<AppState>>,
     connection: Option<Extension<ConnContext>>,
@@ -232,6 +237,7 @@ async fn receive(
         Err(error) => return body_failure(error, connection.as_ref()),
     };
     drop(sheddable);
+    tracing::Span::current().record("bytes", body.bytes.len());
     if let Err(error) = check.finish() {
         tracing::warn!(%error, bytes = body.bytes.len(), "webhook refused");
         return Outcome::Unauthorized;
@@ -287,6 +293,7 @@ fn body_failure(error: BodyError, connection: Option<&Extension<ConnContext>>) -
 
 async fn enqueue(broker: &Broker, body: &Bytes, signature: Option<&[u8]>) -> Outcome {
     let message_id = hex::encode(Sha256::digest(body));
+    tracing::Span::current().record("message_id", message_id.as_str());
     let inbound = broker.topology().inbound();
     let started = Instant::now();
     let published = broker

@@ -6,6 +6,9 @@ use wa_core::args::NamespaceArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
+/// Event shard queues when `WA_EVENT_SHARDS` is not set.
+pub const DEFAULT_EVENT_SHARDS: u16 = 4;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {
     #[command(flatten)]
@@ -28,7 +31,7 @@ pub struct RelayConfig {
     pub reorder_window: Duration,
     /// Queues `{ns}.events.{i}` that contacts are spread over. Changing it
     /// moves contacts between queues: drain the old ones first.
-    #[arg(long, env = "WA_EVENT_SHARDS", value_name = "WA_EVENT_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, env = "WA_EVENT_SHARDS", value_name = "WA_EVENT_SHARDS", default_value_t = DEFAULT_EVENT_SHARDS, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub event_shards: u16,
     /// Contacts one release locks.
     #[arg(long, env = "WA_RELAY_BATCH_CONTACTS", value_name = "WA_RELAY_BATCH_CONTACTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]

@@ -22,8 +22,8 @@ use wa_broker::{Broker, Topology};
 use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
 
-pub use config::RelayConfig;
-pub use release::{CONTACT_KEY, LATE, Release, SEQUENCE, release_once};
+pub use config::{DEFAULT_EVENT_SHARDS, RelayConfig};
+pub use release::{ReleaseSettings, release_due};
 
 /// Runs until `shutdown`, then finishes the release in progress and returns.
 pub async fn run(
@@ -36,18 +36,21 @@ pub async fn run(
         Topology::new(config.namespace.namespace.clone()).with_event_shards(config.event_shards);
     let broker_stop = CancellationToken::new();
     let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest relay"),
+        config.amqp.broker_config("wa-ingest relay")?,
         topology,
         broker_stop.clone(),
     );
     let pool = config.database.pool()?;
+    // The ops server has its own stop: its metrics stay up while the
+    // release in progress finishes after the shutdown signal.
+    let ops_stop = CancellationToken::new();
     let readiness = broker.clone();
     let ops = tokio::spawn(wa_core::ops::serve(
         ops_listener,
         Arc::new(move || readiness.check_connected()),
-        shutdown.clone(),
+        ops_stop.clone(),
     ));
-    let settings = Release {
+    let settings = ReleaseSettings {
         window: config.reorder_window,
         shards: config.event_shards,
         max_contacts: i64::from(config.batch_contacts),
@@ -72,6 +75,7 @@ pub async fn run(
     prune_until(&pool, config.outbox_retention, &shutdown).await;
     while releases.join_next().await.is_some() {}
     broker_stop.cancel();
+    ops_stop.cancel();
     let _ = ops.await;
     pool.close().await;
     tracing::info!("relay stopped");
@@ -83,7 +87,7 @@ pub async fn run(
 async fn release_until(
     pool: PgPool,
     broker: Broker,
-    settings: Release,
+    settings: ReleaseSettings,
     poll_interval: Duration,
     shutdown: CancellationToken,
 ) {
@@ -92,7 +96,7 @@ async fn release_until(
         if broker.connected(&shutdown).await.is_none() {
             break;
         }
-        let pause = match release_once(&pool, &broker, &settings).await {
+        let pause = match release_due(&pool, &broker, &settings).await {
             Ok(0) => poll_interval,
             Ok(_) => {
                 failures = failure_backoff();

@@ -11,15 +11,12 @@ use futures_util::future::join_all;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
-use wa_broker::{Broker, Outgoing, PublishError, Unconfirmed, event_shard, headers};
-use wa_store::outbox::{self, ContactCursor, PendingEvent, Released};
-
-pub const SEQUENCE: &str = "x-wa-sequence";
-pub const LATE: &str = "x-wa-late";
-pub const CONTACT_KEY: &str = "x-wa-contact-key";
+use wa_broker::headers::{self, CONTACT_KEY, LATE, SEQUENCE};
+use wa_broker::{Broker, Outgoing, PublishError, Unconfirmed, event_shard};
+use wa_store::outbox::{self, ContactCursor, PendingEvent, PublishedEvent};
 
 #[derive(Debug, Clone)]
-pub struct Release {
+pub struct ReleaseSettings {
     pub window: Duration,
     pub shards: u16,
     pub max_contacts: i64,
@@ -34,10 +31,15 @@ struct Planned<'a> {
 }
 
 /// Releases what is due now; returns how many events were published.
-pub async fn release_once(
+#[tracing::instrument(
+    name = "release",
+    skip_all,
+    fields(contacts = tracing::field::Empty, events = tracing::field::Empty)
+)]
+pub async fn release_due(
     pool: &PgPool,
     broker: &Broker,
-    settings: &Release,
+    settings: &ReleaseSettings,
 ) -> anyhow::Result<usize> {
     let started = Instant::now();
     let mut claim = outbox::claim(
@@ -51,6 +53,9 @@ pub async fn release_once(
     if events.is_empty() {
         return Ok(0);
     }
+    let span = tracing::Span::current();
+    span.record("contacts", claim.contacts.len());
+    span.record("events", events.len());
     let mut cursors: HashMap<&str, ContactCursor> = claim
         .contacts
         .iter()
@@ -89,10 +94,10 @@ pub async fn release_once(
         return Err(anyhow::Error::new(error).context("publishing events failed"));
     }
 
-    let released: Vec<Released> = by_contact
+    let published: Vec<PublishedEvent> = by_contact
         .values()
         .flatten()
-        .map(|planned| Released {
+        .map(|planned| PublishedEvent {
             id: planned.event.id,
             sequence: planned.sequence,
             late: planned.late,
@@ -102,7 +107,7 @@ pub async fn release_once(
         .keys()
         .filter_map(|contact| cursors.get(contact).cloned())
         .collect();
-    claim.commit(&released, &moved).await?;
+    claim.commit(&published, &moved).await?;
 
     let mut counts: BTreeMap<(&str, bool), u64> = BTreeMap::new();
     for planned in by_contact.values().flatten() {
@@ -117,7 +122,7 @@ pub async fn release_once(
     }
     metrics::histogram!("wa_relay_release_duration_seconds")
         .record(started.elapsed().as_secs_f64());
-    Ok(released.len())
+    Ok(published.len())
 }
 
 /// Sends every planned event, then waits for all the confirms. A contact's
@@ -144,15 +149,7 @@ async fn publish_all(
             let routing_key = shard.to_string();
             let mut unconfirmed: Vec<Unconfirmed> = Vec::with_capacity(planned.len());
             for planned in planned {
-                let body =
-                    body_with_position(&planned.event.payload, planned.sequence, planned.late);
-                let message = Outgoing {
-                    exchange,
-                    routing_key: &routing_key,
-                    body: &body,
-                    properties: properties(planned),
-                };
-                match broker.send(u64::from(*shard), message).await {
+                match send_event(broker, *shard, exchange, &routing_key, planned).await {
                     Ok(pending) => unconfirmed.push(pending),
                     // Stop sending; what was sent is still awaited below.
                     Err(error) => return (unconfirmed, Err(error)),
@@ -177,6 +174,30 @@ async fn publish_all(
         Some(error) => Err(error),
         None => confirmed.into_iter().collect(),
     }
+}
+
+/// Sends one event on its shard's channel; its confirm is awaited with the
+/// release's others.
+#[tracing::instrument(
+    name = "publish_event",
+    skip_all,
+    fields(event_id = %planned.event.event_id, sequence = planned.sequence, late = planned.late)
+)]
+async fn send_event(
+    broker: &Broker,
+    shard: u16,
+    exchange: &str,
+    routing_key: &str,
+    planned: &Planned<'_>,
+) -> Result<Unconfirmed, PublishError> {
+    let body = body_with_position(&planned.event.payload, planned.sequence, planned.late);
+    let message = Outgoing {
+        exchange,
+        routing_key,
+        body: &body,
+        properties: properties(planned),
+    };
+    broker.send(u64::from(shard), message).await
 }
 
 /// The stored payload (a JSON object, as PostgreSQL prints `jsonb`) with the
@@ -214,7 +235,36 @@ fn is_late(cursor: &ContactCursor, event: &PendingEvent) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::body_with_position;
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::*;
+
+    fn at(seconds: i64) -> Option<DateTime<Utc>> {
+        Utc.timestamp_opt(seconds, 0).single()
+    }
+
+    fn cursor(last: Option<DateTime<Utc>>, wamid: Option<&str>) -> ContactCursor {
+        ContactCursor {
+            contact_key: "c".into(),
+            last_sequence: 3,
+            last_timestamp: last,
+            last_wamid: wamid.map(str::to_owned),
+        }
+    }
+
+    fn event(timestamp: Option<DateTime<Utc>>, wamid: &str) -> PendingEvent {
+        PendingEvent {
+            id: 1,
+            event_id: "e".into(),
+            event_type: "message.created".into(),
+            contact_key: "c".into(),
+            wamid: wamid.into(),
+            meta_timestamp: timestamp,
+            payload: "{}".into(),
+            due: true,
+            age_seconds: 0.0,
+        }
+    }
 
     #[test]
     fn the_position_is_added_to_the_stored_object() {
@@ -229,5 +279,25 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
             assert_eq!(parsed, expected);
         }
+    }
+
+    #[test]
+    fn an_event_behind_what_its_contact_released_is_late() {
+        let released = cursor(at(100), Some("wamid.B"));
+        assert!(is_late(&released, &event(at(99), "wamid.Z")));
+        // Same second: the wamid breaks the tie.
+        assert!(is_late(&released, &event(at(100), "wamid.A")));
+        assert!(!is_late(&released, &event(at(100), "wamid.B")));
+        assert!(!is_late(&released, &event(at(100), "wamid.C")));
+        assert!(!is_late(&released, &event(at(101), "wamid.A")));
+    }
+
+    #[test]
+    fn without_a_timestamp_on_either_side_nothing_is_late() {
+        assert!(!is_late(&cursor(None, None), &event(at(1), "wamid.A")));
+        assert!(!is_late(
+            &cursor(at(100), Some("wamid.B")),
+            &event(None, "wamid.A")
+        ));
     }
 }

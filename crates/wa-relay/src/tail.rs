@@ -35,7 +35,7 @@ pub struct TailArgs {
         long,
         env = "WA_EVENT_SHARDS",
         value_name = "WA_EVENT_SHARDS",
-        default_value_t = 4
+        default_value_t = crate::DEFAULT_EVENT_SHARDS
     )]
     pub event_shards: u16,
     /// Only this shard.
@@ -53,7 +53,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
         Topology::new(args.namespace.namespace.clone()).with_event_shards(args.event_shards);
     let broker_stop = CancellationToken::new();
     let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest events tail"),
+        args.amqp.broker_config("wa-ingest events tail")?,
         topology.clone(),
         broker_stop.clone(),
     );

@@ -29,31 +29,10 @@ impl DatabaseArgs {
     /// A lazily connecting pool: a role starts (and reports not ready) while
     /// PostgreSQL is down, instead of failing at start.
     pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
-        let mut options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
-        // Over loopback TLS protects nothing and, with sqlx 0.9.0 (which
-        // leaves Nagle's algorithm on), costs a delayed-ACK stall per
-        // statement. An explicit `sslmode` in the URL always wins.
-        let chose_sslmode = self
-            .database_url
-            .url()
-            .query_pairs()
-            .any(|(key, _)| key == "sslmode");
-        let loopback = match self.database_url.url().host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            // postgres:// is not a "special" scheme: IP addresses arrive as domains.
-            Some(url::Host::Domain(name)) => {
-                name == "localhost"
-                    || name
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            None => true,
-        };
-        if loopback && !chose_sslmode {
-            options = options.ssl_mode(sqlx::postgres::PgSslMode::Disable);
-        }
+        // TLS as the URL says (`sslmode`, `sslrootcert`; sqlx's default
+        // `prefer` uses it when the server offers it). TCP_NODELAY is set
+        // by the patched sqlx-core (patches/sqlx-core), so TLS costs no stall.
+        let options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)
             .acquire_timeout(self.db_acquire_timeout)

@@ -24,6 +24,7 @@ mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
 mod identity;
+pub mod lookup;
 pub mod outbox;
 mod persist;
 

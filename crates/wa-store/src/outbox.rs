@@ -261,7 +261,7 @@ pub struct ContactCursor {
 }
 
 /// An event the relay has published, with what it was given.
-pub struct Released {
+pub struct PublishedEvent {
     pub id: i64,
     pub sequence: i64,
     pub late: bool,
@@ -334,17 +334,17 @@ pub async fn claim(
 }
 
 impl OutboxClaim {
-    /// Marks `released` published and moves each contact's cursor, then
+    /// Marks `published` as published and moves each contact's cursor, then
     /// releases the locks.
     pub async fn commit(
         mut self,
-        released: &[Released],
+        published: &[PublishedEvent],
         cursors: &[ContactCursor],
     ) -> Result<(), StoreError> {
-        if !released.is_empty() {
-            let ids: Vec<i64> = released.iter().map(|r| r.id).collect();
-            let sequences: Vec<i64> = released.iter().map(|r| r.sequence).collect();
-            let lates: Vec<bool> = released.iter().map(|r| r.late).collect();
+        if !published.is_empty() {
+            let ids: Vec<i64> = published.iter().map(|r| r.id).collect();
+            let sequences: Vec<i64> = published.iter().map(|r| r.sequence).collect();
+            let lates: Vec<bool> = published.iter().map(|r| r.late).collect();
             sqlx::query(
                 "UPDATE outbox SET published_at = now(), sequence = u.sequence, late = u.late
                  FROM UNNEST($1::int8[], $2::int8[], $3::bool[]) AS u(id, sequence, late)
@@ -393,4 +393,13 @@ pub async fn prune(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64
     .execute(pool)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Events not yet published (the bench's progress).
+pub async fn count_unpublished(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
 }

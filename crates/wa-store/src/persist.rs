@@ -39,6 +39,7 @@ impl Store {
     /// writers lock them in the same order and cannot deadlock each other;
     /// the users the events name are resolved to their contact records
     /// first (see [`crate::identity`]), which also locks in one order.
+    #[tracing::instrument(name = "store", skip_all, fields(events = events.len()))]
     pub async fn persist(&self, events: &[&Event]) -> Result<Persisted, StoreError> {
         let mut connection = self.acquire().await?;
         let persisted = async {

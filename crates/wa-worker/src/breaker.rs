@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 /// Signatures tracked at once; the oldest is forgotten past this.
 const MAX_SIGNATURES: usize = 256;
 
-pub struct Breaker {
+pub(crate) struct Breaker {
     threshold: usize,
     window: Duration,
     /// Per signature, the distinct deliveries that failed with it lately,
@@ -21,7 +21,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
-    pub fn new(threshold: usize, window: Duration) -> Self {
+    pub(crate) fn new(threshold: usize, window: Duration) -> Self {
         Self {
             threshold: threshold.max(2),
             window,
@@ -32,7 +32,7 @@ impl Breaker {
     /// Records that the delivery with `fingerprint` failed alone with
     /// `signature`. True when that makes `threshold` distinct deliveries
     /// within the window: the breaker trips and counts afresh.
-    pub fn record(&self, signature: &str, fingerprint: u64, now: Instant) -> bool {
+    pub(crate) fn record(&self, signature: &str, fingerprint: u64, now: Instant) -> bool {
         let mut failures = self
             .failures
             .lock()

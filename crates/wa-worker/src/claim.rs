@@ -3,19 +3,25 @@
 //!
 //! - claim: `SET {ns}:claim:{key} pending:{token} NX PX {lease} GET`, atomic;
 //! - stored: compare-and-set to `done` with a long TTL;
-//! - failed: compare-and-delete, so the retry can claim again at once;
+//! - failed: compare-and-delete (`abandon`), so the retry can claim again at once;
 //! - held by `done`: a duplicate; held by another `pending`: look again after
 //!   the lease, never drop (the owner may have died before storing).
 //!
-//! Every call is one pipelined round trip for the whole batch, with one key
-//! per command so that it also works on Redis Cluster.
+//! Every command and script touches one key, so none can span hash slots on
+//! a Redis Cluster. On one server a call is one pipelined round trip for the
+//! whole batch; on a cluster the commands go out together over the cluster
+//! client's multiplexed connections, each to the master of its slot, and a
+//! key whose node fails (a master lost, a failover in progress) fails alone:
+//! failing open it is stored unguarded and PostgreSQL decides.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use futures_util::future::join_all;
+use redis::{Cmd, RedisError, Script};
 use tokio::sync::Mutex;
-use wa_core::{Namespace, SecretUrl};
+use wa_core::Namespace;
+
+use crate::redis_link::{RedisLink, RedisTarget};
 
 const MARK_DONE: &str = r"
 local current = redis.call('GET', KEYS[1])
@@ -24,7 +30,7 @@ if current == ARGV[1] or not current then
 end
 return 0";
 
-const RELEASE: &str = r"
+const ABANDON: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
@@ -72,29 +78,25 @@ impl ClaimsUnavailable {
 }
 
 pub struct Claims {
-    url: SecretUrl,
+    target: RedisTarget,
     namespace: Namespace,
     config: ClaimConfig,
-    connection: Mutex<Option<ConnectionManager>>,
+    connection: Mutex<Option<RedisLink>>,
     mark_done: Script,
-    release: Script,
+    abandon: Script,
 }
 
 impl Claims {
     /// Connects lazily: a worker starts while Redis is down.
-    pub fn new(url: SecretUrl, namespace: Namespace, config: ClaimConfig) -> Self {
+    pub fn new(target: RedisTarget, namespace: Namespace, config: ClaimConfig) -> Self {
         Self {
-            url,
+            target,
             namespace,
             config,
             connection: Mutex::new(None),
             mark_done: Script::new(MARK_DONE),
-            release: Script::new(RELEASE),
+            abandon: Script::new(ABANDON),
         }
-    }
-
-    pub fn fail_mode(&self) -> FailMode {
-        self.config.fail_mode
     }
 
     /// The Redis key of an event's claim.
@@ -104,44 +106,56 @@ impl Claims {
 
     /// Claims every key for `token` in one round trip. Fails only when Redis
     /// is unreachable and claims fail closed.
+    #[tracing::instrument(name = "claim", skip_all, fields(events = keys.len()))]
     pub async fn claim(&self, token: &str, keys: &[&str]) -> Result<Vec<Claim>, ClaimsUnavailable> {
         let owner = pending(token);
         let lease_ms = millis(self.config.lease);
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("SET")
-                .arg(self.claim_key(key))
-                .arg(&owner)
-                .arg("NX")
-                .arg("PX")
-                .arg(lease_ms)
-                .arg("GET");
-        }
-        match self.query::<Vec<Option<String>>>(&pipe).await {
-            Ok(previous) => Ok(previous
-                .into_iter()
-                .map(|previous| match previous.as_deref() {
+        let commands: Vec<Cmd> = keys
+            .iter()
+            .map(|key| {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(self.claim_key(key))
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .arg("GET");
+                cmd
+            })
+            .collect();
+        let replies = self.query_each::<Option<String>>(commands).await;
+        let mut claims = Vec::with_capacity(keys.len());
+        let mut unguarded = 0;
+        for reply in replies {
+            claims.push(match reply {
+                Ok(previous) => match previous.as_deref() {
                     None => Claim::Claimed,
                     Some("done") => Claim::Done,
                     Some(_) => Claim::HeldByOther,
-                })
-                .collect()),
-            Err(error) if self.config.fail_mode == FailMode::Open => {
-                metrics::counter!("wa_claim_fail_open_total").increment(keys.len() as u64);
-                tracing::warn!(
-                    error = %wa_core::telemetry::error_chain(&error),
-                    events = keys.len(),
-                    "Redis unreachable: failing open, PostgreSQL deduplicates"
-                );
-                Ok(vec![Claim::Unguarded; keys.len()])
-            }
-            Err(error) => Err(ClaimsUnavailable(error)),
+                },
+                Err(error) if self.config.fail_mode == FailMode::Open => {
+                    if unguarded == 0 {
+                        tracing::warn!(
+                            error = %wa_core::telemetry::error_chain(&error),
+                            "Redis unreachable: failing open, PostgreSQL deduplicates"
+                        );
+                    }
+                    unguarded += 1;
+                    Claim::Unguarded
+                }
+                Err(error) => return Err(ClaimsUnavailable(error)),
+            });
         }
+        if unguarded > 0 {
+            metrics::counter!("wa_claim_fail_open_total").increment(unguarded);
+        }
+        Ok(claims)
     }
 
     /// Turns our pending claims into `done` markers. A failure here costs
     /// nothing but an early duplicate filter: the lease expires and the
     /// database still refuses the second row.
+    #[tracing::instrument(name = "mark_done", skip_all, fields(events = keys.len()))]
     pub async fn mark_done(&self, token: &str, keys: &[&str]) {
         let done_ms = millis(self.config.done_ttl).to_string();
         if let Err(error) = self
@@ -156,13 +170,15 @@ impl Claims {
         }
     }
 
-    /// Drops our pending claims so that a retry can claim at once.
-    pub async fn release(&self, token: &str, keys: &[&str]) {
-        if let Err(error) = self.run_script(&self.release, token, keys, None).await {
+    /// Gives up our pending claims after a failed store (compare-and-delete)
+    /// so that a retry can claim them at once.
+    #[tracing::instrument(name = "abandon_claims", skip_all, fields(events = keys.len()))]
+    pub async fn abandon(&self, token: &str, keys: &[&str]) {
+        if let Err(error) = self.run_script(&self.abandon, token, keys, None).await {
             tracing::warn!(
                 error = %wa_core::telemetry::error_chain(&error),
                 events = keys.len(),
-                "could not release claims"
+                "could not abandon claims"
             );
         }
     }
@@ -191,55 +207,108 @@ impl Claims {
             return Ok(());
         }
         let owner = pending(token);
-        let build = |pipe: &mut redis::Pipeline| {
-            for key in keys {
-                let cmd = pipe
-                    .cmd("EVALSHA")
-                    .arg(script.get_hash())
-                    .arg(1)
-                    .arg(self.claim_key(key))
-                    .arg(&owner);
+        let mut connection = self.connection().await?;
+        if let RedisLink::Cluster(_) = connection {
+            // One invocation per key, sent together: each goes to its own
+            // slot's master, and EVALSHA falls back to loading the script
+            // on a node that does not have it (a promoted replica, say).
+            let runs = keys.iter().map(|key| {
+                let mut invocation = script.key(self.claim_key(key));
+                invocation.arg(&owner);
                 if let Some(extra) = extra {
-                    cmd.arg(extra);
+                    invocation.arg(extra);
                 }
-                cmd.ignore();
-            }
-        };
+                let mut connection = connection.clone();
+                async move { invocation.invoke_async::<()>(&mut connection).await }
+            });
+            let results: Vec<Result<(), RedisError>> = join_all(runs).await;
+            self.forget_broken_cluster(&results).await;
+            return results.into_iter().collect();
+        }
         let mut pipe = redis::pipe();
-        build(&mut pipe);
-        match self.query::<()>(&pipe).await {
+        for key in keys {
+            let cmd = pipe
+                .cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(1)
+                .arg(self.claim_key(key))
+                .arg(&owner);
+            if let Some(extra) = extra {
+                cmd.arg(extra);
+            }
+            cmd.ignore();
+        }
+        match pipe.query_async::<()>(&mut connection).await {
             Err(error)
                 if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
             {
                 // A restarted or flushed Redis forgot the script: load it, once.
-                let mut connection = self.connection().await?;
                 script.load_async(&mut connection).await?;
-                self.query::<()>(&pipe).await
+                pipe.query_async::<()>(&mut connection).await
             }
             other => other,
         }
     }
 
-    async fn query<T: redis::FromRedisValue>(
+    /// Runs the commands and returns one reply per command, in order: one
+    /// pipeline on a single server, concurrent single-key commands on a
+    /// cluster (a pipeline there must stay within one slot).
+    async fn query_each<T: redis::FromRedisValue>(
         &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, RedisError> {
-        let mut connection = self.connection().await?;
-        pipe.query_async(&mut connection).await
+        commands: Vec<Cmd>,
+    ) -> Vec<Result<T, RedisError>> {
+        let count = commands.len();
+        let mut connection = match self.connection().await {
+            Ok(connection) => connection,
+            Err(error) => return (0..count).map(|_| Err(error.clone())).collect(),
+        };
+        match connection {
+            RedisLink::Cluster(_) => {
+                let replies = join_all(commands.into_iter().map(|cmd| {
+                    let mut connection = connection.clone();
+                    async move { cmd.query_async::<T>(&mut connection).await }
+                }))
+                .await;
+                self.forget_broken_cluster(&replies).await;
+                replies
+            }
+            RedisLink::Single(_) => {
+                let mut pipe = redis::pipe();
+                for cmd in commands {
+                    pipe.add_command(cmd);
+                }
+                match pipe.query_async::<Vec<T>>(&mut connection).await {
+                    Ok(replies) => replies.into_iter().map(Ok).collect(),
+                    Err(error) => (0..count).map(|_| Err(error.clone())).collect(),
+                }
+            }
+        }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, RedisError> {
+    /// After a failover the cluster client can keep routing to the lost
+    /// master until its own repair succeeds; a command that could not reach
+    /// a node drops the connection, so the next batch reads the slot map
+    /// afresh from the seeds (at most once per batch; failing open meanwhile).
+    async fn forget_broken_cluster<T>(&self, replies: &[Result<T, RedisError>]) {
+        let unreachable = replies.iter().any(|reply| {
+            reply.as_ref().is_err_and(|error| {
+                error.is_io_error()
+                    || error.is_timeout()
+                    || error.is_connection_dropped()
+                    || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
+            })
+        });
+        if unreachable {
+            *self.connection.lock().await = None;
+        }
+    }
+
+    async fn connection(&self) -> Result<RedisLink, RedisError> {
         let mut slot = self.connection.lock().await;
         if let Some(connection) = slot.as_ref() {
             return Ok(connection.clone());
         }
-        let client = redis::Client::open(self.url.expose())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.timeout))
-            .set_response_timeout(Some(self.config.timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let connection = client.get_connection_manager_with_config(config).await?;
+        let connection = self.target.connect().await?;
         *slot = Some(connection.clone());
         Ok(connection)
     }

@@ -1,13 +1,25 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use wa_broker::AmqpArgs;
-use wa_core::SecretUrl;
+use wa_core::SecretUrls;
 use wa_core::args::NamespaceArgs;
-use wa_core::config::{SecretUrlParser, parse_duration};
+use wa_core::config::{SecretUrlsParser, parse_duration};
 use wa_store::DatabaseArgs;
 
 use crate::claim::FailMode;
+
+/// The retry tiers when `WA_RETRY_TIERS` is not set.
+const DEFAULT_RETRY_TIERS: &str = "5s,30s,2m,10m,1h";
+
+/// [`DEFAULT_RETRY_TIERS`] as durations (the queues a default worker declares).
+pub fn default_retry_tiers() -> Vec<Duration> {
+    DEFAULT_RETRY_TIERS
+        .split(',')
+        .map(|tier| parse_duration(tier).expect("the default tiers parse"))
+        .collect()
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
@@ -55,7 +67,7 @@ pub struct WorkerConfig {
     )]
     pub claim_fail_mode: FailMode,
     /// Delays of the retry tiers, in order; after the last comes the DLQ.
-    #[arg(long, env = "WA_RETRY_TIERS", value_name = "WA_RETRY_TIERS", value_delimiter = ',', default_value = "5s,30s,2m,10m,1h", value_parser = parse_duration)]
+    #[arg(long, env = "WA_RETRY_TIERS", value_name = "WA_RETRY_TIERS", value_delimiter = ',', default_value = DEFAULT_RETRY_TIERS, value_parser = parse_duration)]
     pub retry_tiers: Vec<Duration>,
     /// Quick in-process retries of a transient store error before a tier.
     #[arg(long, env = "WA_QUICK_RETRIES", value_name = "WA_QUICK_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=10))]
@@ -116,14 +128,31 @@ impl WorkerConfig {
 /// Where the claims live (`REDIS_URL`) and how long a command may take.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RedisArgs {
-    /// Redis URL.
+    /// Redis URL (`rediss://` for TLS); with WA_REDIS_CLUSTER, the seed
+    /// nodes of the cluster, comma-separated.
     #[arg(
         long = "redis-url",
-        value_parser = SecretUrlParser,
+        value_parser = SecretUrlsParser,
         env = "REDIS_URL", value_name = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/"
     )]
-    pub redis_url: SecretUrl,
+    pub redis_url: SecretUrls,
+    /// Redis is a Redis Cluster: REDIS_URL lists seed nodes, commands follow the slots.
+    #[arg(long, env = "WA_REDIS_CLUSTER", value_name = "WA_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+    /// PEM CA certificate(s) a `rediss://` server must chain to (default: the system's roots).
+    #[arg(long, env = "WA_REDIS_CA_FILE", value_name = "WA_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to a `rediss://` server (with WA_REDIS_CLIENT_KEY).
+    #[arg(
+        long,
+        env = "WA_REDIS_CLIENT_CERT",
+        value_name = "WA_REDIS_CLIENT_CERT"
+    )]
+    pub redis_client_cert: Option<PathBuf>,
+    /// PEM key of WA_REDIS_CLIENT_CERT.
+    #[arg(long, env = "WA_REDIS_CLIENT_KEY", value_name = "WA_REDIS_CLIENT_KEY")]
+    pub redis_client_key: Option<PathBuf>,
     /// Time limit of every Redis command.
     #[arg(long, env = "WA_REDIS_TIMEOUT", value_name = "WA_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,

@@ -25,7 +25,7 @@ use crate::pipeline::{Disposition, Processor};
 use crate::retry::{Hop, Origin, RetryPolicy};
 
 #[derive(Debug, Clone)]
-pub struct ConsumeSettings {
+pub(crate) struct ConsumeSettings {
     pub prefetch: u16,
     pub batch_size: usize,
     pub batch_linger: Duration,
@@ -51,7 +51,7 @@ struct Batch {
 /// the batches in flight are finished and acked. Survives broker restarts:
 /// after a lost connection it consumes again on the next one, and whatever
 /// was unacked is redelivered (and absorbed as duplicates).
-pub async fn consume(
+pub(crate) async fn consume(
     broker: Broker,
     processor: Arc<Processor>,
     retry: RetryPolicy,
@@ -181,6 +181,17 @@ async fn dispatch(shared: &Arc<Shared>, slots: &Arc<Semaphore>, tasks: &TaskTrac
     });
 }
 
+/// The span of a batch names its deliveries by their tags, so every log
+/// line of the batch (claim, store, settle) says which batch it belongs to.
+#[tracing::instrument(
+    name = "batch",
+    skip_all,
+    fields(
+        batch_size = batch.deliveries.len(),
+        first_delivery_tag = batch.deliveries.first().map(|d| d.delivery_tag),
+        last_delivery_tag = batch.deliveries.last().map(|d| d.delivery_tag),
+    )
+)]
 async fn handle(
     shared: &Shared,
     batch: Batch,
@@ -222,6 +233,11 @@ async fn handle(
     crate::pipeline::record_stage("settle", started);
 }
 
+#[tracing::instrument(
+    name = "settle",
+    skip_all,
+    fields(delivery_tag = delivery.delivery_tag, decision = decision.name())
+)]
 async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
     let origin = Origin {
         exchange: delivery.exchange.as_str(),

@@ -10,6 +10,7 @@ pub mod failure;
 mod monitor;
 mod pause;
 pub mod pipeline;
+pub mod redis_link;
 pub mod retry;
 
 use std::sync::Arc;
@@ -18,11 +19,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wa_broker::{Broker, Topology};
 
-pub use config::{RedisArgs, WorkerConfig};
+pub use config::{RedisArgs, WorkerConfig, default_retry_tiers};
 
 use crate::claim::{ClaimConfig, Claims};
 use crate::consumer::ConsumeSettings;
 use crate::pipeline::{Processor, ProcessorSettings};
+use crate::redis_link::RedisTarget;
 use crate::retry::RetryPolicy;
 
 /// Runs until `shutdown` fires, then stops consuming, finishes and acks the
@@ -44,13 +46,13 @@ pub async fn run(
     let broker = Broker::start(
         config
             .amqp
-            .broker_config(&format!("wa-ingest worker {worker_id}")),
+            .broker_config(&format!("wa-ingest worker {worker_id}"))?,
         topology.clone(),
         broker_stop.clone(),
     );
     let pool = config.database.pool()?;
     let claims = Claims::new(
-        config.redis.redis_url.clone(),
+        RedisTarget::from_args(&config.redis)?,
         namespace,
         ClaimConfig {
             lease: config.claim_lease,

@@ -8,7 +8,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use wa_broker::Broker;
 
-pub async fn watch_queue_depths(broker: Broker, every: Duration, stop: CancellationToken) {
+pub(crate) async fn watch_queue_depths(broker: Broker, every: Duration, stop: CancellationToken) {
     let queues = [
         ("inbound", broker.topology().inbound()),
         ("dlq", broker.topology().dlq()),

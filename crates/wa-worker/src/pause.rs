@@ -8,13 +8,13 @@ use tokio::sync::watch;
 
 use crate::failure::Pause;
 
-pub struct Gate {
+pub(crate) struct Gate {
     state: watch::Sender<Option<Pause>>,
 }
 
 /// What a batch waiting at the gate gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     Open,
     /// Still closed when the deliveries' hold limit came.
     HoldLimit,
@@ -22,13 +22,13 @@ pub enum Admit {
 
 impl Gate {
     /// A gate closed until the first probe passes.
-    pub fn closed(pause: Pause) -> Self {
+    pub(crate) fn closed(pause: Pause) -> Self {
         let (state, _) = watch::channel(Some(pause));
         Self { state }
     }
 
     /// For `/readyz`: `Err` with the reason while closed.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         match self.state.borrow().as_ref() {
             None => Ok(()),
             Some(pause) => Err(format!("paused: {pause}")),
@@ -37,7 +37,7 @@ impl Gate {
 
     /// Closes the gate. True when it was open: the caller then probes and
     /// opens it again; a gate already closed keeps its first reason.
-    pub fn close(&self, pause: Pause) -> bool {
+    pub(crate) fn close(&self, pause: Pause) -> bool {
         self.state.send_if_modified(|state| {
             if state.is_some() {
                 return false;
@@ -47,14 +47,14 @@ impl Gate {
         })
     }
 
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.state.borrow().is_none()
     }
 
     /// A closed gate takes the newer reason a probe found (the connection
     /// was cut, and now the server turns out to be read-only). False when
     /// the gate is open or the reason is the same.
-    pub fn update(&self, pause: Pause) -> bool {
+    pub(crate) fn update(&self, pause: Pause) -> bool {
         self.state.send_if_modified(|state| match state {
             Some(current) if *current != pause => {
                 *current = pause;
@@ -64,19 +64,19 @@ impl Gate {
         })
     }
 
-    pub fn open(&self) {
+    pub(crate) fn open(&self) {
         self.state.send_replace(None);
     }
 
     /// Resolves once the gate is closed.
-    pub async fn wait_closed(&self) {
+    pub(crate) async fn wait_closed(&self) {
         let mut state = self.state.subscribe();
         // The sender lives as long as `self`: the wait ends only by closing.
         let _ = state.wait_for(Option::is_some).await;
     }
 
     /// Waits until the gate is open, or until `deadline`.
-    pub async fn wait_open(&self, deadline: tokio::time::Instant) -> Admit {
+    pub(crate) async fn wait_open(&self, deadline: tokio::time::Instant) -> Admit {
         let mut state = self.state.subscribe();
         match tokio::time::timeout_at(deadline, state.wait_for(Option::is_none)).await {
             Ok(_) => Admit::Open,

@@ -45,6 +45,20 @@ pub enum Disposition {
     HandBack,
 }
 
+impl Disposition {
+    /// For logs and spans.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Ack => "ack",
+            Self::Defer => "defer",
+            Self::Retry(_) => "retry",
+            Self::DeadLetter(_) => "dead_letter",
+            Self::Requeue => "requeue",
+            Self::HandBack => "hand_back",
+        }
+    }
+}
+
 /// One delivery's body, parsed.
 pub struct Parsed {
     pub events: Result<Vec<Event>, Failure>,
@@ -259,6 +273,11 @@ impl Processor {
     /// Claims and stores the events of `deliveries`; returns the deliveries
     /// to defer. Outcomes are counted only here, on success, so a batch that
     /// is tried again counts each event once.
+    #[tracing::instrument(
+        name = "events",
+        skip_all,
+        fields(deliveries = deliveries.len(), events = tracing::field::Empty, keys = tracing::field::Empty)
+    )]
     async fn store_once(
         &self,
         parsed: &[Parsed],
@@ -271,6 +290,9 @@ impl Processor {
             .flat_map(|(i, events)| events.iter().map(move |e| (i, e)))
             .collect();
         let unique = Unique::of(&events);
+        let span = tracing::Span::current();
+        span.record("events", unique.events.len());
+        span.record("keys", key_list(unique.events.iter().map(|e| e.key())));
         let mut outcomes: Vec<(&Event, &'static str)> = unique
             .duplicates
             .iter()
@@ -308,7 +330,7 @@ impl Processor {
         let persisted = match persisted {
             Ok(persisted) => persisted,
             Err(outcome) => {
-                self.claims.release(&token, &claimed_keys).await;
+                self.claims.abandon(&token, &claimed_keys).await;
                 return Err(outcome);
             }
         };
@@ -616,4 +638,37 @@ fn log_store_failure(error: &StoreError) {
         class = ?error.class(),
         "could not store batch"
     );
+}
+
+/// Event keys for a span field: the first few, then how many more (a span
+/// names its events; it does not list a whole batch).
+fn key_list<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> String {
+    const SHOWN: usize = 8;
+    let total = keys.len();
+    let mut list: Vec<&str> = keys.take(SHOWN).collect();
+    let more = total.saturating_sub(SHOWN);
+    let more_text = format!("(+{more} more)");
+    if more > 0 {
+        list.push(&more_text);
+    }
+    list.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_names_the_first_keys_and_counts_the_rest() {
+        assert_eq!(
+            key_list(["msg:a", "status:a:read"].into_iter()),
+            "msg:a status:a:read"
+        );
+        let many: Vec<String> = (0..10).map(|i| format!("msg:{i}")).collect();
+        assert_eq!(
+            key_list(many.iter().map(String::as_str)),
+            "msg:0 msg:1 msg:2 msg:3 msg:4 msg:5 msg:6 msg:7 (+2 more)"
+        );
+        assert_eq!(key_list(std::iter::empty()), "");
+    }
 }

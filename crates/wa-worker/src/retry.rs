@@ -154,3 +154,125 @@ fn truncate(text: &str, max: usize) -> &str {
     }
     &text[..end]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wa_core::Namespace;
+
+    fn policy() -> RetryPolicy {
+        let namespace: Namespace = "t".parse().expect("namespace");
+        let tiers = [Duration::from_secs(5), Duration::from_secs(30)];
+        RetryPolicy::new(
+            Topology::new(namespace).with_retry_tiers(&tiers),
+            "worker-1".into(),
+        )
+    }
+
+    fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+        headers::text(properties, name)
+    }
+
+    /// Follows a delivery through `steps` failures, each hop's properties
+    /// becoming the next delivery's.
+    fn walk(policy: &RetryPolicy, failure: &Failure, steps: usize) -> Vec<Hop> {
+        let mut properties = BasicProperties::default();
+        let mut hops = Vec::new();
+        for _ in 0..steps {
+            let origin = Origin {
+                exchange: "t.inbound",
+                routing_key: "",
+                properties: &properties,
+            };
+            let hop = policy.retry(&origin, failure);
+            properties = hop.properties.clone();
+            hops.push(hop);
+        }
+        hops
+    }
+
+    #[test]
+    fn transient_failures_walk_the_tiers_in_order_then_the_dlq() {
+        let policy = policy();
+        let hops = walk(&policy, &Failure::transient("connection reset"), 3);
+        let queues: Vec<&str> = hops.iter().map(|hop| hop.queue.as_str()).collect();
+        assert_eq!(queues, ["t.retry.5s", "t.retry.30s", "t.dlq"]);
+        let attempts: Vec<i64> = hops
+            .iter()
+            .map(|hop| headers::int(&hop.properties, ATTEMPTS))
+            .collect();
+        assert_eq!(attempts, [1, 2, 3]);
+        let last = &hops[2].properties;
+        assert_eq!(header(last, ERROR_CLASS).as_deref(), Some("transient"));
+        assert_eq!(header(last, ERROR).as_deref(), Some("connection reset"));
+        assert_eq!(header(last, DEAD_LETTERED_BY).as_deref(), Some("worker-1"));
+        assert_eq!(
+            header(last, ORIGINAL_EXCHANGE).as_deref(),
+            Some("t.inbound")
+        );
+        // The first failure's time is kept; only the last one moves.
+        assert_eq!(
+            header(last, FIRST_FAILURE_AT),
+            header(&hops[0].properties, FIRST_FAILURE_AT)
+        );
+        assert!(header(&hops[0].properties, DEAD_LETTERED_BY).is_none());
+    }
+
+    #[test]
+    fn a_permanent_failure_goes_to_the_dlq_at_once() {
+        let properties = BasicProperties::default();
+        let origin = Origin {
+            exchange: "t.inbound",
+            routing_key: "",
+            properties: &properties,
+        };
+        let hop = policy().dead_letter(&origin, &Failure::permanent("not JSON"));
+        assert_eq!(hop.queue, "t.dlq");
+        assert_eq!(hop.destination(), "t.dlq");
+        assert_eq!(headers::int(&hop.properties, ATTEMPTS), 1);
+        assert_eq!(
+            header(&hop.properties, ERROR_CLASS).as_deref(),
+            Some("permanent")
+        );
+    }
+
+    #[test]
+    fn a_deferral_waits_out_the_first_tier_without_spending_an_attempt() {
+        let policy = policy();
+        let mut properties = BasicProperties::default();
+        for deferrals in 1..=2 {
+            let origin = Origin {
+                exchange: "t.inbound",
+                routing_key: "",
+                properties: &properties,
+            };
+            let hop = policy.defer(&origin);
+            assert_eq!(hop.queue, "t.retry.5s");
+            assert_eq!(headers::int(&hop.properties, DEFERRALS), deferrals);
+            assert_eq!(headers::int(&hop.properties, ATTEMPTS), 0);
+            properties = hop.properties;
+        }
+    }
+
+    #[test]
+    fn the_brokers_dead_letter_history_is_not_carried_and_long_errors_are_cut() {
+        let mut table = FieldTable::default();
+        table.insert("x-death".into(), text("[...]"));
+        table.insert("x-first-death-queue".into(), text("t.retry.5s"));
+        table.insert("x-wa-received-at".into(), AMQPValue::LongLongInt(1));
+        let properties = BasicProperties::default().with_headers(table);
+        let origin = Origin {
+            exchange: "t.inbound",
+            routing_key: "",
+            properties: &properties,
+        };
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let hop = policy().retry(&origin, &Failure::transient(long));
+        let carried = hop.properties.headers().clone().unwrap_or_default();
+        assert!(!carried.inner().contains_key("x-death"));
+        assert!(!carried.inner().contains_key("x-first-death-queue"));
+        assert_eq!(headers::int(&hop.properties, "x-wa-received-at"), 1);
+        let error = header(&hop.properties, ERROR).unwrap_or_default();
+        assert!(error.len() <= MAX_ERROR_LEN && error.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,651 @@
+//! Servers a test starts for itself, from the programs installed on the
+//! machine (Debian's `rabbitmq-server`, `redis-server`, `postgresql`): a
+//! 3-node RabbitMQ cluster, a Redis Cluster of 3 masters and 3 replicas, and
+//! TLS listeners of Redis and PostgreSQL with a CA made for the test.
+//!
+//! Each runs on free ports with its data in a temporary folder, in a process
+//! group of its own, and is killed with its whole group (and the folder
+//! removed) when the value is dropped, even when the test panicked. The
+//! shared servers are never touched. A program that is missing fails the
+//! test, naming it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt;
+
+use crate::tls::{Ca, Identity};
+
+/// A port nobody listens on now (the kernel's choice).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A free port whose neighbour `offset` above is free too; RabbitMQ's CLI
+/// tools take the node's distribution port + 10000 (and ten above it).
+fn free_port_below(limit: u16, offset: u16) -> u16 {
+    for _ in 0..200 {
+        let port = 20000 + (rand::random::<u16>() % (limit - 20000));
+        // Around the default node's distribution port (25672) and its CLI's (35672).
+        if (25600..25700).contains(&port)
+            || (25600..25700).contains(&(port + offset - 10000 * u16::from(offset >= 10000)))
+        {
+            continue;
+        }
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if (0..=10).all(|i| free(port + offset + i)) && free(port) {
+            return port;
+        }
+    }
+    panic!("no free port pair below {limit}");
+}
+
+/// A folder of a test's servers, removed on drop.
+pub struct ServerDir {
+    pub path: PathBuf,
+}
+
+impl ServerDir {
+    pub fn new(kind: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "wa-{kind}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        ));
+        std::fs::create_dir_all(&path).expect("server folder");
+        Self { path }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.file(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("folder");
+        }
+        std::fs::write(&path, text).expect("write");
+        path.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for ServerDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A server process in its own process group: killing the group also ends
+/// what a wrapper script started (RabbitMQ's `erl`).
+pub struct Process {
+    child: Child,
+}
+
+impl Process {
+    pub fn spawn(command: &mut Command, log: &Path) -> Self {
+        let out = std::fs::File::create(log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let program = command.get_program().to_string_lossy().into_owned();
+        let child = command
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
+        Self { child }
+    }
+
+    /// SIGKILL to the whole group: a crash, not a shutdown.
+    pub fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion; panics with its output when it fails.
+pub fn run(command: &mut Command) -> String {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{program} {:?} failed: {text}",
+        command.get_args().collect::<Vec<_>>()
+    );
+    text
+}
+
+/// Polls `ready` every 200 ms until it holds, or panics after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+const RABBITMQ_BIN: &str = "/usr/lib/rabbitmq/bin";
+
+struct RabbitNode {
+    name: String,
+    amqp_port: u16,
+    dist_port: u16,
+    dir: PathBuf,
+    process: Option<Process>,
+}
+
+/// A RabbitMQ cluster of nodes `waclusterN_{id}@localhost` on one machine,
+/// with its own ports, data, logs and Erlang cookie.
+pub struct RabbitCluster {
+    nodes: Vec<RabbitNode>,
+    dir: ServerDir,
+}
+
+impl RabbitCluster {
+    /// Starts `size` nodes at once and joins them to the first.
+    pub fn start(size: usize) -> Self {
+        let dir = ServerDir::new("rabbitmq");
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let cookie = dir.write(".erlang.cookie", &format!("WACLUSTER{id}"));
+        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("cookie mode");
+        let nodes: Vec<RabbitNode> = (1..=size)
+            .map(|n| {
+                let node_dir = dir.file(&format!("node{n}"));
+                std::fs::create_dir_all(&node_dir).expect("node folder");
+                RabbitNode {
+                    name: format!("wacluster{n}_{id}@localhost"),
+                    amqp_port: free_port_below(29000, 0),
+                    dist_port: free_port_below(29000, 10000),
+                    dir: node_dir,
+                    process: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { nodes, dir };
+        for index in 0..size {
+            cluster.spawn(index);
+        }
+        for index in 0..size {
+            cluster.await_startup(index);
+        }
+        let first = cluster.nodes[0].name.clone();
+        for index in 1..size {
+            let name = cluster.nodes[index].name.clone();
+            cluster.ctl(&["-n", &name, "stop_app"]);
+            cluster.ctl(&["-n", &name, "join_cluster", &first]);
+            cluster.ctl(&["-n", &name, "start_app"]);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let node = &self.nodes[index];
+        let config = node.dir.join("rabbitmq.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
+                node.amqp_port
+            ),
+        )
+        .expect("node config");
+        let plugins = node.dir.join("enabled_plugins");
+        std::fs::write(&plugins, "[].\n").expect("plugins file");
+        let env_file = node.dir.join("rabbitmq-env.conf");
+        std::fs::write(&env_file, "").expect("env file");
+        let mut command = Command::new(format!("{RABBITMQ_BIN}/rabbitmq-server"));
+        command
+            .env("HOME", &self.dir.path)
+            .env("RABBITMQ_CONF_ENV_FILE", &env_file)
+            .env("RABBITMQ_CONFIG_FILE", &config)
+            .env(
+                "RABBITMQ_ADVANCED_CONFIG_FILE",
+                node.dir.join("advanced.config"),
+            )
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
+            .env("RABBITMQ_NODENAME", &node.name)
+            .env("RABBITMQ_NODE_PORT", node.amqp_port.to_string())
+            .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1");
+        let process = Process::spawn(&mut command, &node.dir.join("server.out"));
+        self.nodes[index].process = Some(process);
+    }
+
+    fn await_startup(&self, index: usize) {
+        let name = self.nodes[index].name.clone();
+        wait_until(
+            &format!("RabbitMQ node {name} to start"),
+            Duration::from_secs(120),
+            || {
+                self.ctl_command(&["-n", &name, "await_startup", "-t", "10"])
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+            },
+        );
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(format!("{RABBITMQ_BIN}/rabbitmqctl"));
+        command
+            .env("HOME", &self.dir.path)
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .args(args);
+        command
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        run(&mut self.ctl_command(args))
+    }
+
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `amqp://` URL of node `index` (0-based).
+    pub fn url(&self, index: usize) -> String {
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            self.nodes[index].amqp_port
+        )
+    }
+
+    /// Every node's URL, comma-separated, starting with node `first`.
+    pub fn urls_from(&self, first: usize) -> String {
+        (0..self.size())
+            .map(|i| self.url((first + i) % self.size()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node (index) holding the leader of quorum queue `queue`.
+    pub fn leader_of(&self, queue: &str) -> usize {
+        let alive = (0..self.size())
+            .find(|&i| self.nodes[i].process.is_some())
+            .expect("a node running");
+        let listing = self.ctl(&[
+            "-n",
+            &self.nodes[alive].name.clone(),
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "leader",
+        ]);
+        let leader = listing
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .find(|(name, _)| name.trim() == queue)
+            .map(|(_, leader)| leader.trim().to_owned())
+            .unwrap_or_else(|| panic!("queue {queue} not listed: {listing}"));
+        self.nodes
+            .iter()
+            .position(|node| node.name == leader)
+            .unwrap_or_else(|| panic!("leader {leader} is not one of ours"))
+    }
+
+    /// Kills node `index` as a crash would (SIGKILL to the Erlang VM).
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.kill();
+        }
+        let _ = std::fs::remove_file(
+            self.nodes[index]
+                .dir
+                .join("mnesia")
+                .join(format!("{}.pid", self.nodes[index].name)),
+        );
+    }
+
+    /// Starts a killed node again; it rejoins the cluster from its data.
+    pub fn restart(&mut self, index: usize) {
+        self.spawn(index);
+        self.await_startup(index);
+    }
+}
+
+impl Drop for RabbitCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut process) = node.process.take() {
+                process.kill();
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------- Redis
+
+/// One `redis-server` answering TLS only, its certificate signed by `ca`.
+pub struct RedisTls {
+    pub port: u16,
+    _process: Process,
+    _dir: ServerDir,
+}
+
+impl RedisTls {
+    pub fn start(ca: &Ca) -> Self {
+        let dir = ServerDir::new("redis-tls");
+        let Identity { cert_pem, key_pem } = ca.server();
+        let cert = dir.write("server.crt", &cert_pem);
+        let key = dir.write("server.key", &key_pem);
+        let ca_file = dir.write("ca.crt", &ca.pem());
+        let port = free_port();
+        let process = Process::spawn(
+            Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
+                .args(["--tls-ca-cert-file", &ca_file, "--tls-auth-clients", "no"])
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(&dir.path),
+            &dir.file("server.log"),
+        );
+        wait_until("Redis over TLS to listen", Duration::from_secs(20), || {
+            accepts(port)
+        });
+        Self {
+            port,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
+    }
+}
+
+struct RedisNode {
+    port: u16,
+    process: Option<Process>,
+}
+
+/// A Redis Cluster of 3 masters with one replica each, made by
+/// `redis-cli --cluster create`; failover after 1 s without a master.
+pub struct RedisCluster {
+    nodes: Vec<RedisNode>,
+    _dir: ServerDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = ServerDir::new("redis-cluster");
+        let mut nodes = Vec::new();
+        for n in 0..6 {
+            let port = free_port();
+            let bus = free_port();
+            let node_dir = dir.file(&format!("node{n}"));
+            std::fs::create_dir_all(&node_dir).expect("node folder");
+            let process = Process::spawn(
+                Command::new("redis-server")
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--cluster-port",
+                        &bus.to_string(),
+                    ])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    .args(["--cluster-config-file", "nodes.conf"])
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&node_dir),
+                &node_dir.join("server.log"),
+            );
+            nodes.push(RedisNode {
+                port,
+                process: Some(process),
+            });
+        }
+        for node in &nodes {
+            wait_until(
+                "a Redis Cluster node to listen",
+                Duration::from_secs(20),
+                || accepts(node.port),
+            );
+        }
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        run(Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"]));
+        let cluster = Self { nodes, _dir: dir };
+        for index in 0..cluster.nodes.len() {
+            wait_until(
+                "the Redis Cluster to be ok",
+                Duration::from_secs(30),
+                || {
+                    cluster
+                        .cli(index, &["cluster", "info"])
+                        .contains("cluster_state:ok")
+                },
+            );
+        }
+        cluster
+    }
+
+    fn cli(&self, index: usize, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.nodes[index].port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Seed URLs of every node, comma-separated.
+    pub fn seed_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("redis://127.0.0.1:{}/", node.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Nodes that say they are masters now.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].process.is_some())
+            .filter(|&i| self.cli(i, &["role"]).starts_with("master"))
+            .collect()
+    }
+
+    /// Kills node `index` (SIGKILL); its replica takes over after the node timeout.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.nodes[index].process.take() {
+            process.kill();
+        }
+    }
+
+    /// Waits until a replica has taken over every lost master and the
+    /// surviving nodes agree the cluster is whole again.
+    pub fn wait_failed_over(&self) {
+        wait_until("a replica to be promoted", Duration::from_secs(30), || {
+            self.masters().len() == 3
+        });
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].process.is_some() {
+                wait_until(
+                    "the Redis Cluster to fail over",
+                    Duration::from_secs(30),
+                    || {
+                        self.cli(index, &["cluster", "info"])
+                            .contains("cluster_state:ok")
+                    },
+                );
+            }
+        }
+    }
+
+    /// Keys matching `pattern` on every live master.
+    pub fn count_keys(&self, pattern: &str) -> usize {
+        self.masters()
+            .into_iter()
+            .map(|i| {
+                self.cli(i, &["--scan", "--pattern", pattern])
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .sum()
+    }
+}
+
+// -------------------------------------------------------------- PostgreSQL
+
+/// The newest PostgreSQL installed (Debian: /usr/lib/postgresql/{version}/bin).
+fn pg_bin() -> String {
+    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_unstable();
+    let version = versions
+        .last()
+        .expect("PostgreSQL is required for this test: no /usr/lib/postgresql/{version}");
+    format!("/usr/lib/postgresql/{version}/bin")
+}
+
+/// A PostgreSQL cluster of the test's own (`initdb` on a free port), with
+/// `ssl = on` and a certificate from `ca`; trust authentication for
+/// `postgres` over TCP from 127.0.0.1.
+pub struct PostgresTls {
+    pub port: u16,
+    dir: ServerDir,
+    ca_file: String,
+    _process: Process,
+}
+
+impl PostgresTls {
+    pub fn start(ca: &Ca) -> Self {
+        let dir = ServerDir::new("postgres-tls");
+        let data = dir.file("data");
+        let mut initdb = Command::new(format!("{}/initdb", pg_bin()));
+        initdb
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .arg("-D")
+            .arg(&data);
+        as_postgres_user(&mut initdb, &dir.path);
+        run(&mut initdb);
+        let Identity { cert_pem, key_pem } = ca.server();
+        let cert = data.join("server.crt");
+        let key = data.join("server.key");
+        std::fs::write(&cert, cert_pem).expect("certificate");
+        std::fs::write(&key, key_pem).expect("key");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("key mode");
+        let ca_file = dir.write("ca.crt", &ca.pem());
+        let port = free_port();
+        let mut postgres = Command::new(format!("{}/postgres", pg_bin()));
+        postgres
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
+            .args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"])
+            .args(["-c", "ssl_key_file=server.key", "-c", "fsync=off"])
+            .args([
+                "-c",
+                "unix_socket_directories=",
+                "-c",
+                "max_connections=100",
+            ]);
+        as_postgres_user(&mut postgres, &dir.path);
+        let process = Process::spawn(&mut postgres, &dir.file("server.log"));
+        wait_until(
+            "PostgreSQL with TLS to listen",
+            Duration::from_secs(30),
+            || accepts(port),
+        );
+        Self {
+            port,
+            dir,
+            ca_file,
+            _process: process,
+        }
+    }
+
+    /// `postgres://` URL of database `name`, TLS verified against the test CA.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{name}?sslmode=verify-full&sslrootcert={}",
+            self.port, self.ca_file
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.file("server.log")).unwrap_or_default()
+    }
+}
+
+/// PostgreSQL refuses to run as root: run as the `postgres` user when we
+/// are root, owning the folder.
+fn as_postgres_user(command: &mut Command, dir: &Path) {
+    if !running_as_root() {
+        return;
+    }
+    let _ = Command::new("chown")
+        .args(["-R", "postgres:postgres"])
+        .arg(dir)
+        .status();
+    let uid = id_of("-u");
+    let gid = id_of("-g");
+    command.uid(uid).gid(gid);
+}
+
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn id_of(flag: &str) -> u32 {
+    let output = Command::new("id")
+        .args([flag, "postgres"])
+        .output()
+        .expect("id postgres");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the postgres user exists (Debian's postgresql package)")
+}
