@@ -92,12 +92,17 @@ def port_of(addr):
 
 # The roles that serve /healthz, /readyz and /metrics, the variable of their
 # address, and its default (without the binary; with it, `--help` decides).
-DEFAULT_PORT = {"receiver": 8080, "worker": 9090, "relay": 9091}
-ADDR_VAR = {"receiver": "LISTEN_ADDR", "worker": "METRICS_ADDR", "relay": "METRICS_ADDR"}
+DEFAULT_PORT = {"receiver": 8080, "worker": 9090, "relay": 9091, "deliver": 9092}
+ADDR_VAR = {
+    "receiver": "LISTEN_ADDR",
+    "worker": "METRICS_ADDR",
+    "relay": "METRICS_ADDR",
+    "deliver": "METRICS_ADDR",
+}
 # Replicated roles without published ports that need the migrated schema.
-REPLICATED = ("worker", "relay")
+REPLICATED = ("worker", "relay", "deliver")
 # Roles every deployment must run.
-ROLES = ("migrate", "receiver", "worker", "relay")
+ROLES = ("migrate", "receiver", "worker", "relay", "deliver")
 
 
 # --------------------------------------------------------------- compose

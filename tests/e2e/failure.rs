@@ -3,12 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
 use wa_broker::headers;
 use wa_e2e::payloads::{self, envelope, text_message};
 use wa_e2e::roles::{WorkerServers, parse};
-use wa_e2e::{TcpRelay, TestEnv, Worker, eventually, metric_sum};
+use wa_e2e::{TcpRelay, TestEnv, Worker, dead_letter, eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -27,28 +25,8 @@ async fn messages(env: &TestEnv) -> i64 {
     env.count("SELECT count(*) FROM messages").await
 }
 
-/// Quorum queues count returned (unacked, then released) messages a moment
-/// later: depths are awaited, not read once.
 async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
-    eventually(&format!("{queue} to hold {depth}"), LIMIT, || async {
-        match env.queue_depth(queue).await {
-            d if d == depth => Ok(()),
-            d => Err(d.to_string()),
-        }
-    })
-    .await;
-}
-
-/// A dead letter as a worker would have written it.
-fn dead_letter(class: &str, error: &str) -> BasicProperties {
-    let mut table = FieldTable::default();
-    table.insert(headers::ERROR_CLASS.into(), headers::text_value(class));
-    table.insert(headers::ERROR.into(), headers::text_value(error));
-    table.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(4));
-    let now = chrono::Utc::now().to_rfc3339();
-    table.insert(headers::FIRST_FAILURE_AT.into(), headers::text_value(&now));
-    table.insert(headers::LAST_FAILURE_AT.into(), headers::text_value(&now));
-    BasicProperties::default().with_headers(table)
+    env.wait_for_depth(queue, depth).await;
 }
 
 #[tokio::test]

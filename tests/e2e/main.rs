@@ -5,7 +5,9 @@
 mod attack;
 mod backends_tls;
 mod clusters;
+mod console;
 mod contacts;
+mod deliver;
 mod edge;
 mod events;
 mod failure;

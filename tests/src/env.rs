@@ -142,6 +142,22 @@ impl TestEnv {
         depth
     }
 
+    /// Waits until a queue holds `depth` ready messages: quorum queues count
+    /// returned (unacked, then released) messages a moment later.
+    pub async fn wait_for_depth(&self, suffix: &str, depth: u32) {
+        crate::eventually(
+            &format!("{suffix} to hold {depth}"),
+            Duration::from_secs(30),
+            || async {
+                match self.queue_depth(suffix).await {
+                    d if d == depth => Ok(()),
+                    d => Err(d.to_string()),
+                }
+            },
+        )
+        .await;
+    }
+
     /// Publishes raw bytes to `{ns}.inbound` with a confirm, as the receiver would.
     pub async fn publish_inbound(&self, body: &[u8]) {
         self.publish(&self.queue("inbound"), "", body).await;

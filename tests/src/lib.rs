@@ -5,6 +5,8 @@
 //! Tests need the three servers. A missing server fails the test with a
 //! message that says which one: a skipped test would hide a regression.
 
+pub mod browser;
+pub mod deliver;
 pub mod edge;
 pub mod env;
 pub mod logs;
@@ -19,11 +21,26 @@ pub mod tls;
 
 pub use env::{TestEnv, TestRole};
 pub use relay::TcpRelay;
-pub use roles::{Receiver, Relay, Worker};
+pub use roles::{Console, Receiver, Relay, Worker};
 pub use sink::Sink;
 
 use std::future::Future;
 use std::time::Duration;
+
+/// The properties of a dead letter as a worker writes it: class, error,
+/// four attempts, failed now.
+pub fn dead_letter(class: &str, error: &str) -> lapin::BasicProperties {
+    use lapin::types::{AMQPValue, FieldTable};
+    use wa_broker::headers;
+    let mut table = FieldTable::default();
+    table.insert(headers::ERROR_CLASS.into(), headers::text_value(class));
+    table.insert(headers::ERROR.into(), headers::text_value(error));
+    table.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(4));
+    let now = chrono::Utc::now().to_rfc3339();
+    table.insert(headers::FIRST_FAILURE_AT.into(), headers::text_value(&now));
+    table.insert(headers::LAST_FAILURE_AT.into(), headers::text_value(&now));
+    lapin::BasicProperties::default().with_headers(table)
+}
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit`
 /// with `what` and the last value seen.

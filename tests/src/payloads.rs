@@ -123,6 +123,11 @@ pub fn groups_envelope(field: &str, items: &[Value]) -> Vec<u8> {
 /// One entry, one `messages` change holding `messages` and `statuses`, with a
 /// `contacts` entry for every sender (by `from` and `from_user_id`).
 pub fn envelope(messages: &[Value], statuses: &[Value]) -> Vec<u8> {
+    envelope_for(PHONE_NUMBER_ID, messages, statuses)
+}
+
+/// [`envelope`] for the business phone number `phone_number_id`.
+pub fn envelope_for(phone_number_id: &str, messages: &[Value], statuses: &[Value]) -> Vec<u8> {
     let contacts: Vec<Value> = messages
         .iter()
         .filter_map(|m| {
@@ -141,7 +146,7 @@ pub fn envelope(messages: &[Value], statuses: &[Value]) -> Vec<u8> {
         .collect();
     let mut value = json!({
         "messaging_product": "whatsapp",
-        "metadata": { "display_phone_number": "15550001111", "phone_number_id": PHONE_NUMBER_ID }
+        "metadata": { "display_phone_number": "15550001111", "phone_number_id": phone_number_id }
     });
     if !messages.is_empty() {
         value["contacts"] = Value::from(contacts);

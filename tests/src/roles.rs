@@ -37,7 +37,7 @@ fn owned(args: &[&str]) -> Vec<String> {
 }
 
 /// Binds 127.0.0.1:0 and runs a role on it with a shutdown token of its own.
-async fn spawn<F, Fut>(
+pub(crate) async fn spawn<F, Fut>(
     run: F,
 ) -> (
     SocketAddr,
@@ -278,5 +278,106 @@ impl Relay {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.expect("relay task").expect("relay ran");
+    }
+}
+
+/// The console's token in tests (operator `alice`).
+pub const CONSOLE_TOKEN: &str = "test-console-token-0123456789abcdef";
+
+pub struct Console {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Console {
+    pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
+        let mut args = owned(&[
+            "--namespace",
+            env.namespace.as_str(),
+            "--amqp-url",
+            &env.amqp_url,
+            "--database-url",
+            &env.database_url,
+            "--console-token",
+            &format!("alice:{CONSOLE_TOKEN}"),
+            "--retry-tiers",
+            TEST_RETRY_TIERS,
+            "--event-shards",
+            &crate::env::TEST_EVENT_SHARDS.to_string(),
+        ]);
+        args.extend(owned(extra));
+        let config: wa_console::ConsoleConfig = parse(args);
+        let (addr, shutdown, task) =
+            spawn(|listener, shutdown| wa_console::run(listener, config, shutdown)).await;
+        let health = format!("http://{addr}/healthz");
+        crate::eventually(
+            "the console to answer",
+            std::time::Duration::from_secs(15),
+            || {
+                let health = health.clone();
+                async move {
+                    match reqwest::get(&health).await {
+                        Ok(response) if response.status().is_success() => Ok(()),
+                        Ok(response) => Err(response.status().to_string()),
+                        Err(error) => Err(error.to_string()),
+                    }
+                }
+            },
+        )
+        .await;
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// A client that does not follow redirects, the `Cookie` header of a
+    /// fresh session, and that session's CSRF token (read from a page).
+    pub async fn signed_in(&self) -> (reqwest::Client, String, String) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let response = client
+            .post(self.url("/login"))
+            .form(&[("token", CONSOLE_TOKEN)])
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(response.status().as_u16(), 303, "login redirects");
+        let cookie = response
+            .headers()
+            .get("set-cookie")
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        let page = client
+            .get(self.url("/conversation"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("body");
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a CSRF token in the page")
+            .to_owned();
+        (client, cookie, csrf)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("console task").expect("console ran");
     }
 }

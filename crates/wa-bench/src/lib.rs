@@ -5,6 +5,7 @@
 //! from /proc.
 
 mod broker;
+mod deliver;
 mod postgres_tls;
 mod process;
 mod report;
@@ -53,6 +54,12 @@ pub struct BenchArgs {
     /// The worker's prefetch during the run.
     #[arg(long, default_value_t = 512)]
     pub prefetch: u16,
+    /// Events the deliverer sends to a local endpoint.
+    #[arg(long, default_value_t = 10_000)]
+    pub deliver_events: u64,
+    /// Run only the deliver stage (HTTP delivery to a local endpoint).
+    #[arg(long)]
+    pub deliver_only: bool,
     /// Only compare the worker with PostgreSQL in plaintext and over TLS
     /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
     #[arg(long)]

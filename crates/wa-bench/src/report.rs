@@ -25,6 +25,8 @@ pub struct Report {
     /// CPU time of the relay process per released event, microseconds.
     pub relay_cpu_us_per_event: f64,
     pub relay_peak_rss_bytes: u64,
+    /// HTTP delivery to one local endpoint that answers 200 at once.
+    pub deliver: crate::deliver::DeliverFigures,
     pub ratios: Ratios,
     pub concurrency: usize,
     /// Figures of an earlier run (`--baseline`), to compare against.
@@ -205,6 +207,16 @@ impl fmt::Display for Report {
             f,
             "{:<52} {:>12.1} µs/event",
             "  relay CPU", self.relay_cpu_us_per_event
+        )?;
+        let d = &self.deliver;
+        writeln!(
+            f,
+            "{:<52} {:>12.0} events/s ({} events, {} conversations, {:.1} µs CPU per delivery)",
+            "deliver (HTTP, local endpoint answering 200)",
+            d.per_second,
+            d.events,
+            d.conversations,
+            d.cpu_us_per_event
         )?;
         writeln!(f)?;
         let ratios = &self.ratios;

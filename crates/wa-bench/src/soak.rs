@@ -95,7 +95,14 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let wa_ingest = wa_ingest_binary()?;
     let (namespace, database_url) = bench_database(&args.servers, "soak").await?;
     let topology = default_topology(&namespace, EVENT_SHARDS);
-    let outcome = soak(&args, &wa_ingest, namespace.as_str(), &topology, &database_url).await;
+    let outcome = soak(
+        &args,
+        &wa_ingest,
+        namespace.as_str(),
+        &topology,
+        &database_url,
+    )
+    .await;
     cleanup(&args.servers, &namespace, &topology, &database_url).await;
     outcome
 }

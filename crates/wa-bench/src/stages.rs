@@ -155,12 +155,17 @@ impl Run<'_> {
             concurrency: self.args.concurrency,
             ..Report::default()
         };
+        if self.args.deliver_only {
+            self.deliver(&mut report).await?;
+            return Ok(report);
+        }
         self.receiver(&mut report).await?;
         self.bare_handler(&mut report).await?;
         self.broker_ceiling(&mut report).await?;
         self.worker(&mut report).await?;
         self.worker_already_stored(&mut report).await?;
         self.relay(&mut report).await?;
+        self.deliver(&mut report).await?;
         report.ratios = Ratios::of(&report);
         Ok(report)
     }
@@ -194,7 +199,7 @@ impl Run<'_> {
     async fn receiver(&self, report: &mut Report) -> anyhow::Result<()> {
         let duration = self.args.duration;
         eprintln!(
-            "[1/7] receiver: {} in flight for {duration:?}",
+            "[1/8] receiver: {} in flight for {duration:?}",
             self.args.concurrency
         );
         let addr = free_addr()?;
@@ -218,7 +223,7 @@ impl Run<'_> {
     }
 
     async fn bare_handler(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("[2/7] bare handler (HTTP ceiling)");
+        eprintln!("[2/8] bare handler (HTTP ceiling)");
         let addr = free_addr()?;
         let args = ["bench", "--serve-bare", &addr.to_string()];
         let bare = Role::start(&this_binary()?, &args, &HashMap::new(), addr).await?;
@@ -229,7 +234,7 @@ impl Run<'_> {
     }
 
     async fn broker_ceiling(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("[3/7] broker ceiling: confirmed publishes and consume + ack");
+        eprintln!("[3/8] broker ceiling: confirmed publishes and consume + ack");
         let ceiling = crate::broker::measure(
             &self.first_node,
             &ceiling_queue(self.namespace),
@@ -250,8 +255,8 @@ impl Run<'_> {
     async fn worker(&self, report: &mut Report) -> anyhow::Result<()> {
         let n = self.args.worker_payloads;
         for (stage, copies) in [
-            ("[4/7] worker, no duplicates", 1),
-            ("[5/7] worker, every payload 3 times", 3),
+            ("[4/8] worker, no duplicates", 1),
+            ("[5/8] worker, every payload 3 times", 3),
         ] {
             eprintln!("{stage}: {n} payloads of 3 events");
             let tag = format!("{}c{copies}", self.namespace);
@@ -273,7 +278,7 @@ impl Run<'_> {
     /// else.
     async fn worker_already_stored(&self, report: &mut Report) -> anyhow::Result<()> {
         let n = self.args.worker_payloads;
-        eprintln!("[6/7] worker, every delivery already stored: {n} payloads");
+        eprintln!("[6/8] worker, every delivery already stored: {n} payloads");
         let bodies = worker_payloads(&format!("{}c1", self.namespace), n, 1);
         publish_all(&self.first_node, &self.topology.inbound(), &bodies).await?;
         let deliveries = bodies.len();
@@ -380,7 +385,7 @@ impl Run<'_> {
     async fn relay(&self, report: &mut Report) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let pending = wa_store::outbox::count_unpublished(&self.pool).await?;
-        eprintln!("[7/7] relay: release {pending} outbox events");
+        eprintln!("[7/8] relay: release {pending} outbox events");
         let addr = free_addr()?;
         let env = HashMap::from([
             ("DATABASE_URL", self.database_url.to_owned()),
@@ -403,6 +408,23 @@ impl Run<'_> {
         report.relay_events = u64::try_from(pending).unwrap_or(0);
         report.relay_events_per_second = pending as f64 / seconds;
         report.relay_cpu_us_per_event = micros_per(relay_cpu, report.relay_events);
+        Ok(())
+    }
+
+    /// HTTP delivery to a local endpoint by a real `wa-ingest deliver`.
+    async fn deliver(&self, report: &mut Report) -> anyhow::Result<()> {
+        eprintln!(
+            "[8/8] deliver: {} events in 100 conversations to a local endpoint",
+            self.args.deliver_events
+        );
+        report.deliver = crate::deliver::measure(
+            self.wa_ingest,
+            &self.pool,
+            self.database_url,
+            self.args.deliver_events,
+            100,
+        )
+        .await?;
         Ok(())
     }
 }

@@ -43,6 +43,10 @@ impl Topology {
         self.namespace.amqp("events")
     }
 
+    pub fn event_shards(&self) -> u16 {
+        self.event_shards
+    }
+
     pub fn event_queue(&self, shard: u16) -> String {
         self.namespace.amqp(&format!("events.{shard}"))
     }

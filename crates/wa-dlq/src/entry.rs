@@ -1,7 +1,8 @@
 use chrono::{DateTime, Utc};
-use lapin::message::BasicGetMessage;
+use lapin::message::{BasicGetMessage, Delivery};
 use serde::Serialize;
 use wa_broker::headers;
+use wa_payload::Event;
 
 /// What an operator needs to know about one dead-lettered delivery.
 #[derive(Debug, Clone, Serialize)]
@@ -22,25 +23,63 @@ pub struct DlqEntry {
     pub bytes: usize,
     /// The wamids inside, when the body parses.
     pub wamids: Vec<String>,
+    /// The business phone numbers (`metadata.phone_number_id`) the events are for.
+    pub phone_number_ids: Vec<String>,
+    /// The events inside, when the body parses: ids and kinds, no content.
+    pub events: Vec<EventSummary>,
+}
+
+/// One event of a dead-lettered body, without its content (personal data).
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub kind: &'static str,
+    pub key: String,
+    pub wamid: Option<String>,
+    pub phone_number_id: Option<String>,
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+impl EventSummary {
+    fn of(event: &Event) -> Self {
+        let (phone_number_id, timestamp) = match event {
+            Event::Message(m) => (m.phone_number_id.clone(), m.timestamp),
+            Event::Status(s) => (s.phone_number_id.clone(), s.timestamp),
+            Event::Group(g) => (g.phone_number_id.clone(), g.timestamp),
+            Event::Other(o) => (None, o.timestamp),
+        };
+        Self {
+            kind: event.kind().as_str(),
+            key: event.key().to_owned(),
+            wamid: event.wamid().map(str::to_owned),
+            phone_number_id,
+            timestamp,
+        }
+    }
 }
 
 impl DlqEntry {
     pub fn from_message(message: &BasicGetMessage) -> Self {
-        let properties = &message.delivery.properties;
+        Self::from_delivery(&message.delivery)
+    }
+
+    pub fn from_delivery(delivery: &Delivery) -> Self {
+        let properties = &delivery.properties;
         let time = |name| {
             headers::text(properties, name)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc))
         };
-        let mut wamids: Vec<String> = wa_payload::parse_payload(&message.delivery.data)
-            .map(|events| {
-                events
-                    .iter()
-                    .filter_map(|e| e.wamid().map(str::to_owned))
-                    .collect()
-            })
+        let events: Vec<EventSummary> = wa_payload::parse_payload(&delivery.data)
+            .map(|events| events.iter().map(EventSummary::of).collect())
             .unwrap_or_default();
+        let mut wamids: Vec<String> = events.iter().filter_map(|e| e.wamid.clone()).collect();
         wamids.dedup();
+        let mut phone_number_ids: Vec<String> = events
+            .iter()
+            .filter_map(|e| e.phone_number_id.clone())
+            .collect();
+        phone_number_ids.sort();
+        phone_number_ids.dedup();
         Self {
             id: properties
                 .message_id()
@@ -64,8 +103,18 @@ impl DlqEntry {
             ))
             .filter(|t| t.timestamp() > 0),
             replayed_at: time(headers::REPLAYED_AT),
-            bytes: message.delivery.data.len(),
+            bytes: delivery.data.len(),
             wamids,
+            phone_number_ids,
+            events,
         }
+    }
+
+    /// When it last failed (or first, or was received): what "since" and
+    /// "older than" compare.
+    pub fn failed_at(&self) -> Option<DateTime<Utc>> {
+        self.last_failure_at
+            .or(self.first_failure_at)
+            .or(self.received_at)
     }
 }

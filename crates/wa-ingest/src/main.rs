@@ -34,10 +34,16 @@ enum Command {
     Migrate(migrate::MigrateArgs),
     /// Release downstream events from the outbox, per contact or group in order.
     Relay(wa_relay::RelayConfig),
+    /// Deliver downstream events to HTTP endpoints, signed, per conversation in order.
+    Deliver(wa_deliver::DeliverConfig),
+    /// Manage the HTTP endpoints that `deliver` sends events to.
+    Endpoints(wa_deliver::EndpointsArgs),
     /// Read downstream events (`events tail`).
     Events(wa_relay::tail::EventsArgs),
     /// Inspect, replay and purge the dead-letter queue.
     Dlq(wa_dlq::DlqArgs),
+    /// Serve the operator console (pipeline, DLQ, conversations) on CONSOLE_ADDR.
+    Console(wa_console::ConsoleConfig),
     /// Send signed, realistic webhook traffic; check that all of it was
     /// stored (runs wa-ingest-tools).
     #[command(disable_help_flag = true)]
@@ -89,9 +95,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
             wa_relay::run(listener, config, wa_core::shutdown::on_signal()).await
         }
+        Command::Deliver(config) => {
+            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            wa_deliver::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
+        Command::Endpoints(args) => wa_deliver::cli::run(args).await,
         Command::Events(args) => wa_relay::tail::run(args).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Dlq(args) => wa_dlq::run(args).await,
+        Command::Console(config) => {
+            // Checked before binding, so a missing token is named before anything listens.
+            config.validate().map_err(anyhow::Error::msg)?;
+            let listener = listen(config.console_addr, "CONSOLE_ADDR").await?;
+            wa_console::run(listener, config, wa_core::shutdown::on_signal()).await
+        }
         Command::Loadgen(_) | Command::Bench(_) => {
             unreachable!("the tools run in wa-ingest-tools, before the runtime starts")
         }
