@@ -16,6 +16,7 @@ mod migration;
 mod operations;
 mod pipeline;
 mod receiver;
+mod soak;
 mod systemic;
 mod tls;
 mod tools;

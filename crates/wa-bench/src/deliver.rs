@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::process::{Role, free_addr};
+use crate::process::{Role, free_addr, micros_per};
 
 /// What the stage measured.
 #[derive(Debug, Default, serde::Serialize)]
@@ -110,7 +110,7 @@ pub(crate) async fn measure(
     }
     let seconds = first.unwrap_or(started).elapsed().as_secs_f64().max(0.001);
     // All of the process's CPU time, start-up included (a few ms).
-    let cpu = deliverer.cpu_seconds().unwrap_or(0.0);
+    let cpu = deliverer.cpu();
     deliverer.stop().await;
     server.abort();
     Ok(DeliverFigures {
@@ -118,6 +118,6 @@ pub(crate) async fn measure(
         conversations,
         seconds,
         per_second: total as f64 / seconds,
-        cpu_us_per_event: cpu * 1e6 / total as f64,
+        cpu_us_per_event: micros_per(cpu, total),
     })
 }

@@ -9,6 +9,7 @@ mod deliver;
 mod postgres_tls;
 mod process;
 mod report;
+mod soak;
 mod stages;
 
 use std::path::PathBuf;
@@ -19,17 +20,28 @@ use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 use wa_worker::RedisArgs;
 
-pub use report::Report;
+pub use report::{Baseline, Report};
 
+/// The servers a run uses; it makes a namespace and a database of its own
+/// and removes them at the end.
 #[derive(Debug, Clone, clap::Args)]
-pub struct BenchArgs {
+pub struct Servers {
     #[command(flatten)]
     pub amqp: AmqpArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// The server to create the bench database on (its path is replaced).
+    /// The server to create the run's database on (its path is replaced).
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+    #[command(flatten)]
+    pub servers: Servers,
     /// How long each HTTP load runs.
     #[arg(long, default_value = "8s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -55,12 +67,26 @@ pub struct BenchArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// A report written earlier with --json: its CPU figures are printed
+    /// beside this run's.
+    #[arg(long)]
+    pub baseline: Option<PathBuf>,
     /// Internal: serve the bare handler on this address and nothing else.
     #[arg(long, hide = true)]
     pub serve_bare: Option<std::net::SocketAddr>,
 }
 
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// Hold the whole pipeline at a fixed rate for a while; check that
+    /// nothing is lost or doubled and that no backlog or memory grows.
+    Soak(soak::SoakArgs),
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Soak(soak)) = args.command {
+        return soak::run(soak).await;
+    }
     if let Some(addr) = args.serve_bare {
         return process::serve_bare(addr).await;
     }
@@ -72,7 +98,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let report = stages::run_all(&args).await?;
+    let baseline = args.baseline.as_deref().map(Baseline::read).transpose()?;
+    let mut report = stages::run_all(&args).await?;
+    report.baseline = baseline;
     println!("{report}");
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;

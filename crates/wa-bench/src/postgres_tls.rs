@@ -76,7 +76,7 @@ pub(crate) fn with_sslmode(url: &url::Url, mode: &str) -> String {
 /// `disable`.
 pub(crate) async fn compare(run: &Run<'_>) -> anyhow::Result<TlsReport> {
     let args = run.args;
-    let mut url = args.database.database_url.url().clone();
+    let mut url = args.servers.database.database_url.url().clone();
     url.set_path(url::Url::parse(run.database_url)?.path());
     let chosen = url
         .query_pairs()

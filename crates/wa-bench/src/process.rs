@@ -53,22 +53,26 @@ impl Role {
 
     /// Peak resident memory so far, in bytes (VmHWM).
     pub(crate) fn peak_rss(&self) -> Option<u64> {
+        self.memory("VmHWM:")
+    }
+
+    /// Resident memory now, in bytes (VmRSS).
+    pub(crate) fn rss(&self) -> Option<u64> {
+        self.memory("VmRSS:")
+    }
+
+    fn memory(&self, field: &str) -> Option<u64> {
         let pid = self.child.id()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
     }
 
-    /// User + system CPU time so far, in seconds (from /proc, 100 ticks/s).
-    pub(crate) fn cpu_seconds(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name: state is the first, utime the 12th.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(ticks as f64 / 100.0)
+    /// CPU time the process has used so far (user + system), the figure that
+    /// holds on a busy machine where wall-clock rates do not.
+    pub(crate) fn cpu(&self) -> Duration {
+        self.child.id().and_then(cpu_time).unwrap_or_default()
     }
 
     pub(crate) async fn stop(mut self) {
@@ -80,6 +84,28 @@ impl Role {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         let _ = self.child.kill().await;
     }
+}
+
+/// User + system time of a process from /proc/<pid>/stat, whose clock
+/// ticks are USER_HZ (100 on every Linux).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields are counted after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
+}
+
+/// CPU microseconds per unit of work.
+pub(crate) fn micros_per(cpu: Duration, units: u64) -> f64 {
+    if units == 0 {
+        return 0.0;
+    }
+    cpu.as_secs_f64() * 1e6 / units as f64
 }
 
 /// The production binary whose roles are measured: `wa-ingest` beside this one.

@@ -13,16 +13,16 @@ use wa_broker::Topology;
 use wa_core::Namespace;
 use wa_loadgen::{Generator, Job, LoadReport, fire};
 
-use crate::BenchArgs;
-use crate::process::{Role, free_addr, this_binary, wa_ingest_binary};
+use crate::process::{Role, free_addr, micros_per, this_binary, wa_ingest_binary};
 use crate::report::{HttpFigures, Ratios, Report, WorkerFigures};
+use crate::{BenchArgs, Servers};
 
-const SECRET: &str = "bench-app-secret";
+pub(crate) const SECRET: &str = "bench-app-secret";
 
 pub(crate) async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
     let wa_ingest = wa_ingest_binary()?;
-    let (namespace, database_url) = create_bench_database(args).await?;
-    let topology = default_topology(&namespace);
+    let (namespace, database_url) = bench_database(&args.servers, "bench").await?;
+    let topology = default_topology(&namespace, wa_relay::DEFAULT_EVENT_SHARDS);
     let outcome = async {
         let run = Run::new(args, &wa_ingest, &namespace, &topology, &database_url).await?;
         let report = run.all_stages().await;
@@ -30,7 +30,7 @@ pub(crate) async fn run_all(args: &BenchArgs) -> anyhow::Result<Report> {
         report
     }
     .await;
-    cleanup(args, &namespace, &topology, &database_url).await;
+    cleanup(&args.servers, &namespace, &topology, &database_url).await;
     outcome
 }
 
@@ -39,8 +39,8 @@ pub(crate) async fn run_postgres_tls(
     args: &BenchArgs,
 ) -> anyhow::Result<crate::postgres_tls::TlsReport> {
     let wa_ingest = wa_ingest_binary()?;
-    let (namespace, database_url) = create_bench_database(args).await?;
-    let topology = default_topology(&namespace);
+    let (namespace, database_url) = bench_database(&args.servers, "bench").await?;
+    let topology = default_topology(&namespace, wa_relay::DEFAULT_EVENT_SHARDS);
     let outcome = async {
         // The bench counts rows in plaintext, so that the TLS sessions it
         // sees are the worker's.
@@ -51,17 +51,21 @@ pub(crate) async fn run_postgres_tls(
         report
     }
     .await;
-    cleanup(args, &namespace, &topology, &database_url).await;
+    cleanup(&args.servers, &namespace, &topology, &database_url).await;
     outcome
 }
 
-/// A fresh namespace and a database of its own on the server of `DATABASE_URL`.
-async fn create_bench_database(args: &BenchArgs) -> anyhow::Result<(Namespace, String)> {
+/// A fresh namespace (`{kind}_…`) and a database of its own on the server of
+/// `DATABASE_URL`.
+pub(crate) async fn bench_database(
+    servers: &Servers,
+    kind: &str,
+) -> anyhow::Result<(Namespace, String)> {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let namespace: Namespace = format!("bench_{}", &id[..8])
+    let namespace: Namespace = format!("{kind}_{}", &id[..8])
         .parse()
         .map_err(anyhow::Error::msg)?;
-    let mut database_url = args.database.database_url.url().clone();
+    let mut database_url = servers.database.database_url.url().clone();
     database_url.set_path(&format!("/wa_{namespace}"));
     let database_url = database_url.to_string();
     sqlx::Postgres::create_database(&database_url)
@@ -70,11 +74,12 @@ async fn create_bench_database(args: &BenchArgs) -> anyhow::Result<(Namespace, S
     Ok((namespace, database_url))
 }
 
-/// The queues the roles declare with their default settings.
-fn default_topology(namespace: &Namespace) -> Topology {
+/// The queues the roles declare with their default settings, over `shards`
+/// event queues.
+pub(crate) fn default_topology(namespace: &Namespace, shards: u16) -> Topology {
     Topology::new(namespace.clone())
         .with_retry_tiers(&wa_worker::default_retry_tiers())
-        .with_event_shards(wa_relay::DEFAULT_EVENT_SHARDS)
+        .with_event_shards(shards)
 }
 
 /// What every stage of one run shares.
@@ -132,8 +137,8 @@ impl<'a> Run<'a> {
             namespace,
             topology,
             database_url,
-            amqp_url: args.amqp.amqp_url.expose(),
-            first_node: args.amqp.amqp_url.first().expose().to_owned(),
+            amqp_url: args.servers.amqp.amqp_url.expose(),
+            first_node: args.servers.amqp.amqp_url.first().expose().to_owned(),
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(args.concurrency)
                 .build()?,
@@ -147,6 +152,7 @@ impl Run<'_> {
     async fn all_stages(&self) -> anyhow::Result<Report> {
         let mut report = Report {
             worker_prefetch: self.args.prefetch,
+            concurrency: self.args.concurrency,
             ..Report::default()
         };
         if self.args.deliver_only {
@@ -157,6 +163,7 @@ impl Run<'_> {
         self.bare_handler(&mut report).await?;
         self.broker_ceiling(&mut report).await?;
         self.worker(&mut report).await?;
+        self.worker_already_stored(&mut report).await?;
         self.relay(&mut report).await?;
         self.deliver(&mut report).await?;
         report.ratios = Ratios::of(&report);
@@ -192,7 +199,7 @@ impl Run<'_> {
     async fn receiver(&self, report: &mut Report) -> anyhow::Result<()> {
         let duration = self.args.duration;
         eprintln!(
-            "[1/7] receiver: {} in flight for {duration:?}",
+            "[1/8] receiver: {} in flight for {duration:?}",
             self.args.concurrency
         );
         let addr = free_addr()?;
@@ -203,8 +210,10 @@ impl Run<'_> {
         ]);
         let receiver = self.role("receiver", env, addr).await?;
         let url = format!("http://{addr}/webhooks/whatsapp");
+        let cpu_before = receiver.cpu();
         let full = self.load(&url, None, duration).await;
         report.receiver = figures(&full);
+        report.receiver_cpu_us_per_request = micros_per(receiver.cpu() - cpu_before, full.accepted);
         let half_rate = full.requests_per_second() / 2.0;
         let half = self.load(&url, Some(half_rate), duration / 2).await;
         report.receiver_p99_ms_at_half_rate = half.latency_ms(0.99);
@@ -214,7 +223,7 @@ impl Run<'_> {
     }
 
     async fn bare_handler(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("[2/7] bare handler (HTTP ceiling)");
+        eprintln!("[2/8] bare handler (HTTP ceiling)");
         let addr = free_addr()?;
         let args = ["bench", "--serve-bare", &addr.to_string()];
         let bare = Role::start(&this_binary()?, &args, &HashMap::new(), addr).await?;
@@ -225,7 +234,7 @@ impl Run<'_> {
     }
 
     async fn broker_ceiling(&self, report: &mut Report) -> anyhow::Result<()> {
-        eprintln!("[3/7] broker ceiling: confirmed publishes and consume + ack");
+        eprintln!("[3/8] broker ceiling: confirmed publishes and consume + ack");
         let ceiling = crate::broker::measure(
             &self.first_node,
             &ceiling_queue(self.namespace),
@@ -246,8 +255,8 @@ impl Run<'_> {
     async fn worker(&self, report: &mut Report) -> anyhow::Result<()> {
         let n = self.args.worker_payloads;
         for (stage, copies) in [
-            ("[4/7] worker, no duplicates", 1),
-            ("[5/7] worker, every payload 3 times", 3),
+            ("[4/8] worker, no duplicates", 1),
+            ("[5/8] worker, every payload 3 times", 3),
         ] {
             eprintln!("{stage}: {n} payloads of 3 events");
             let tag = format!("{}c{copies}", self.namespace);
@@ -264,6 +273,34 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The no-duplicates deliveries again: every event is claimed done
+    /// already, so a delivery should cost one Redis round trip and nothing
+    /// else.
+    async fn worker_already_stored(&self, report: &mut Report) -> anyhow::Result<()> {
+        let n = self.args.worker_payloads;
+        eprintln!("[6/8] worker, every delivery already stored: {n} payloads");
+        let bodies = worker_payloads(&format!("{}c1", self.namespace), n, 1);
+        publish_all(&self.first_node, &self.topology.inbound(), &bodies).await?;
+        let deliveries = bodies.len();
+        let target = 3 * deliveries as i64;
+        let run = self
+            .run_worker(self.database_url, deliveries, |metrics| async move {
+                let duplicates =
+                    metric_sum(metrics, "wa_events_total", "outcome=\"duplicate_claim\"").await;
+                Ok(progress(duplicates as i64, 0, target))
+            })
+            .await?;
+        report.worker_peak_rss_bytes = report.worker_peak_rss_bytes.max(run.peak_rss);
+        report.worker_already_stored = run.figures(0);
+        let stored_rows = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
+        anyhow::ensure!(
+            stored_rows == 6 * n as i64,
+            "the worker stored {stored_rows} rows, not {}: a duplicate was stored",
+            6 * n
+        );
+        Ok(())
+    }
+
     /// One worker process storing `worker_payloads` payloads (each `copies`
     /// times) published before it starts, over `database_url`, timed from
     /// its first stored row.
@@ -277,26 +314,51 @@ impl Run<'_> {
         let bodies = worker_payloads(tag, n, copies);
         publish_all(&self.first_node, &self.topology.inbound(), &bodies).await?;
         let before = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
+        let target = before + 3 * n as i64;
+        let pool = &self.pool;
+        let run = self
+            .run_worker(database_url, bodies.len(), move |_| async move {
+                let now = wa_store::lookup::count_messages_and_statuses(pool).await?;
+                Ok(progress(now, before, target))
+            })
+            .await?;
+        Ok(Measured {
+            figures: run.figures(3 * n as u64),
+            peak_rss: run.peak_rss,
+            tls_sessions: run.tls_sessions,
+        })
+    }
+
+    /// Starts a worker on the filled inbound queue and polls `progress`
+    /// until it says done. The clock and the CPU count start with the first
+    /// event: process start-up and connecting are not ingestion.
+    async fn run_worker<F, Fut>(
+        &self,
+        database_url: &str,
+        deliveries: usize,
+        progress: F,
+    ) -> anyhow::Result<WorkerRun>
+    where
+        F: Fn(SocketAddr) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<bool>>>,
+    {
         let addr = free_addr()?;
         let env = HashMap::from([
-            ("REDIS_URL", self.args.redis.redis_url.expose()),
+            ("REDIS_URL", self.args.servers.redis.redis_url.expose()),
             ("DATABASE_URL", database_url.to_owned()),
             ("METRICS_ADDR", addr.to_string()),
             ("WA_PREFETCH", self.args.prefetch.to_string()),
         ]);
         let launched = Instant::now();
         let worker = self.role("worker", env, addr).await?;
-        // The clock starts with the first stored row: process start-up and
-        // connecting are not ingestion.
         let mut started = None;
-        let target = before + 3 * n as i64;
         loop {
-            let now = wa_store::lookup::count_messages_and_statuses(&self.pool).await?;
-            if now > before && started.is_none() {
-                started = Some(Instant::now());
-            }
-            if now >= target {
-                break;
+            match progress(addr).await? {
+                Some(true) => break,
+                Some(false) if started.is_none() => {
+                    started = Some((Instant::now(), worker.cpu()));
+                }
+                _ => {}
             }
             anyhow::ensure!(
                 launched.elapsed() < Duration::from_secs(300),
@@ -304,41 +366,34 @@ impl Run<'_> {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let seconds = started
-            .map_or(0.0, |s| s.elapsed().as_secs_f64())
-            .max(0.001);
-        let peak_rss = worker.peak_rss().unwrap_or(0);
-        let stage_seconds = stage_seconds(addr).await;
-        let tls_sessions = tls_sessions(&self.pool).await?;
-        worker.stop().await;
-        let figures = WorkerFigures {
-            deliveries: bodies.len() as u64,
-            unique_events: 3 * n as u64,
-            seconds,
-            deliveries_per_second: bodies.len() as f64 / seconds,
-            unique_events_per_second: 3.0 * n as f64 / seconds,
-            stage_seconds,
+        let (clock, cpu) = started.unwrap_or((Instant::now(), worker.cpu()));
+        let run = WorkerRun {
+            deliveries,
+            seconds: clock.elapsed().as_secs_f64().max(0.001),
+            cpu: worker.cpu() - cpu,
+            peak_rss: worker.peak_rss().unwrap_or(0),
+            stage_seconds: stage_seconds(addr).await,
+            tls_sessions: tls_sessions(&self.pool).await?,
         };
-        Ok(Measured {
-            figures,
-            peak_rss,
-            tls_sessions,
-        })
+        worker.stop().await;
+        Ok(run)
     }
 
     /// The worker runs left their downstream events in the outbox: release
-    /// them all with no reorder window and time it.
+    /// them all with the default reorder window (past for all of them after
+    /// this pause) and time it.
     async fn relay(&self, report: &mut Report) -> anyhow::Result<()> {
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let pending = wa_store::outbox::count_unpublished(&self.pool).await?;
-        eprintln!("[6/7] relay: release {pending} outbox events");
+        eprintln!("[7/8] relay: release {pending} outbox events");
         let addr = free_addr()?;
         let env = HashMap::from([
             ("DATABASE_URL", self.database_url.to_owned()),
             ("METRICS_ADDR", addr.to_string()),
-            ("WA_REORDER_WINDOW", "0s".to_owned()),
         ]);
         let started = Instant::now();
         let relay = self.role("relay", env, addr).await?;
+        let cpu_before = relay.cpu();
         while wa_store::outbox::count_unpublished(&self.pool).await? > 0 {
             anyhow::ensure!(
                 started.elapsed() < Duration::from_secs(300),
@@ -347,16 +402,19 @@ impl Run<'_> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let seconds = started.elapsed().as_secs_f64();
+        let relay_cpu = relay.cpu() - cpu_before;
+        report.relay_peak_rss_bytes = relay.peak_rss().unwrap_or(0);
         relay.stop().await;
         report.relay_events = u64::try_from(pending).unwrap_or(0);
         report.relay_events_per_second = pending as f64 / seconds;
+        report.relay_cpu_us_per_event = micros_per(relay_cpu, report.relay_events);
         Ok(())
     }
 
     /// HTTP delivery to a local endpoint by a real `wa-ingest deliver`.
     async fn deliver(&self, report: &mut Report) -> anyhow::Result<()> {
         eprintln!(
-            "[7/7] deliver: {} events in 100 conversations to a local endpoint",
+            "[8/8] deliver: {} events in 100 conversations to a local endpoint",
             self.args.deliver_events
         );
         report.deliver = crate::deliver::measure(
@@ -369,6 +427,55 @@ impl Run<'_> {
         .await?;
         Ok(())
     }
+}
+
+/// Where a worker run stands: `Some(true)` once done, `Some(false)` once
+/// started (the clock starts with the first event), `None` before.
+fn progress(now: i64, before: i64, target: i64) -> Option<bool> {
+    (now > before).then_some(now >= target)
+}
+
+/// One worker process from its first event to its last.
+struct WorkerRun {
+    deliveries: usize,
+    seconds: f64,
+    cpu: Duration,
+    peak_rss: u64,
+    stage_seconds: std::collections::BTreeMap<String, f64>,
+    /// Its sessions on the bench database that used TLS (counted before it
+    /// stopped).
+    tls_sessions: i64,
+}
+
+impl WorkerRun {
+    fn figures(&self, unique_events: u64) -> WorkerFigures {
+        WorkerFigures {
+            deliveries: self.deliveries as u64,
+            unique_events,
+            seconds: self.seconds,
+            deliveries_per_second: self.deliveries as f64 / self.seconds,
+            unique_events_per_second: unique_events as f64 / self.seconds,
+            cpu_us_per_delivery: micros_per(self.cpu, self.deliveries as u64),
+            cpu_us_per_event: micros_per(self.cpu, unique_events),
+            stage_seconds: self.stage_seconds.clone(),
+        }
+    }
+}
+
+/// The sum of a counter over the series whose labels contain `filter`, from
+/// a role's /metrics.
+pub(crate) async fn metric_sum(addr: SocketAddr, name: &str, filter: &str) -> f64 {
+    let text = match reqwest::get(format!("http://{addr}/metrics")).await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(_) => return 0.0,
+    };
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(filter))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 /// Sessions on this pool's database that use TLS.
@@ -419,28 +526,34 @@ fn figures(load: &LoadReport) -> HttpFigures {
 fn worker_payloads(tag: &str, n: usize, copies: usize) -> Vec<Vec<u8>> {
     let mut bodies = Vec::with_capacity(n * copies);
     for i in 0..n {
-        let wa_id = format!("4915{:08}", i % 500);
-        let ts = 1_760_000_000 + i as i64;
-        let body = serde_json::to_vec(&json!({
-            "object": "whatsapp_business_account",
-            "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
-                "messaging_product": "whatsapp",
-                "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
-                "contacts": [{"profile": {"name": "Bench User"}, "wa_id": wa_id}],
-                "messages": [{"from": wa_id, "id": format!("wamid.{tag}.in.{i}"), "timestamp": ts.to_string(),
-                              "type": "text", "text": {"body": "Where is my order? It was due yesterday."}}],
-                "statuses": [
-                    {"id": format!("wamid.{tag}.out.{i}"), "status": "sent", "timestamp": ts.to_string(), "recipient_id": wa_id,
-                     "conversation": {"id": "c", "origin": {"type": "service"}}, "pricing": {"billable": true, "pricing_model": "PMP", "category": "service"}},
-                    {"id": format!("wamid.{tag}.out.{i}"), "status": "delivered", "timestamp": (ts + 1).to_string(), "recipient_id": wa_id}
-                ]}}]}]
-        }))
-        .expect("JSON");
+        let body = soak_payload(tag, i, 500);
         for _ in 0..copies {
             bodies.push(body.clone());
         }
     }
     bodies
+}
+
+/// Payload `i` of a run: one inbound message from one of `contacts` users
+/// and two statuses of a business message to them; 3 events, about 1 KB.
+pub(crate) fn soak_payload(tag: &str, i: usize, contacts: usize) -> Vec<u8> {
+    let wa_id = format!("4915{:08}", i % contacts.max(1));
+    let ts = 1_760_000_000 + i as i64;
+    serde_json::to_vec(&json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550001111", "phone_number_id": "106540352242922"},
+            "contacts": [{"profile": {"name": "Bench User"}, "wa_id": wa_id}],
+            "messages": [{"from": wa_id, "id": format!("wamid.{tag}.in.{i}"), "timestamp": ts.to_string(),
+                          "type": "text", "text": {"body": "Where is my order? It was due yesterday."}}],
+            "statuses": [
+                {"id": format!("wamid.{tag}.out.{i}"), "status": "sent", "timestamp": ts.to_string(), "recipient_id": wa_id,
+                 "conversation": {"id": "c", "origin": {"type": "service"}}, "pricing": {"billable": true, "pricing_model": "PMP", "category": "service"}},
+                {"id": format!("wamid.{tag}.out.{i}"), "status": "delivered", "timestamp": (ts + 1).to_string(), "recipient_id": wa_id}
+            ]}}]}]
+    }))
+    .unwrap_or_default()
 }
 
 async fn publish_all(url: &str, exchange: &str, bodies: &[Vec<u8>]) -> anyhow::Result<()> {
@@ -483,9 +596,14 @@ async fn purge(url: &str, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn cleanup(args: &BenchArgs, namespace: &Namespace, topology: &Topology, database_url: &str) {
+pub(crate) async fn cleanup(
+    servers: &Servers,
+    namespace: &Namespace,
+    topology: &Topology,
+    database_url: &str,
+) {
     if let Ok(connection) = Connection::connect(
-        args.amqp.amqp_url.first().expose(),
+        servers.amqp.amqp_url.first().expose(),
         ConnectionProperties::default(),
     )
     .await
@@ -507,13 +625,13 @@ async fn cleanup(args: &BenchArgs, namespace: &Namespace, topology: &Topology, d
         }
         let _ = connection.close(200, "bench cleaned up".into()).await;
     }
-    let _ = delete_redis_keys(args, namespace).await;
+    let _ = delete_redis_keys(servers, namespace).await;
     let _ = sqlx::Postgres::force_drop_database(database_url).await;
 }
 
 /// The run's claim markers (24 h TTL) would outlive it: delete them.
-async fn delete_redis_keys(args: &BenchArgs, namespace: &Namespace) -> redis::RedisResult<()> {
-    let client = redis::Client::open(args.redis.redis_url.first().expose())?;
+async fn delete_redis_keys(servers: &Servers, namespace: &Namespace) -> redis::RedisResult<()> {
+    let client = redis::Client::open(servers.redis.redis_url.first().expose())?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     let mut cursor: u64 = 0;
     loop {

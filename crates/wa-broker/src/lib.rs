@@ -12,5 +12,5 @@ mod topology;
 
 pub use args::AmqpArgs;
 pub use link::{Broker, BrokerConfig, Session};
-pub use publish::{Outgoing, PublishError};
+pub use publish::{Outgoing, PublishError, Unconfirmed};
 pub use topology::{INBOUND_DELIVERY_LIMIT, Topology, event_shard};

@@ -64,7 +64,7 @@ pub(crate) struct Inner {
 /// new one; holders of the old one see their operations fail.
 pub struct Session {
     connection: Connection,
-    publishers: Vec<Channel>,
+    pub(crate) publishers: Vec<Channel>,
     next_publisher: AtomicUsize,
     broken: CancellationToken,
 }
@@ -88,9 +88,9 @@ impl Session {
         self.broken.cancel();
     }
 
-    pub(crate) fn publisher(&self) -> &Channel {
-        let index = self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len();
-        &self.publishers[index]
+    /// Round robin over the publisher channels.
+    pub(crate) fn next_publisher(&self) -> usize {
+        self.next_publisher.fetch_add(1, Ordering::Relaxed) % self.publishers.len()
     }
 }
 

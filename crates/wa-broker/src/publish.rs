@@ -1,10 +1,13 @@
 //! Confirmed publishing: a publish succeeds only when the broker has taken
 //! responsibility for the message.
 
-use lapin::options::BasicPublishOptions;
-use lapin::{BasicProperties, Confirmation};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::Broker;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Confirmation, PublisherConfirm};
+
+use crate::{Broker, Session};
 
 /// Where a message goes and what it carries.
 pub struct Outgoing<'a> {
@@ -28,41 +31,103 @@ pub enum PublishError {
     Amqp(#[from] lapin::Error),
 }
 
+/// A message handed to the broker whose confirm has not been awaited yet.
+/// Messages sent on one lane are routed in the order they were sent.
+#[must_use = "a message is enqueued only once its confirm has arrived"]
+pub struct Unconfirmed {
+    confirm: PublisherConfirm,
+    session: Arc<Session>,
+    channel: usize,
+    timeout: Duration,
+}
+
 impl Broker {
     /// Publishes persistent and mandatory, and waits for the confirm. A nack,
     /// a returned (unroutable) message, a missing confirm or no connection is
     /// an error: the caller must not treat the message as enqueued.
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
         let session = self.current().ok_or(PublishError::NotConnected)?;
-        let channel = session.publisher();
-        let timeout = self.inner.config.confirm_timeout;
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        // lapin can hang on a publish when the broker goes away: bound it.
-        let confirmed = tokio::time::timeout(timeout, async {
-            channel
-                .basic_publish(
-                    message.exchange.into(),
-                    message.routing_key.into(),
-                    options,
-                    message.body,
-                    message.properties.with_delivery_mode(2),
-                )
-                .await?
-                .await
-        })
-        .await;
-        match confirmed {
+        let channel = session.next_publisher();
+        send_on(session, channel, self.inner.config.confirm_timeout, message)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// Sends on the channel of `lane` without waiting for the confirm, so
+    /// that many messages can be in flight; await [`Unconfirmed::confirmed`]
+    /// before treating any of them as enqueued. One lane's messages keep
+    /// their order (AMQP orders per channel).
+    pub async fn send(
+        &self,
+        lane: u64,
+        message: Outgoing<'_>,
+    ) -> Result<Unconfirmed, PublishError> {
+        let session = self.current().ok_or(PublishError::NotConnected)?;
+        let channel = usize::try_from(lane % session.publishers.len() as u64).unwrap_or(0);
+        send_on(session, channel, self.inner.config.confirm_timeout, message).await
+    }
+
+    /// Publisher channels: lanes beyond this many share channels.
+    pub fn publish_channels(&self) -> usize {
+        self.inner.config.publish_channels.max(1)
+    }
+}
+
+async fn send_on(
+    session: Arc<Session>,
+    channel: usize,
+    timeout: Duration,
+    message: Outgoing<'_>,
+) -> Result<Unconfirmed, PublishError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    // lapin can hang on a publish when the broker goes away: bound it.
+    let sent = tokio::time::timeout(
+        timeout,
+        session.publishers[channel].basic_publish(
+            message.exchange.into(),
+            message.routing_key.into(),
+            options,
+            message.body,
+            message.properties.with_delivery_mode(2),
+        ),
+    )
+    .await;
+    match sent {
+        Err(_) => Err(PublishError::ConfirmTimeout(timeout)),
+        Ok(Err(error)) => Err(channel_failed(&session, channel, error)),
+        Ok(Ok(confirm)) => Ok(Unconfirmed {
+            confirm,
+            session,
+            channel,
+            timeout,
+        }),
+    }
+}
+
+/// A closed channel cannot be used again: rebuild the session.
+fn channel_failed(session: &Session, channel: usize, error: lapin::Error) -> PublishError {
+    if !session.publishers[channel].status().connected() {
+        session.mark_broken();
+    }
+    PublishError::Amqp(error)
+}
+
+impl Unconfirmed {
+    /// Waits for the broker's confirm (bounded by the confirm timeout).
+    pub async fn confirmed(self) -> Result<(), PublishError> {
+        let Self {
+            confirm,
+            session,
+            channel,
+            timeout,
+        } = self;
+        match tokio::time::timeout(timeout, confirm).await {
             Err(_) => Err(PublishError::ConfirmTimeout(timeout)),
-            Ok(Err(error)) => {
-                // A closed channel cannot be used again: rebuild the session.
-                if !channel.status().connected() {
-                    session.mark_broken();
-                }
-                Err(PublishError::Amqp(error))
-            }
+            Ok(Err(error)) => Err(channel_failed(&session, channel, error)),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(returned)))) => {
                 Err(PublishError::Returned(returned.reply_text.to_string()))

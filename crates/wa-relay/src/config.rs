@@ -39,10 +39,28 @@ pub struct RelayConfig {
     /// Events one release reads.
     #[arg(long, env = "WA_RELAY_BATCH_EVENTS", value_name = "WA_RELAY_BATCH_EVENTS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_events: u32,
+    /// Releases in progress at once, each holding its own contacts (and a
+    /// database connection): publishing for some while others read or commit.
+    #[arg(long, env = "WA_RELAY_CONCURRENCY", value_name = "WA_RELAY_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
     /// Pause between releases when nothing is due.
     #[arg(long, env = "WA_RELAY_POLL", value_name = "WA_RELAY_POLL", default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How long published events stay in the outbox.
     #[arg(long, env = "WA_OUTBOX_RETENTION", value_name = "WA_OUTBOX_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub outbox_retention: Duration,
+}
+
+impl RelayConfig {
+    /// Each release holds a connection for its whole length, and pruning
+    /// needs one more.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            u32::from(self.concurrency) < self.database.db_pool_size,
+            "WA_RELAY_CONCURRENCY ({}) must be below WA_DB_POOL_SIZE ({}): each release holds a connection",
+            self.concurrency,
+            self.database.db_pool_size
+        );
+        Ok(())
+    }
 }

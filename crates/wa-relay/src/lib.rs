@@ -15,6 +15,7 @@ pub mod tail;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wa_broker::{Broker, Topology};
@@ -30,6 +31,7 @@ pub async fn run(
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.validate()?;
     let topology =
         Topology::new(config.namespace.namespace.clone()).with_event_shards(config.event_shards);
     let broker_stop = CancellationToken::new();
@@ -54,18 +56,50 @@ pub async fn run(
         max_contacts: i64::from(config.batch_contacts),
         max_events: i64::from(config.batch_events),
     };
-    tracing::info!(?settings, "relay starting");
+    tracing::info!(
+        ?settings,
+        concurrency = config.concurrency,
+        "relay starting"
+    );
 
-    let mut failures = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
-    let mut last_prune = tokio::time::Instant::now();
+    let mut releases = tokio::task::JoinSet::new();
+    for _ in 0..config.concurrency {
+        releases.spawn(release_until(
+            pool.clone(),
+            broker.clone(),
+            settings.clone(),
+            config.poll_interval,
+            shutdown.clone(),
+        ));
+    }
+    prune_until(&pool, config.outbox_retention, &shutdown).await;
+    while releases.join_next().await.is_some() {}
+    broker_stop.cancel();
+    ops_stop.cancel();
+    let _ = ops.await;
+    pool.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+/// One release after another until `shutdown`; several of these run at once
+/// and lock disjoint contacts.
+async fn release_until(
+    pool: PgPool,
+    broker: Broker,
+    settings: ReleaseSettings,
+    poll_interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut failures = failure_backoff();
     while !shutdown.is_cancelled() {
         if broker.connected(&shutdown).await.is_none() {
             break;
         }
         let pause = match release_due(&pool, &broker, &settings).await {
-            Ok(0) => config.poll_interval,
+            Ok(0) => poll_interval,
             Ok(_) => {
-                failures = full_jitter(Duration::from_millis(200), Duration::from_secs(5), None);
+                failures = failure_backoff();
                 Duration::ZERO
             }
             Err(error) => {
@@ -76,27 +110,33 @@ pub async fn run(
                 failures.next().unwrap_or(Duration::from_secs(5))
             }
         };
-        if last_prune.elapsed() >= Duration::from_secs(60) {
-            last_prune = tokio::time::Instant::now();
-            match wa_store::outbox::prune(&pool, config.outbox_retention, 10_000).await {
-                Ok(pruned) if pruned > 0 => {
-                    tracing::info!(pruned, "pruned published outbox events")
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "could not prune the outbox")
-                }
-            }
-        }
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => {}
         }
     }
-    broker_stop.cancel();
-    ops_stop.cancel();
-    let _ = ops.await;
-    pool.close().await;
-    tracing::info!("relay stopped");
-    Ok(())
+}
+
+fn failure_backoff() -> impl Iterator<Item = Duration> {
+    full_jitter(Duration::from_millis(200), Duration::from_secs(5), None)
+}
+
+/// Deletes published events past their retention, every minute.
+async fn prune_until(pool: &PgPool, retention: Duration, shutdown: &CancellationToken) {
+    let minute = Duration::from_secs(60);
+    let mut every_minute = tokio::time::interval_at(tokio::time::Instant::now() + minute, minute);
+    every_minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every_minute.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        match wa_store::outbox::prune(pool, retention, 10_000).await {
+            Ok(pruned) if pruned > 0 => tracing::info!(pruned, "pruned published outbox events"),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "could not prune the outbox")
+            }
+        }
+    }
 }

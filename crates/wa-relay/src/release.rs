@@ -1,9 +1,10 @@
 //! One release: lock due contacts, walk each contact's pending events in
 //! Meta-timestamp order up to the first one still inside the reorder window,
-//! publish them with confirms (one contact's in order, contacts in parallel),
-//! then mark them published in the same transaction that held the locks.
+//! publish them all with confirms pipelined (one contact's on one channel,
+//! in order; many in flight), then, once every confirm is in, mark them
+//! published in the same transaction that held the locks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -11,7 +12,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use sqlx::PgPool;
 use wa_broker::headers::{self, CONTACT_KEY, LATE, SEQUENCE};
-use wa_broker::{Broker, Outgoing, PublishError, event_shard};
+use wa_broker::{Broker, Outgoing, PublishError, Unconfirmed, event_shard};
 use wa_store::outbox::{self, ContactCursor, PendingEvent, PublishedEvent};
 
 #[derive(Debug, Clone)]
@@ -20,6 +21,13 @@ pub struct ReleaseSettings {
     pub shards: u16,
     pub max_contacts: i64,
     pub max_events: i64,
+}
+
+/// An event with the place it takes in its contact's stream.
+struct Planned<'a> {
+    event: &'a PendingEvent,
+    sequence: i64,
+    late: bool,
 }
 
 /// Releases what is due now; returns how many events were published.
@@ -54,7 +62,7 @@ pub async fn release_due(
         .map(|c| (c.contact_key.as_str(), c.clone()))
         .collect();
     let mut held: HashSet<&str> = HashSet::new();
-    let mut by_contact: HashMap<&str, Vec<(&PendingEvent, i64, bool)>> = HashMap::new();
+    let mut by_contact: HashMap<&str, Vec<Planned<'_>>> = HashMap::new();
     for event in &events {
         let contact = event.contact_key.as_str();
         let Some(cursor) = cursors.get_mut(contact) else {
@@ -74,20 +82,14 @@ pub async fn release_due(
             cursor.last_timestamp = Some(ts);
             cursor.last_wamid = Some(event.wamid.clone());
         }
-        by_contact
-            .entry(contact)
-            .or_default()
-            .push((event, cursor.last_sequence, late));
+        by_contact.entry(contact).or_default().push(Planned {
+            event,
+            sequence: cursor.last_sequence,
+            late,
+        });
     }
 
-    let outcomes = join_all(by_contact.values().map(|events| async move {
-        for (event, sequence, late) in events {
-            publish(broker, settings.shards, event, *sequence, *late).await?;
-        }
-        Ok::<(), PublishError>(())
-    }))
-    .await;
-    if let Some(Err(error)) = outcomes.into_iter().find(Result::is_err) {
+    if let Err(error) = publish_all(broker, settings.shards, &by_contact).await {
         // Nothing is marked: the next release publishes these again, same ids.
         return Err(anyhow::Error::new(error).context("publishing events failed"));
     }
@@ -95,10 +97,10 @@ pub async fn release_due(
     let published: Vec<PublishedEvent> = by_contact
         .values()
         .flatten()
-        .map(|(event, sequence, late)| PublishedEvent {
-            id: event.id,
-            sequence: *sequence,
-            late: *late,
+        .map(|planned| PublishedEvent {
+            id: planned.event.id,
+            sequence: planned.sequence,
+            late: planned.late,
         })
         .collect();
     let moved: Vec<ContactCursor> = by_contact
@@ -107,14 +109,117 @@ pub async fn release_due(
         .collect();
     claim.commit(&published, &moved).await?;
 
-    for (event, _, late) in by_contact.values().flatten() {
-        metrics::counter!("wa_relay_events_total", "type" => event.event_type.clone(), "late" => late.to_string())
-            .increment(1);
-        metrics::histogram!("wa_relay_event_age_seconds").record(event.age_seconds);
+    let mut counts: BTreeMap<(&str, bool), u64> = BTreeMap::new();
+    for planned in by_contact.values().flatten() {
+        *counts
+            .entry((planned.event.event_type.as_str(), planned.late))
+            .or_default() += 1;
+        metrics::histogram!("wa_relay_event_age_seconds").record(planned.event.age_seconds);
+    }
+    for ((event_type, late), n) in counts {
+        metrics::counter!("wa_relay_events_total", "type" => event_type.to_owned(), "late" => late.to_string())
+            .increment(n);
     }
     metrics::histogram!("wa_relay_release_duration_seconds")
         .record(started.elapsed().as_secs_f64());
     Ok(published.len())
+}
+
+/// Sends every planned event, then waits for all the confirms. A contact's
+/// events go to one shard and out on that shard's channel, in order, so the
+/// broker routes them in order; shards send in parallel. Only a nack (an
+/// internal broker error) can let a later event through while an earlier one
+/// is published again by the next release: its sequence number tells.
+async fn publish_all(
+    broker: &Broker,
+    shards: u16,
+    by_contact: &HashMap<&str, Vec<Planned<'_>>>,
+) -> Result<(), PublishError> {
+    let mut by_shard: BTreeMap<u16, Vec<&Planned<'_>>> = BTreeMap::new();
+    for (contact, planned) in by_contact {
+        by_shard
+            .entry(event_shard(contact, shards))
+            .or_default()
+            .extend(planned);
+    }
+    let exchange = broker.topology().events();
+    let sent = join_all(by_shard.iter().map(|(shard, planned)| {
+        let exchange = exchange.as_str();
+        async move {
+            let routing_key = shard.to_string();
+            let mut unconfirmed: Vec<Unconfirmed> = Vec::with_capacity(planned.len());
+            for planned in planned {
+                match send_event(broker, *shard, exchange, &routing_key, planned).await {
+                    Ok(pending) => unconfirmed.push(pending),
+                    // Stop sending; what was sent is still awaited below.
+                    Err(error) => return (unconfirmed, Err(error)),
+                }
+            }
+            (unconfirmed, Ok(()))
+        }
+    }))
+    .await;
+    let mut failure = None;
+    let mut unconfirmed = Vec::new();
+    for (pending, outcome) in sent {
+        unconfirmed.extend(pending);
+        if let Err(error) = outcome {
+            failure.get_or_insert(error);
+        }
+    }
+    // Await every confirm even after a failure, so that no confirm outlives
+    // the release that is about to report it.
+    let confirmed = join_all(unconfirmed.into_iter().map(Unconfirmed::confirmed)).await;
+    match failure {
+        Some(error) => Err(error),
+        None => confirmed.into_iter().collect(),
+    }
+}
+
+/// Sends one event on its shard's channel; its confirm is awaited with the
+/// release's others.
+#[tracing::instrument(
+    name = "publish_event",
+    skip_all,
+    fields(event_id = %planned.event.event_id, sequence = planned.sequence, late = planned.late)
+)]
+async fn send_event(
+    broker: &Broker,
+    shard: u16,
+    exchange: &str,
+    routing_key: &str,
+    planned: &Planned<'_>,
+) -> Result<Unconfirmed, PublishError> {
+    let body = body_with_position(&planned.event.payload, planned.sequence, planned.late);
+    let message = Outgoing {
+        exchange,
+        routing_key,
+        body: &body,
+        properties: properties(planned),
+    };
+    broker.send(u64::from(shard), message).await
+}
+
+/// The stored payload (a JSON object, as PostgreSQL prints `jsonb`) with the
+/// event's `sequence` and `late` added, without parsing it.
+fn body_with_position(payload: &str, sequence: i64, late: bool) -> Vec<u8> {
+    let object = payload.trim_end();
+    let inner = object.strip_suffix('}').unwrap_or(object).trim_end();
+    let separator = if inner.ends_with('{') { "" } else { ", " };
+    format!("{inner}{separator}\"sequence\": {sequence}, \"late\": {late}}}").into_bytes()
+}
+
+fn properties(planned: &Planned<'_>) -> BasicProperties {
+    let event = planned.event;
+    let mut table = FieldTable::default();
+    table.insert(SEQUENCE.into(), AMQPValue::LongLongInt(planned.sequence));
+    table.insert(LATE.into(), AMQPValue::Boolean(planned.late));
+    table.insert(CONTACT_KEY.into(), headers::text_value(&event.contact_key));
+    BasicProperties::default()
+        .with_message_id(event.event_id.as_str().into())
+        .with_type(event.event_type.as_str().into())
+        .with_content_type("application/json".into())
+        .with_headers(table)
 }
 
 /// Behind what this contact already released, by Meta's timestamp (ties by
@@ -126,45 +231,6 @@ fn is_late(cursor: &ContactCursor, event: &PendingEvent) -> bool {
         }
         _ => false,
     }
-}
-
-#[tracing::instrument(
-    name = "publish_event",
-    skip_all,
-    fields(event_id = %event.event_id, sequence = sequence, late = late)
-)]
-async fn publish(
-    broker: &Broker,
-    shards: u16,
-    event: &PendingEvent,
-    sequence: i64,
-    late: bool,
-) -> Result<(), PublishError> {
-    let mut body = event.payload.clone();
-    if let Some(object) = body.as_object_mut() {
-        object.insert("sequence".into(), sequence.into());
-        object.insert("late".into(), late.into());
-    }
-    let body = serde_json::to_vec(&body).unwrap_or_default();
-    let mut table = FieldTable::default();
-    table.insert(SEQUENCE.into(), AMQPValue::LongLongInt(sequence));
-    table.insert(LATE.into(), AMQPValue::Boolean(late));
-    table.insert(CONTACT_KEY.into(), headers::text_value(&event.contact_key));
-    let properties = BasicProperties::default()
-        .with_message_id(event.event_id.as_str().into())
-        .with_type(event.event_type.as_str().into())
-        .with_content_type("application/json".into())
-        .with_headers(table);
-    let exchange = broker.topology().events();
-    let shard = event_shard(&event.contact_key, shards).to_string();
-    broker
-        .publish(Outgoing {
-            exchange: &exchange,
-            routing_key: &shard,
-            body: &body,
-            properties,
-        })
-        .await
 }
 
 #[cfg(test)]
@@ -194,9 +260,24 @@ mod tests {
             contact_key: "c".into(),
             wamid: wamid.into(),
             meta_timestamp: timestamp,
-            payload: serde_json::Value::Null,
+            payload: "{}".into(),
             due: true,
             age_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_position_is_added_to_the_stored_object() {
+        for (payload, expected) in [
+            (
+                r#"{"id": "msg:a", "data": {"x": [1, 2]}}"#,
+                serde_json::json!({"id": "msg:a", "data": {"x": [1, 2]}, "sequence": 7, "late": true}),
+            ),
+            ("{}", serde_json::json!({"sequence": 7, "late": true})),
+        ] {
+            let body = body_with_position(payload, 7, true);
+            let parsed: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+            assert_eq!(parsed, expected);
         }
     }
 

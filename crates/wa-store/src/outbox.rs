@@ -243,7 +243,8 @@ pub struct PendingEvent {
     pub contact_key: String,
     pub wamid: String,
     pub meta_timestamp: Option<DateTime<Utc>>,
-    pub payload: Value,
+    /// The event as JSON text: the relay adds its position without parsing it.
+    pub payload: String,
     /// Older than the reorder window.
     pub due: bool,
     /// Seconds since it was stored.
@@ -312,8 +313,8 @@ pub async fn claim(
     }
     let keys: Vec<&str> = contacts.iter().map(|c| c.contact_key.as_str()).collect();
     let events: Vec<PendingEvent> = sqlx::query_as(
-        "SELECT id, event_id, event_type, contact_key, wamid, meta_timestamp, payload,
-                created_at <= now() - make_interval(secs => $2) AS due,
+        "SELECT id, event_id, event_type, contact_key, wamid, meta_timestamp,
+                payload::text AS payload, created_at <= now() - make_interval(secs => $2) AS due,
                 EXTRACT(EPOCH FROM now() - created_at)::float8 AS age_seconds
          FROM outbox
          WHERE published_at IS NULL AND contact_key = ANY($1)
