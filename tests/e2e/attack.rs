@@ -100,6 +100,21 @@ fn closed_for(metrics: &str, reason: &str) -> f64 {
     )
 }
 
+/// The receiver's metrics once it counts `total` connections closed for
+/// `reasons` (or after 5 s): a close is counted just after its socket is
+/// shut, so the last counts may land a moment after the client saw it.
+async fn metrics_once_closed(receiver: &ReceiverProcess, reasons: &[&str], total: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = receiver.metrics().await;
+        let closed: f64 = reasons.iter().map(|r| closed_for(&metrics, r)).sum();
+        if closed >= total as f64 || Instant::now() >= deadline {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -154,7 +169,7 @@ async fn slow_bodies_and_unfinished_heads_do_not_stop_signed_webhooks() {
     let slow = closes(slow_bodies).await;
     let heads = closes(unfinished_heads).await;
     let peak = receiver.peak_rss();
-    let metrics = receiver.metrics().await;
+    let metrics = metrics_once_closed(&receiver, &["body_timeout", "header_timeout"], 332).await;
     let closed = |reason: &str| closed_for(&metrics, reason);
     let slowest = |closes: &[Option<Duration>]| closes.iter().flatten().max().copied();
     println!(
@@ -223,7 +238,7 @@ async fn a_header_flood_up_to_the_cap_does_not_lock_out_a_signed_request() {
     let took = started.elapsed();
 
     let closes = closes(flood).await;
-    let metrics = receiver.metrics().await;
+    let metrics = metrics_once_closed(&receiver, &["shed", "header_timeout"], cap).await;
     let closed = |reason: &str| closed_for(&metrics, reason);
     let peak = receiver.peak_rss();
     println!(
