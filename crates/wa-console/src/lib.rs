@@ -100,7 +100,7 @@ pub async fn run(
 /// Scrapes the roles every refresh interval and keeps the rates between
 /// the last two scrapes.
 async fn sample_rates(console: Arc<Console>, urls: Vec<url::Url>, stop: CancellationToken) {
-    let client = reqwest::Client::new();
+    let client = scrape::metrics_client();
     let mut ticks = tokio::time::interval(console.refresh);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -6,6 +6,17 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Each scrape may take this long, and read this much.
+/// A plain-HTTP client for the roles' `/metrics` (hyper, as the deliverer
+/// uses: no second HTTP stack in the production binary).
+pub(crate) type MetricsClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<axum::body::Bytes>,
+>;
+
+pub(crate) fn metrics_client() -> MetricsClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_METRICS_BYTES: usize = 4 * 1024 * 1024;
 /// Addresses scraped per configured URL (a headless service of many pods).
@@ -66,7 +77,7 @@ pub(crate) struct Scrape {
 }
 
 /// Reads every target once.
-pub(crate) async fn scrape_all(client: &reqwest::Client, urls: &[url::Url]) -> Scrape {
+pub(crate) async fn scrape_all(client: &MetricsClient, urls: &[url::Url]) -> Scrape {
     let mut scrape = Scrape {
         at: Some(Instant::now()),
         ..Scrape::default()
@@ -129,7 +140,7 @@ async fn addresses(url: &url::Url) -> Result<Vec<url::Url>, String> {
 }
 
 async fn futures_join(
-    client: &reqwest::Client,
+    client: &MetricsClient,
     targets: Vec<url::Url>,
 ) -> Vec<(String, Result<String, String>)> {
     let mut tasks = tokio::task::JoinSet::new();
@@ -150,24 +161,28 @@ async fn futures_join(
     results
 }
 
-async fn fetch(client: &reqwest::Client, url: &url::Url) -> Result<String, String> {
-    let mut response = client
-        .get(url.clone())
-        .timeout(SCRAPE_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("unreachable: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("answered {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_METRICS_BYTES {
-            return Err("metrics larger than 4 MiB".into());
+async fn fetch(client: &MetricsClient, url: &url::Url) -> Result<String, String> {
+    use http_body_util::BodyExt;
+    let uri: axum::http::Uri = url.as_str().parse().map_err(|e| format!("bad URL: {e}"))?;
+    let read = async {
+        let response = client
+            .get(uri)
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("answered {}", response.status()));
         }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| "metrics are not UTF-8".into())
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_METRICS_BYTES);
+        let body = limited
+            .collect()
+            .await
+            .map_err(|_| "metrics larger than 4 MiB, or cut off".to_owned())?;
+        Ok(body.to_bytes())
+    };
+    let body = tokio::time::timeout(SCRAPE_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("no answer within {SCRAPE_TIMEOUT:?}"))??;
+    String::from_utf8(body.to_vec()).map_err(|_| "metrics are not UTF-8".into())
 }
 
 /// The counters and active pauses in one Prometheus text.
