@@ -160,6 +160,7 @@ impl Run<'_> {
             return Ok(report);
         }
         if self.args.worker_only {
+            crate::postgres_tls::declare_topology(self).await?;
             self.worker(&mut report).await?;
             self.worker_already_stored(&mut report).await?;
             report.ratios = Ratios::of(&report);
