@@ -31,7 +31,7 @@ impl DatabaseArgs {
     pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
         // TLS as the URL says (`sslmode`, `sslrootcert`; sqlx's default
         // `prefer` uses it when the server offers it). TCP_NODELAY is set
-        // by the patched sqlx-core (patches/sqlx-core), so TLS costs no stall.
+        // by the patched sqlx-core (vendor/sqlx-core), so TLS costs no stall.
         let options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)
