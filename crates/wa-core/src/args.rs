@@ -1,8 +1,8 @@
 //! Command-line and environment options shared by several roles. Each role
 //! flattens the groups it needs, so every option has one name everywhere.
 //! The options of one dependency live beside the code that uses them
-//! (`AmqpArgs` in wa-broker, `DatabaseArgs` in wa-store, `RedisArgs` in
-//! wa-worker).
+//! (`AmqpArgs` and `BrokerArgs` in wa-broker, `DatabaseArgs` in wa-store,
+//! `RedisArgs` in wa-worker).
 
 use crate::Namespace;
 

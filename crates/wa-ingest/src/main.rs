@@ -4,25 +4,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use tokio::net::TcpListener;
-use wa_core::telemetry::{LogArgs, LogFormat, exit_code, init_logging};
+use wa_core::telemetry::{CommandLine, LogFormat, exit_code, init_logging};
 
 mod migrate;
 mod tools;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "wa-ingest",
-    version,
-    about = "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once"
-)]
-struct Cli {
-    #[command(flatten)]
-    log: LogArgs,
-    #[command(subcommand)]
-    command: Command,
-}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -55,7 +42,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = CommandLine::<Command>::parse_as(|command| {
+        command.name("wa-ingest").version(env!("CARGO_PKG_VERSION")).about(
+            "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once",
+        )
+    });
     match cli.command {
         Command::Loadgen(args) => tools::run("loadgen", args, cli.log.log_format),
         Command::Bench(args) => tools::run("bench", args, cli.log.log_format),

@@ -1,8 +1,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wa_broker::AmqpArgs;
-use wa_core::args::NamespaceArgs;
+use wa_broker::BrokerArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
@@ -12,9 +11,7 @@ pub const DEFAULT_EVENT_SHARDS: u16 = 4;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Address of /healthz, /readyz and /metrics.

@@ -5,15 +5,15 @@
 use std::time::Duration;
 
 use wa_core::SecretUrl;
-use wa_core::config::{SecretUrlParser, parse_duration};
+use wa_core::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
     #[arg(
         long = "database-url",
-        value_parser = SecretUrlParser,
-        env = "DATABASE_URL", value_name = "DATABASE_URL",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/wa_ingest"
     )]
     pub database_url: SecretUrl,

@@ -2,10 +2,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wa_broker::AmqpArgs;
+use wa_broker::BrokerArgs;
 use wa_core::SecretUrls;
-use wa_core::args::NamespaceArgs;
-use wa_core::config::{SecretUrlsParser, parse_duration};
+use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
 use crate::claim::FailMode;
@@ -24,9 +23,7 @@ pub fn default_retry_tiers() -> Vec<Duration> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
@@ -132,8 +129,8 @@ pub struct RedisArgs {
     /// nodes of the cluster, comma-separated.
     #[arg(
         long = "redis-url",
-        value_parser = SecretUrlsParser,
-        env = "REDIS_URL", value_name = "REDIS_URL",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: SecretUrls,
