@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use wa_broker::headers;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::{WorkerServers, parse};
-use wa_e2e::{TcpRelay, TestEnv, Worker, dead_letter, eventually, metric_sum};
+use wa_e2e::roles::{RelayedServer, parse};
+use wa_e2e::{TestEnv, Worker, dead_letter, eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -233,16 +233,7 @@ async fn purge_drains_the_dlq_past_its_scan_limit() {
 #[tokio::test]
 async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
-    let database_url = env
-        .database_url
-        .replace("127.0.0.1:5432", &relay.addr().to_string());
-    let servers = WorkerServers {
-        database_url: &database_url,
-        ..WorkerServers::of(&env)
-    };
-    let worker = Worker::start_with(&env, servers, &[]).await;
-    worker.wait_ready().await;
+    let (worker, relay) = Worker::start_relayed(&env, RelayedServer::PostgreSql, &[]).await;
 
     let total = 60;
     for i in 0..20 {

@@ -10,7 +10,7 @@ use serde_json::json;
 use wa_broker::INBOUND_DELIVERY_LIMIT;
 use wa_e2e::env::execute;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::WorkerServers;
+use wa_e2e::roles::{RelayedServer, WorkerServers};
 use wa_e2e::{TcpRelay, TestEnv, TestRole, Worker, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
 
@@ -422,11 +422,8 @@ async fn a_database_error_is_logged_with_its_message_once() {
 #[tokio::test]
 async fn the_worker_is_ready_only_once_it_has_reached_postgresql() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
+    let (relay, database_url) = TcpRelay::in_front_of(&env.database_url).await;
     relay.cut();
-    let database_url = env
-        .database_url
-        .replace("127.0.0.1:5432", &relay.addr().to_string());
     let servers = WorkerServers {
         database_url: &database_url,
         ..WorkerServers::of(&env)
@@ -478,14 +475,8 @@ async fn a_batch_retried_one_by_one_counts_each_event_once() {
 #[tokio::test]
 async fn with_claims_failing_closed_an_unreachable_redis_pauses_the_worker() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:6379".parse().expect("address")).await;
-    let redis_url = format!("redis://{}/", relay.addr());
-    let servers = WorkerServers {
-        redis_url: &redis_url,
-        ..WorkerServers::of(&env)
-    };
-    let worker = Worker::start_with(&env, servers, &["--claim-fail-mode", "closed"]).await;
-    worker.wait_ready().await;
+    let (worker, relay) =
+        Worker::start_relayed(&env, RelayedServer::Redis, &["--claim-fail-mode", "closed"]).await;
     env.publish_inbound(&payloads::mixed("before", 1)).await;
     env.settled((1, 3)).await;
 

@@ -4,7 +4,23 @@
 //! (`AmqpArgs` and `BrokerArgs` in wa-broker, `DatabaseArgs` in wa-store,
 //! `RedisArgs` in wa-worker).
 
+use std::net::SocketAddr;
+
 use crate::Namespace;
+
+/// The ops listener of a role (`/healthz`, `/readyz`, `/metrics`):
+/// `0.0.0.0:PORT` unless `METRICS_ADDR` says otherwise.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArgs<const PORT: u16> {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "METRICS_ADDR",
+        value_name = "METRICS_ADDR",
+        default_value = format!("0.0.0.0:{PORT}")
+    )]
+    pub metrics_addr: SocketAddr,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NamespaceArgs {

@@ -282,6 +282,23 @@ pub fn read_pem_file(variable: &str, path: &std::path::Path) -> Result<String, S
     Ok(text)
 }
 
+/// A client certificate and its key, as PEM text, from two options that go
+/// together (each a variable and the path it gives): both set, or neither.
+pub fn read_client_pem_pair(
+    cert: (&str, Option<&std::path::Path>),
+    key: (&str, Option<&std::path::Path>),
+) -> Result<Option<(String, String)>, String> {
+    match (cert.1, key.1) {
+        (None, None) => Ok(None),
+        (Some(cert_path), Some(key_path)) => Ok(Some((
+            read_pem_file(cert.0, cert_path)?,
+            read_pem_file(key.0, key_path)?,
+        ))),
+        (Some(_), None) => Err(format!("{} is set without {}", cert.0, key.0)),
+        (None, Some(_)) => Err(format!("{} is set without {}", key.0, cert.0)),
+    }
+}
+
 /// Parses a duration: humantime's units (`250ms`, `5s`, `2m`, `1h`, `7d`,
 /// also combined: `1h 30m`) or plain seconds (`30`). Overflow is an error.
 pub fn parse_duration(value: &str) -> Result<std::time::Duration, String> {

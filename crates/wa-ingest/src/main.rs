@@ -79,15 +79,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             wa_receiver::run_with_ops(listener, ops, config, wa_core::shutdown::on_signal()).await
         }
         Command::Worker(config) => {
-            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            let listener = listen(config.metrics.metrics_addr, "METRICS_ADDR").await?;
             wa_worker::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Relay(config) => {
-            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            let listener = listen(config.metrics.metrics_addr, "METRICS_ADDR").await?;
             wa_relay::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Deliver(config) => {
-            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            let listener = listen(config.metrics.metrics_addr, "METRICS_ADDR").await?;
             wa_deliver::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Endpoints(args) => wa_deliver::cli::run(args).await,

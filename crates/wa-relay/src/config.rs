@@ -1,7 +1,7 @@
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use wa_broker::BrokerArgs;
+use wa_core::args::MetricsArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
@@ -14,14 +14,8 @@ pub struct RelayConfig {
     pub broker: BrokerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "METRICS_ADDR",
-        value_name = "METRICS_ADDR",
-        default_value = "0.0.0.0:9091"
-    )]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs<9091>,
     /// How long an event is held so that an earlier message arriving late
     /// can overtake it.
     #[arg(long, env = "WA_REORDER_WINDOW", value_name = "WA_REORDER_WINDOW", default_value = "3s", value_parser = parse_duration)]

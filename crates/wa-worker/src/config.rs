@@ -1,9 +1,9 @@
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use wa_broker::BrokerArgs;
 use wa_core::SecretUrls;
+use wa_core::args::MetricsArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
@@ -28,14 +28,8 @@ pub struct WorkerConfig {
     pub redis: RedisArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "METRICS_ADDR",
-        value_name = "METRICS_ADDR",
-        default_value = "0.0.0.0:9090"
-    )]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs<9090>,
     /// Unacked deliveries the broker may push to this worker.
     #[arg(long, env = "WA_PREFETCH", value_name = "WA_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
