@@ -29,6 +29,22 @@ async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
     env.wait_for_depth(queue, depth).await;
 }
 
+/// Puts `count` payloads (tagged `tag`) straight into the DLQ, dead-lettered
+/// as `class`, and waits until the queue counts them all.
+async fn fill_dlq(env: &TestEnv, tag: &str, count: u32, class: &str) {
+    let bodies: Vec<Vec<u8>> = (0..count)
+        .map(|i| payloads::mixed(&format!("{tag}{i}"), 1))
+        .collect();
+    env.publish_all_with(
+        "",
+        &env.queue("dlq"),
+        &bodies,
+        dead_letter(class, "injected"),
+    )
+    .await;
+    wait_for_depth(env, "dlq", count).await;
+}
+
 #[tokio::test]
 async fn a_persisting_transient_failure_is_retried_then_dead_lettered_then_replayed_once() {
     let env = TestEnv::new().await;
@@ -173,17 +189,7 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
 async fn replay_drains_a_quorum_dlq_of_two_thousand_and_a_limit_moves_exactly_that_many() {
     let env = TestEnv::new().await;
     let total = 2000;
-    let bodies: Vec<Vec<u8>> = (0..total)
-        .map(|i| payloads::mixed(&format!("drain{i}"), 1))
-        .collect();
-    env.publish_all_with(
-        "",
-        &env.queue("dlq"),
-        &bodies,
-        dead_letter("transient", "injected"),
-    )
-    .await;
-    wait_for_depth(&env, "dlq", total).await;
+    fill_dlq(&env, "drain", total, "transient").await;
 
     // A read-only command first: it holds every message and gives them back
     // as it ends, which the quorum queue counts a moment later.
@@ -212,17 +218,7 @@ async fn replay_drains_a_quorum_dlq_of_two_thousand_and_a_limit_moves_exactly_th
 #[tokio::test]
 async fn purge_drains_the_dlq_past_its_scan_limit() {
     let env = TestEnv::new().await;
-    let bodies: Vec<Vec<u8>> = (0..300)
-        .map(|i| payloads::mixed(&format!("purge{i}"), 1))
-        .collect();
-    env.publish_all_with(
-        "",
-        &env.queue("dlq"),
-        &bodies,
-        dead_letter("permanent", "injected"),
-    )
-    .await;
-    wait_for_depth(&env, "dlq", 300).await;
+    fill_dlq(&env, "purge", 300, "permanent").await;
     // Purged messages are not held, so the scan limit bounds only what is kept.
     dlq(&env, &["--scan-limit", "100", "purge", "--yes"])
         .await

@@ -37,16 +37,17 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
-/// The test's namespace, RabbitMQ and database, as options.
-fn broker_and_database(env: &TestEnv) -> Vec<String> {
-    owned(&[
+/// The test's namespace, RabbitMQ and database as options, then `more`.
+fn broker_and_database(env: &TestEnv, more: &[&str]) -> Vec<String> {
+    let servers = [
         "--namespace",
         env.namespace.as_str(),
         "--amqp-url",
         &env.amqp_url,
         "--database-url",
         &env.database_url,
-    ])
+    ];
+    owned(&servers).into_iter().chain(owned(more)).collect()
 }
 
 /// A role running in this process, with a shutdown token of its own.
@@ -310,13 +311,9 @@ pub struct Relay {
 
 impl Relay {
     pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
-        let mut args = broker_and_database(env);
-        args.extend(owned(&[
-            "--event-shards",
-            &crate::env::TEST_EVENT_SHARDS.to_string(),
-            "--poll-interval",
-            "50ms",
-        ]));
+        let shards = crate::env::TEST_EVENT_SHARDS.to_string();
+        let args =
+            broker_and_database(env, &["--event-shards", &shards, "--poll-interval", "50ms"]);
         let (ops_addr, running) = start_role(args, extra, wa_relay::run).await;
         Self { ops_addr, running }
     }
@@ -341,15 +338,19 @@ pub struct Console {
 
 impl Console {
     pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
-        let mut args = broker_and_database(env);
-        args.extend(owned(&[
-            "--console-token",
-            &format!("alice:{CONSOLE_TOKEN}"),
-            "--retry-tiers",
-            TEST_RETRY_TIERS,
-            "--event-shards",
-            &crate::env::TEST_EVENT_SHARDS.to_string(),
-        ]));
+        let token = format!("alice:{CONSOLE_TOKEN}");
+        let shards = crate::env::TEST_EVENT_SHARDS.to_string();
+        let args = broker_and_database(
+            env,
+            &[
+                "--console-token",
+                &token,
+                "--retry-tiers",
+                TEST_RETRY_TIERS,
+                "--event-shards",
+                &shards,
+            ],
+        );
         let (addr, running) = start_role(args, extra, wa_console::run).await;
         let health = format!("http://{addr}/healthz");
         wait_success("the console to answer", health, Duration::from_secs(15)).await;
