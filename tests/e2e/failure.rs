@@ -32,9 +32,7 @@ async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
 /// Puts `count` payloads (tagged `tag`) straight into the DLQ, dead-lettered
 /// as `class`, and waits until the queue counts them all.
 async fn fill_dlq(env: &TestEnv, tag: &str, count: u32, class: &str) {
-    let bodies: Vec<Vec<u8>> = (0..count)
-        .map(|i| payloads::mixed(&format!("{tag}{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each(tag, count as usize);
     env.publish_all_with(
         "",
         &env.queue("dlq"),

@@ -33,9 +33,7 @@ async fn metrics_count_exactly_what_happened() {
     let url = receiver.url("/webhooks/whatsapp");
 
     // 30 payloads of 4 events; then each again once they are stored.
-    let bodies: Vec<Vec<u8>> = (0..30)
-        .map(|i| payloads::mixed(&format!("m{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each("m", 30);
     for body in &bodies {
         assert_eq!(post_signed(&client, &url, body.clone()).await, 200);
     }
