@@ -91,7 +91,13 @@ async fn metrics_count_exactly_what_happened() {
     events(&[("outcome", "stored")], 120.0);
     events(&[("kind", "message"), ("outcome", "stored")], 30.0);
     events(&[("kind", "status"), ("outcome", "stored")], 90.0);
-    events(&[("outcome", "duplicate_claim")], 120.0);
+    // The copies came once their bodies were stored: found by the bodies'
+    // markers (unparsed), or by their claims when one came before its marker.
+    assert_eq!(
+        count("wa_events_total", &[("outcome", "duplicate_delivery")])
+            + count("wa_events_total", &[("outcome", "duplicate_claim")]),
+        120.0
+    );
     events(&[("outcome", "duplicate_db")], 0.0);
     expect("wa_claim_fail_open_total", &[], 0.0);
     expect("wa_ingest_delay_seconds_count", &[], 60.0);

@@ -200,3 +200,122 @@ async fn bad_payloads_go_to_the_dlq_at_once_and_spare_the_good_ones() {
     );
     worker.stop().await;
 }
+
+/// The marker a worker leaves once every event of `body` is stored.
+async fn stored_body_marker(env: &TestEnv, body: &[u8]) -> Option<String> {
+    let key = format!(
+        "{}:stored-body:{}",
+        env.namespace,
+        wa_worker::stored_body::BodyDigest::of(body).hex()
+    );
+    redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut env.redis().await)
+        .await
+        .expect("GET")
+}
+
+#[tokio::test]
+async fn a_copy_of_a_stored_body_is_acked_by_its_marker_without_a_claim() {
+    let env = TestEnv::new().await;
+    let worker = Worker::start(&env, &[]).await;
+    // 1 message and 3 statuses.
+    let body = payloads::mixed("marked", 1);
+    env.publish_inbound(&body).await;
+    env.settled((1, 3)).await;
+    wa_e2e::eventually(
+        "the body marked stored",
+        Duration::from_secs(30),
+        || async {
+            match stored_body_marker(&env, &body).await {
+                Some(marker) => Ok(marker),
+                None => Err("no marker".to_owned()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        stored_body_marker(&env, &body).await.as_deref(),
+        Some("message=1 status=3")
+    );
+
+    env.publish_inbound(&body).await;
+    env.publish_inbound(&body).await;
+    let metrics = wa_e2e::eventually("both copies acked", Duration::from_secs(30), || async {
+        let metrics = worker.metrics().await;
+        let acked = metric_sum(&metrics, "wa_deliveries_total", &[("outcome", "acked")]);
+        if acked == 3.0 {
+            Ok(metrics)
+        } else {
+            Err(format!("{acked} acked"))
+        }
+    })
+    .await;
+    let events = |outcome| metric_sum(&metrics, "wa_events_total", &[("outcome", outcome)]);
+    assert_eq!(events("stored"), 4.0);
+    assert_eq!(
+        events("duplicate_delivery"),
+        8.0,
+        "counted by kind, unparsed"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "wa_events_total",
+            &[("kind", "status"), ("outcome", "duplicate_delivery")]
+        ),
+        6.0
+    );
+    assert_eq!(events("duplicate_claim"), 0.0, "no claim round trip");
+    env.settled((1, 3)).await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_is_marked_stored_only_once_all_its_events_are() {
+    let env = TestEnv::new().await;
+    let wamid = "wamid.held.elsewhere";
+    let mut redis = env.redis().await;
+    // Another owner holds the message's claim; the status is free.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:claim:msg:{wamid}", env.namespace))
+        .arg("pending:other-owner")
+        .arg("PX")
+        .arg(1500)
+        .query_async(&mut redis)
+        .await
+        .expect("plant claim");
+    let body = envelope(
+        &[text_message(wamid, "15550001", 1_700_000_000)],
+        &[status("wamid.sent.here", "sent", "15550001", 1_700_000_000)],
+    );
+    env.publish_inbound(&body).await;
+    let worker = Worker::start(&env, &[]).await;
+    wa_e2e::eventually(
+        "the free status stored",
+        Duration::from_secs(30),
+        || async {
+            match env.stored_rows().await {
+                (0, 1) => Ok(()),
+                rows => Err(format!("{rows:?}")),
+            }
+        },
+    )
+    .await;
+    // Deferred for its held message: a copy now must take the claims.
+    assert_eq!(stored_body_marker(&env, &body).await, None);
+
+    env.settled((1, 1)).await;
+    wa_e2e::eventually(
+        "the body marked stored",
+        Duration::from_secs(30),
+        || async {
+            match stored_body_marker(&env, &body).await {
+                Some(marker) if marker == "message=1 status=1" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    worker.stop().await;
+}

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use wa_payload::{Contact, GroupEvent, MessageEvent, StatusEvent};
 
@@ -49,7 +50,9 @@ pub(crate) fn ordering_key(group_id: Option<&str>, contact_key: Option<&str>) ->
     }
 }
 
-/// One event to enqueue.
+/// One event to enqueue. Its payload borrows the event it announces and is
+/// serialized once, straight into the statement's parameter: no copy of
+/// the item as a `Value` per event.
 pub(crate) struct OutboxRow<'a> {
     event_id: &'a str,
     event_type: &'static str,
@@ -58,40 +61,118 @@ pub(crate) struct OutboxRow<'a> {
     /// ties in Meta time still sort the same way everywhere.
     sort_id: &'a str,
     timestamp: Option<DateTime<Utc>>,
-    payload: Value,
+    wamid: Option<&'a str>,
+    group_id: Option<&'a str>,
+    contact: Option<ContactView<'a>>,
+    phone_number_id: Option<&'a str>,
+    data: Data<'a>,
 }
 
 /// A user as downstream events show them: their contact record's key and
 /// the ids the item gave.
-fn contact_json(contact: &Contact, contact_key: Option<&str>) -> Value {
-    json!({
-        "key": contact_key.unwrap_or(""),
-        "wa_id": contact.wa_id,
-        "user_id": contact.user_id,
-        "parent_user_id": contact.parent_user_id,
-        "username": contact.username,
-    })
+#[derive(Serialize)]
+struct ContactView<'a> {
+    key: &'a str,
+    wa_id: Option<&'a str>,
+    user_id: Option<&'a str>,
+    parent_user_id: Option<&'a str>,
+    username: Option<&'a str>,
+}
+
+impl<'a> ContactView<'a> {
+    fn of(contact: &'a Contact, contact_key: Option<&'a str>) -> Self {
+        Self {
+            key: contact_key.unwrap_or(""),
+            wa_id: contact.wa_id.as_deref(),
+            user_id: contact.user_id.as_deref(),
+            parent_user_id: contact.parent_user_id.as_deref(),
+            username: contact.username.as_deref(),
+        }
+    }
+}
+
+/// A participant of a group item as downstream events show it.
+#[derive(Serialize)]
+pub(crate) struct ParticipantView<'a> {
+    change: &'static str,
+    contact: ContactView<'a>,
+}
+
+impl<'a> ParticipantView<'a> {
+    pub(crate) fn of(
+        change: &'static str,
+        contact: &'a Contact,
+        contact_key: Option<&'a str>,
+    ) -> Self {
+        Self {
+            change,
+            contact: ContactView::of(contact, contact_key),
+        }
+    }
+}
+
+/// `data` of a downstream event: what its type adds to the envelope.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Data<'a> {
+    Message {
+        direction: &'static str,
+        message_type: &'a str,
+        item: &'a Value,
+    },
+    Status {
+        status: &'a str,
+        item: &'a Value,
+        /// Group receipts only, with the participant's state after it
+        /// (`null` when unknown).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        participant: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        participant_status: Option<Option<&'a str>>,
+    },
+    Group {
+        field: &'a str,
+        group_type: Option<&'a str>,
+        request_id: Option<&'a str>,
+        join_request_id: Option<&'a str>,
+        participants: Vec<ParticipantView<'a>>,
+        item: &'a Value,
+    },
+}
+
+/// The downstream event as JSON: the fields every event carries, and its `data`.
+#[derive(Serialize)]
+struct Payload<'r, 'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    wamid: Option<&'a str>,
+    ordering_key: &'r str,
+    group_id: Option<&'a str>,
+    contact: &'r Option<ContactView<'a>>,
+    phone_number_id: Option<&'a str>,
+    timestamp: Option<DateTime<Utc>>,
+    data: &'r Data<'a>,
 }
 
 impl<'a> OutboxRow<'a> {
-    pub(crate) fn message_created(message: &'a MessageEvent, contact_key: Option<&str>) -> Self {
-        let data = json!({
-            "direction": message.direction.as_str(),
-            "message_type": message.message_type,
-            "item": message.raw,
-        });
+    pub(crate) fn message_created(message: &'a MessageEvent, contact_key: Option<&'a str>) -> Self {
         Self::new(
             Envelope {
                 event_id: &message.key,
                 event_type: MESSAGE_CREATED,
                 wamid: Some(&message.wamid),
                 group_id: message.group_id.as_deref(),
-                contact: Some(contact_json(&message.contact, contact_key)),
+                contact: Some(ContactView::of(&message.contact, contact_key)),
                 contact_key,
                 phone_number_id: message.phone_number_id.as_deref(),
                 timestamp: message.timestamp,
             },
-            data,
+            Data::Message {
+                direction: message.direction.as_str(),
+                message_type: &message.message_type,
+                item: &message.raw,
+            },
         )
     }
 
@@ -99,40 +180,36 @@ impl<'a> OutboxRow<'a> {
     /// receipt (group receipts only): it never goes backwards.
     pub(crate) fn message_status(
         status: &'a StatusEvent,
-        contact_key: Option<&str>,
-        participant_status: Option<&str>,
+        contact_key: Option<&'a str>,
+        participant_status: Option<&'a str>,
     ) -> Self {
-        let mut data = json!({ "status": status.status, "item": status.raw });
-        if let Some(participant) = &status.participant {
-            data["participant"] = json!(participant);
-            data["participant_status"] = json!(participant_status);
-        }
+        let participant = status.participant.as_deref();
         Self::new(
             Envelope {
                 event_id: &status.key,
                 event_type: MESSAGE_STATUS,
                 wamid: Some(&status.wamid),
                 group_id: status.group_id.as_deref(),
-                contact: Some(contact_json(&status.contact, contact_key)),
+                contact: Some(ContactView::of(&status.contact, contact_key)),
                 contact_key,
                 phone_number_id: status.phone_number_id.as_deref(),
                 timestamp: status.timestamp,
             },
-            data,
+            Data::Status {
+                status: &status.status,
+                item: &status.raw,
+                participant,
+                participant_status: participant.map(|_| participant_status),
+            },
         )
     }
 
     /// `participants` pairs each participant the item names with their
     /// contact record's key.
-    pub(crate) fn group_event(group: &'a GroupEvent, participants: Vec<Value>) -> Self {
-        let data = json!({
-            "field": group.field,
-            "group_type": group.update_type,
-            "request_id": group.request_id,
-            "join_request_id": group.join_request_id,
-            "participants": participants,
-            "item": group.raw,
-        });
+    pub(crate) fn group_event(
+        group: &'a GroupEvent,
+        participants: Vec<ParticipantView<'a>>,
+    ) -> Self {
         Self::new(
             Envelope {
                 event_id: &group.key,
@@ -144,52 +221,57 @@ impl<'a> OutboxRow<'a> {
                 phone_number_id: group.phone_number_id.as_deref(),
                 timestamp: group.timestamp,
             },
-            data,
+            Data::Group {
+                field: &group.field,
+                group_type: group.update_type.as_deref(),
+                request_id: group.request_id.as_deref(),
+                join_request_id: group.join_request_id.as_deref(),
+                participants,
+                item: &group.raw,
+            },
         )
     }
 
-    fn new(envelope: Envelope<'a, '_>, data: Value) -> Self {
-        let ordering_key = ordering_key(envelope.group_id, envelope.contact_key);
+    fn new(envelope: Envelope<'a>, data: Data<'a>) -> Self {
         Self {
             event_id: envelope.event_id,
             event_type: envelope.event_type,
+            ordering_key: ordering_key(envelope.group_id, envelope.contact_key),
             sort_id: envelope.wamid.unwrap_or(envelope.event_id),
             timestamp: envelope.timestamp,
-            payload: json!({
-                "id": envelope.event_id,
-                "type": envelope.event_type,
-                "wamid": envelope.wamid,
-                "ordering_key": ordering_key,
-                "group_id": envelope.group_id,
-                "contact": envelope.contact,
-                "phone_number_id": envelope.phone_number_id,
-                "timestamp": envelope.timestamp,
-                "data": data,
-            }),
-            ordering_key,
+            wamid: envelope.wamid,
+            group_id: envelope.group_id,
+            contact: envelope.contact,
+            phone_number_id: envelope.phone_number_id,
+            data,
+        }
+    }
+
+    fn payload(&self) -> Payload<'_, 'a> {
+        Payload {
+            id: self.event_id,
+            event_type: self.event_type,
+            wamid: self.wamid,
+            ordering_key: &self.ordering_key,
+            group_id: self.group_id,
+            contact: &self.contact,
+            phone_number_id: self.phone_number_id,
+            timestamp: self.timestamp,
+            data: &self.data,
         }
     }
 }
 
 /// The fields every downstream event carries.
-struct Envelope<'a, 'b> {
+struct Envelope<'a> {
     event_id: &'a str,
     event_type: &'static str,
     wamid: Option<&'a str>,
-    group_id: Option<&'b str>,
-    contact: Option<Value>,
-    contact_key: Option<&'b str>,
-    phone_number_id: Option<&'b str>,
+    group_id: Option<&'a str>,
+    contact: Option<ContactView<'a>>,
+    contact_key: Option<&'a str>,
+    phone_number_id: Option<&'a str>,
     timestamp: Option<DateTime<Utc>>,
-}
-
-/// A participant of a group item as downstream events show it.
-pub(crate) fn participant_json(
-    change: &str,
-    contact: &Contact,
-    contact_key: Option<&str>,
-) -> Value {
-    json!({ "change": change, "contact": contact_json(contact, contact_key) })
 }
 
 pub(crate) async fn enqueue(
@@ -214,7 +296,7 @@ pub(crate) async fn enqueue(
     let keys: Vec<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
     let wamids: Vec<&str> = rows.iter().map(|r| r.sort_id).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.timestamp).collect();
-    let payloads: Vec<&Value> = rows.iter().map(|r| &r.payload).collect();
+    let payloads: Vec<Payload<'_, '_>> = rows.iter().map(OutboxRow::payload).collect();
     sqlx::query(
         "INSERT INTO outbox (event_id, event_type, contact_key, wamid, meta_timestamp, payload)
          SELECT t.id, t.type, t.contact_key, t.wamid, t.ts, $6::jsonb -> (t.ord - 1)::int

@@ -10,7 +10,7 @@ use wa_payload::{
 
 use crate::StoreError;
 use crate::identity::{self, ContactChanges, Directory, Sighting};
-use crate::outbox::{self, OutboxRow, participant_json};
+use crate::outbox::{self, OutboxRow, ParticipantView};
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -133,6 +133,8 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
             persisted.inserted.insert(message.key.clone());
         }
     }
+    // Outlives the block: the receipts' outbox rows borrow their states.
+    let participant_states: HashMap<(String, String), String>;
     if !statuses.is_empty() {
         let new = insert_statuses(tx, &statuses, &contacts).await?;
         let new_statuses: Vec<&StatusEvent> = statuses
@@ -149,10 +151,12 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
         }
         // Every group receipt is news (who got or read it, when), with
         // the participant's state, which never goes backwards.
-        let states = advance_participant_status(tx, &receipts, &contacts).await?;
+        participant_states = advance_participant_status(tx, &receipts, &contacts).await?;
         for receipt in receipts {
             let contact_key = contacts.key_of(&receipt.contact);
-            let state = states.get(&participant_row(receipt)).map(String::as_str);
+            let state = participant_states
+                .get(&participant_row(receipt))
+                .map(String::as_str);
             outbox_rows.push(OutboxRow::message_status(receipt, contact_key, state));
         }
         persisted
@@ -172,7 +176,7 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
                 .participants
                 .iter()
                 .map(|p| {
-                    participant_json(p.change.as_str(), &p.contact, contacts.key_of(&p.contact))
+                    ParticipantView::of(p.change.as_str(), &p.contact, contacts.key_of(&p.contact))
                 })
                 .collect();
             outbox_rows.push(OutboxRow::group_event(group, participants));

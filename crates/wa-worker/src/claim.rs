@@ -7,6 +7,12 @@
 //! - held by `done`: a duplicate; held by another `pending`: look again after
 //!   the lease, never drop (the owner may have died before storing).
 //!
+//! - stored body: once every event of a body is stored, `SET
+//!   {ns}:stored-body:{sha256 of the body} {event counts} PX {done ttl}`;
+//!   a later copy of those bytes is found with one `MGET` for its whole batch
+//!   and acked without being parsed. Missing or unreadable (Redis down): the
+//!   copy takes the claims above, as any delivery.
+//!
 //! Every command and script touches one key, so none can span hash slots on
 //! a Redis Cluster. On one server a call is one pipelined round trip for the
 //! whole batch; on a cluster the commands go out together over the cluster
@@ -22,6 +28,7 @@ use tokio::sync::Mutex;
 use wa_core::Namespace;
 
 use crate::redis_link::{RedisLink, RedisTarget};
+use crate::stored_body::{BodyDigest, EventTally};
 
 const MARK_DONE: &str = r"
 local current = redis.call('GET', KEYS[1])
@@ -104,6 +111,58 @@ impl Claims {
         self.namespace.redis(&format!("claim:{event_key}"))
     }
 
+    /// The Redis key of a body whose events are all stored.
+    pub fn stored_body_key(&self, digest: &BodyDigest) -> String {
+        self.namespace
+            .redis(&format!("stored-body:{}", digest.hex()))
+    }
+
+    /// The event counts of each body stored before (by its marker), `None`
+    /// for the others, in one round trip. A Redis that does not answer
+    /// knows no body: every delivery then takes the claims, which decide
+    /// what failing open or closed means.
+    #[tracing::instrument(name = "stored_bodies", skip_all, fields(bodies = digests.len()))]
+    pub async fn stored_bodies(&self, digests: &[BodyDigest]) -> Vec<Option<EventTally>> {
+        let keys: Vec<String> = digests.iter().map(|d| self.stored_body_key(d)).collect();
+        // Only over a connection made already: while Redis is away, the
+        // claims that follow wait for it (or fail open) once, not twice.
+        let connection = self.connection.lock().await.clone();
+        let replies: Vec<Result<Option<String>, RedisError>> = match connection {
+            Some(mut connection @ RedisLink::Single(_)) => {
+                // One command for the batch: the keys need not share a slot here.
+                match redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<Option<String>>>(&mut connection)
+                    .await
+                {
+                    Ok(values) => values.into_iter().map(Ok).collect(),
+                    Err(error) => vec![Err(error)],
+                }
+            }
+            Some(RedisLink::Cluster(_)) => {
+                let commands = keys.iter().map(|key| {
+                    let mut cmd = redis::cmd("GET");
+                    cmd.arg(key);
+                    cmd
+                });
+                self.query_each(commands.collect()).await
+            }
+            None => Vec::new(),
+        };
+        if let Some(Err(error)) = replies.iter().find(|reply| reply.is_err()) {
+            tracing::debug!(
+                error = %wa_core::telemetry::error_chain(error),
+                "cannot look up stored bodies; the claims decide"
+            );
+        }
+        let mut found: Vec<Option<EventTally>> = replies
+            .into_iter()
+            .map(|reply| EventTally::decode(&reply.ok()??))
+            .collect();
+        found.resize(digests.len(), None);
+        found
+    }
+
     /// Claims every key for `token` in one round trip. Fails only when Redis
     /// is unreachable and claims fail closed.
     #[tracing::instrument(name = "claim", skip_all, fields(events = keys.len()))]
@@ -152,20 +211,38 @@ impl Claims {
         Ok(claims)
     }
 
-    /// Turns our pending claims into `done` markers. A failure here costs
-    /// nothing but an early duplicate filter: the lease expires and the
-    /// database still refuses the second row.
-    #[tracing::instrument(name = "mark_done", skip_all, fields(events = keys.len()))]
-    pub async fn mark_done(&self, token: &str, keys: &[&str]) {
-        let done_ms = millis(self.config.done_ttl).to_string();
-        if let Err(error) = self
-            .run_script(&self.mark_done, token, keys, Some(&done_ms))
-            .await
-        {
+    /// Turns our pending claims into `done` markers, and marks the bodies
+    /// whose events are all stored now (the caller says which: only after
+    /// the commit). A failure here costs nothing but an early duplicate
+    /// filter: the lease expires and the database still refuses the second row.
+    #[tracing::instrument(name = "mark_done", skip_all, fields(events = keys.len(), bodies = bodies.len()))]
+    pub async fn mark_done(&self, token: &str, keys: &[&str], bodies: &[(BodyDigest, EventTally)]) {
+        let done_ms = millis(self.config.done_ttl);
+        let done_ms_text = done_ms.to_string();
+        let marking = bodies.iter().map(|(digest, tally)| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(self.stored_body_key(digest))
+                .arg(tally.encode())
+                .arg("PX")
+                .arg(done_ms);
+            cmd
+        });
+        let (claims, marked) = futures_util::join!(
+            self.run_script(&self.mark_done, token, keys, Some(&done_ms_text)),
+            self.query_each::<()>(marking.collect())
+        );
+        if let Err(error) = claims {
             tracing::warn!(
                 error = %wa_core::telemetry::error_chain(&error),
                 events = keys.len(),
                 "could not mark claims done"
+            );
+        }
+        if let Some(Err(error)) = marked.iter().find(|reply| reply.is_err()) {
+            tracing::warn!(
+                error = %wa_core::telemetry::error_chain(error),
+                bodies = bodies.len(),
+                "could not mark bodies stored"
             );
         }
     }
@@ -258,6 +335,9 @@ impl Claims {
         commands: Vec<Cmd>,
     ) -> Vec<Result<T, RedisError>> {
         let count = commands.len();
+        if count == 0 {
+            return Vec::new();
+        }
         let mut connection = match self.connection().await {
             Ok(connection) => connection,
             Err(error) => return (0..count).map(|_| Err(error.clone())).collect(),

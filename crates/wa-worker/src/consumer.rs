@@ -23,6 +23,7 @@ use wa_core::telemetry::error_chain;
 
 use crate::pipeline::{Disposition, Processor};
 use crate::retry::{Hop, Origin, RetryPolicy};
+use crate::stored_body::BodyDigest;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ConsumeSettings {
@@ -198,8 +199,30 @@ async fn handle(
     slot: Option<OwnedSemaphorePermit>,
     slots: &Arc<Semaphore>,
 ) {
-    let deliveries = &batch.deliveries;
-    let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.data.as_slice()).collect();
+    let digests: Vec<BodyDigest> = batch
+        .deliveries
+        .iter()
+        .map(|d| BodyDigest::of(&d.data))
+        .collect();
+    let stored_before = shared.processor.stored_before(&digests).await;
+    // Copies of bodies stored whole before are acked now, unparsed, even
+    // while the store waits out an outage: they need nothing from it.
+    let mut repeated = Vec::new();
+    let mut deliveries = Vec::with_capacity(batch.deliveries.len());
+    let mut bodies = Vec::with_capacity(batch.deliveries.len());
+    for ((delivery, digest), known) in batch.deliveries.iter().zip(digests).zip(stored_before) {
+        if known {
+            repeated.push(delivery);
+        } else {
+            deliveries.push(delivery);
+            bodies.push((delivery.data.as_slice(), digest));
+        }
+    }
+    let acking_repeated = futures_util::future::join_all(
+        repeated
+            .into_iter()
+            .map(|delivery| settle(shared, delivery, Disposition::Ack)),
+    );
     let parsed = shared.processor.parse(&bodies);
     // A payload that is not a webhook leaves at once, even while the store
     // waits out an outage: a poison message is dead-lettered, not held.
@@ -221,7 +244,11 @@ async fn handle(
         };
         (slot, shared.processor.store(&parsed, batch.since).await)
     };
-    let (_, (_slot, decisions)) = tokio::join!(futures_util::future::join_all(rejected), storing);
+    let (_, _, (_slot, decisions)) = tokio::join!(
+        acking_repeated,
+        futures_util::future::join_all(rejected),
+        storing
+    );
     let started = std::time::Instant::now();
     // Acks and moves go out together: waiting for each in turn would make
     // the batch pay one trip through the connection per delivery.

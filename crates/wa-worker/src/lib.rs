@@ -12,6 +12,7 @@ mod pause;
 pub mod pipeline;
 pub mod redis_link;
 pub mod retry;
+pub mod stored_body;
 
 use std::sync::Arc;
 

@@ -1,13 +1,13 @@
 //! One batch of deliveries, from raw bodies to a decision per delivery:
-//! parse every event, drop duplicates inside the batch, claim the rest in one
+//! ack at once the copies of bodies stored before (one Redis round trip for
+//! the batch, no parse), parse every event of the others, drop duplicates inside the batch, claim the rest in one
 //! Redis round trip, store the claimed ones in one transaction, mark them
 //! done. Every write passes the [`Gate`] first: a failure that would hit any
 //! message the same way closes it, and the batches wait, unfailed, until a
 //! probe of what failed passes. Nothing here talks to RabbitMQ; the consumer
 //! carries out the decisions.
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::failure::{
     Dependency, Failed, Failure, FailureClass, Pause, PauseReason, StoreOutcome, redis_class,
 };
 use crate::pause::{Admit, Gate};
+use crate::stored_body::{BodyDigest, EventTally};
 
 /// What the consumer must do with one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,8 +63,8 @@ impl Disposition {
 /// One delivery's body, parsed.
 pub struct Parsed {
     pub events: Result<Vec<Event>, Failure>,
-    /// Tells deliveries apart for the breaker; copies of one body are one.
-    fingerprint: u64,
+    /// Its marker once all its events are stored; its fingerprint for the breaker.
+    digest: BodyDigest,
 }
 
 #[derive(Debug, Clone)]
@@ -135,19 +136,44 @@ impl Processor {
         self.gate.wait_closed().await;
     }
 
+    /// Which of the bodies were stored before, whole: those deliveries are
+    /// acked without being parsed. One Redis round trip for the batch; their
+    /// events are counted as `duplicate_delivery`.
+    pub async fn stored_before(&self, digests: &[BodyDigest]) -> Vec<bool> {
+        metrics::histogram!("wa_batch_size").record(digests.len() as f64);
+        let started = std::time::Instant::now();
+        let found = self.claims.stored_bodies(digests).await;
+        record_stage("stored_bodies", started);
+        let mut events = EventTally::default();
+        let known = found
+            .iter()
+            .map(|tally| {
+                let Some(tally) = tally else { return false };
+                for (kind, n) in tally.counts() {
+                    events.add(kind, n);
+                }
+                true
+            })
+            .collect();
+        for (kind, n) in events.counts() {
+            metrics::counter!("wa_events_total", "kind" => kind.as_str(), "outcome" => "duplicate_delivery")
+                .increment(n);
+        }
+        known
+    }
+
     /// Parses every body. The ones that fail are the payload's fault and
     /// can be dead-lettered at once, even while the worker is paused.
-    pub fn parse(&self, bodies: &[&[u8]]) -> Vec<Parsed> {
-        metrics::histogram!("wa_batch_size").record(bodies.len() as f64);
+    pub fn parse(&self, bodies: &[(&[u8], BodyDigest)]) -> Vec<Parsed> {
         timed("parse", || {
             bodies
                 .iter()
-                .map(|body| Parsed {
+                .map(|(body, digest)| Parsed {
                     events: parse_payload(body).map_err(|error| {
                         tracing::warn!(error = %error_chain(&error), "undeliverable payload");
                         Failure::from(&error)
                     }),
-                    fingerprint: fingerprint(body),
+                    digest: *digest,
                 })
                 .collect()
         })
@@ -228,10 +254,11 @@ impl Processor {
                 continue;
             }
             let now = std::time::Instant::now();
-            if !self
-                .breaker
-                .record(&failed.signature, parsed[delivery].fingerprint, now)
-            {
+            if !self.breaker.record(
+                &failed.signature,
+                parsed[delivery].digest.fingerprint(),
+                now,
+            ) {
                 return Disposition::Retry(failed.failure);
             }
             self.pause(Pause {
@@ -298,7 +325,7 @@ impl Processor {
             .iter()
             .map(|event| (*event, "duplicate_batch"))
             .collect();
-        let mut deferred = Vec::new();
+        let mut deferred: Vec<usize> = Vec::new();
         let mut to_store = Vec::new();
         let mut claimed_keys = Vec::new();
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -343,14 +370,25 @@ impl Processor {
             };
             outcomes.push((event, outcome));
         }
-        for (event, outcome) in outcomes {
-            count(event, outcome);
-        }
-        let stage = std::time::Instant::now();
-        self.claims.mark_done(&token, &claimed_keys).await;
-        record_stage("mark_done", stage);
+        count(&outcomes);
         deferred.sort_unstable();
         deferred.dedup();
+        // Every event of these is stored now (or was before, or waits in
+        // this commit for a copy in the same batch): a later copy of the
+        // body can be acked on sight.
+        let stored_bodies: Vec<(BodyDigest, EventTally)> = deliveries
+            .iter()
+            .filter(|i| deferred.binary_search(i).is_err())
+            .filter_map(|&i| {
+                let events = parsed[i].events.as_ref().ok()?;
+                Some((parsed[i].digest, EventTally::of(events)))
+            })
+            .collect();
+        let stage = std::time::Instant::now();
+        self.claims
+            .mark_done(&token, &claimed_keys, &stored_bodies)
+            .await;
+        record_stage("mark_done", stage);
         Ok(deferred)
     }
 
@@ -592,12 +630,6 @@ impl<'a> Unique<'a> {
     }
 }
 
-fn fingerprint(body: &[u8]) -> u64 {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    body.hash(&mut hasher);
-    hasher.finish()
-}
-
 /// Where batch time goes, for profiling in production: `wa_stage_seconds{stage}`.
 pub(crate) fn record_stage(stage: &'static str, started: std::time::Instant) {
     metrics::histogram!("wa_stage_seconds", "stage" => stage)
@@ -611,9 +643,16 @@ fn timed<T>(stage: &'static str, work: impl FnOnce() -> T) -> T {
     result
 }
 
-fn count(event: &Event, outcome: &'static str) {
-    metrics::counter!("wa_events_total", "kind" => event.kind().as_str(), "outcome" => outcome)
-        .increment(1);
+/// Counted per kind and outcome, not per event: a batch touches the
+/// registry a few times instead of once per event.
+fn count(outcomes: &[(&Event, &'static str)]) {
+    let mut counts: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
+    for (event, outcome) in outcomes {
+        *counts.entry((event.kind().as_str(), outcome)).or_default() += 1;
+    }
+    for ((kind, outcome), n) in counts {
+        metrics::counter!("wa_events_total", "kind" => kind, "outcome" => outcome).increment(n);
+    }
 }
 
 /// How identity resolution changed the contacts table (`created`,
