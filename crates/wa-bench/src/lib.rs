@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Run only the deliver stage (HTTP delivery to a local endpoint).
     #[arg(long)]
     pub deliver_only: bool,
+    /// Run only the receiver and its ceilings (bare handler, broker
+    /// publishes): stages 1 to 3.
+    #[arg(long, conflicts_with = "deliver_only")]
+    pub receiver_only: bool,
     /// Only compare the worker with PostgreSQL in plaintext and over TLS
     /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
     #[arg(long)]
