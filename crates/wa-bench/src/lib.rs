@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// every delivery stored already).
     #[arg(long, conflicts_with = "deliver_only")]
     pub worker_only: bool,
+    /// Run only the receiver and its ceilings (bare handler, broker
+    /// publishes): stages 1 to 3.
+    #[arg(long, conflicts_with_all = ["deliver_only", "worker_only"])]
+    pub receiver_only: bool,
     /// Only compare the worker with PostgreSQL in plaintext and over TLS
     /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
     #[arg(long)]

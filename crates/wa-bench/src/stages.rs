@@ -169,6 +169,10 @@ impl Run<'_> {
         self.receiver(&mut report).await?;
         self.bare_handler(&mut report).await?;
         self.broker_ceiling(&mut report).await?;
+        if self.args.receiver_only {
+            report.ratios = Ratios::of(&report);
+            return Ok(report);
+        }
         self.worker(&mut report).await?;
         self.worker_already_stored(&mut report).await?;
         self.relay(&mut report).await?;

@@ -48,10 +48,14 @@ impl Broker {
     pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
         let session = self.current().ok_or(PublishError::NotConnected)?;
         let channel = session.next_publisher();
-        send_on(session, channel, self.inner.config.confirm_timeout, message)
-            .await?
-            .confirmed()
-            .await
+        let timeout = self.inner.config.confirm_timeout;
+        // One deadline over the send and the confirm: one timer per message.
+        let published = tokio::time::timeout(timeout, async {
+            let confirm = send_unbounded(&session, channel, message).await?;
+            confirmation(&session, channel, confirm.await)
+        })
+        .await;
+        published.unwrap_or(Err(PublishError::ConfirmTimeout(timeout)))
     }
 
     /// Sends on the channel of `lane` without waiting for the confirm, so
@@ -80,25 +84,10 @@ async fn send_on(
     timeout: Duration,
     message: Outgoing<'_>,
 ) -> Result<Unconfirmed, PublishError> {
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
-    };
     // lapin can hang on a publish when the broker goes away: bound it.
-    let sent = tokio::time::timeout(
-        timeout,
-        session.publishers[channel].basic_publish(
-            message.exchange.into(),
-            message.routing_key.into(),
-            options,
-            message.body,
-            message.properties.with_delivery_mode(2),
-        ),
-    )
-    .await;
-    match sent {
+    match tokio::time::timeout(timeout, send_unbounded(&session, channel, message)).await {
         Err(_) => Err(PublishError::ConfirmTimeout(timeout)),
-        Ok(Err(error)) => Err(channel_failed(&session, channel, error)),
+        Ok(Err(error)) => Err(error),
         Ok(Ok(confirm)) => Ok(Unconfirmed {
             confirm,
             session,
@@ -106,6 +95,29 @@ async fn send_on(
             timeout,
         }),
     }
+}
+
+/// Hands the message to the channel, persistent and mandatory; the caller
+/// bounds the wait.
+async fn send_unbounded(
+    session: &Session,
+    channel: usize,
+    message: Outgoing<'_>,
+) -> Result<PublisherConfirm, PublishError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    session.publishers[channel]
+        .basic_publish(
+            message.exchange.into(),
+            message.routing_key.into(),
+            options,
+            message.body,
+            message.properties.with_delivery_mode(2),
+        )
+        .await
+        .map_err(|error| channel_failed(session, channel, error))
 }
 
 /// A closed channel cannot be used again: rebuild the session.
@@ -127,17 +139,29 @@ impl Unconfirmed {
         } = self;
         match tokio::time::timeout(timeout, confirm).await {
             Err(_) => Err(PublishError::ConfirmTimeout(timeout)),
-            Ok(Err(error)) => Err(channel_failed(&session, channel, error)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)))) => {
-                Err(PublishError::Returned(returned.reply_text.to_string()))
-            }
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => {
-                // Every publisher channel is put in confirm mode; this means it was not.
-                session.mark_broken();
-                Err(PublishError::Nacked)
-            }
+            Ok(confirm) => confirmation(&session, channel, confirm),
+        }
+    }
+}
+
+/// What the broker's answer on `channel` means for the message: only a
+/// plain ack enqueued it.
+fn confirmation(
+    session: &Session,
+    channel: usize,
+    confirm: Result<Confirmation, lapin::Error>,
+) -> Result<(), PublishError> {
+    match confirm {
+        Err(error) => Err(channel_failed(session, channel, error)),
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(returned))) => {
+            Err(PublishError::Returned(returned.reply_text.to_string()))
+        }
+        Ok(Confirmation::Nack(_)) => Err(PublishError::Nacked),
+        Ok(Confirmation::NotRequested) => {
+            // Every publisher channel is put in confirm mode; this means it was not.
+            session.mark_broken();
+            Err(PublishError::Nacked)
         }
     }
 }

@@ -59,7 +59,13 @@ impl RateDeadline {
 /// Memory for bodies, shared by every connection, in KiB. Taken as a body's
 /// buffer grows, given back when the request is answered.
 pub(crate) struct BodyBudget {
+    shared: Arc<SharedBudget>,
+}
+
+struct SharedBudget {
     kib: Arc<Semaphore>,
+    /// `wa_receiver_body_buffer_bytes`, looked up once.
+    taken: metrics::Gauge,
 }
 
 impl BodyBudget {
@@ -67,14 +73,19 @@ impl BodyBudget {
         let kib = usize::try_from(bytes / 1024)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
+        // The recorder must be installed before a handle is taken from it.
+        let _ = wa_core::ops::metrics_handle();
         Self {
-            kib: Arc::new(Semaphore::new(kib)),
+            shared: Arc::new(SharedBudget {
+                kib: Arc::new(Semaphore::new(kib)),
+                taken: metrics::gauge!("wa_receiver_body_buffer_bytes"),
+            }),
         }
     }
 
     fn empty_hold(&self) -> BudgetHold {
         BudgetHold {
-            kib: self.kib.clone(),
+            budget: self.shared.clone(),
             permit: None,
         }
     }
@@ -82,7 +93,7 @@ impl BodyBudget {
 
 /// What one body holds of the budget; given back on drop.
 pub(crate) struct BudgetHold {
-    kib: Arc<Semaphore>,
+    budget: Arc<SharedBudget>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -101,10 +112,10 @@ impl BudgetHold {
         let Ok(more) = u32::try_from(wanted_kib - held_kib) else {
             return false;
         };
-        let Ok(granted) = self.kib.clone().try_acquire_many_owned(more) else {
+        let Ok(granted) = self.budget.kib.clone().try_acquire_many_owned(more) else {
             return false;
         };
-        metrics::gauge!("wa_receiver_body_buffer_bytes").increment(f64::from(more) * 1024.0);
+        self.budget.taken.increment(f64::from(more) * 1024.0);
         match &mut self.permit {
             Some(permit) => permit.merge(granted),
             None => self.permit = Some(granted),
@@ -117,7 +128,7 @@ impl Drop for BudgetHold {
     fn drop(&mut self) {
         let held = self.held_bytes();
         if held > 0 {
-            metrics::gauge!("wa_receiver_body_buffer_bytes").decrement(held as f64);
+            self.budget.taken.decrement(held as f64);
         }
     }
 }
@@ -154,10 +165,15 @@ pub(crate) async fn read_body(
 ) -> Result<ReadBody, BodyError> {
     let ceiling = declared.unwrap_or(rules.limit).min(rules.limit);
     let mut hold = budget.empty_hold();
+    // A body that arrives in one chunk (most do: a whole webhook fits in a
+    // read) is kept as that chunk, without a copy; a second chunk starts
+    // the buffer.
+    let mut whole: Option<Bytes> = None;
     let mut buffer: Vec<u8> = Vec::new();
     loop {
+        let received = whole.as_ref().map_or(buffer.len(), Bytes::len);
         let frame = match tokio::time::timeout_at(deadline.at(), body.frame()).await {
-            Err(_) => return Err(BodyError::TooSlow(buffer.len())),
+            Err(_) => return Err(BodyError::TooSlow(received)),
             Ok(None) => break,
             Ok(Some(Err(error))) => return Err(BodyError::Read(error)),
             Ok(Some(Ok(frame))) => frame,
@@ -165,25 +181,48 @@ pub(crate) async fn read_body(
         let Ok(chunk) = frame.into_data() else {
             continue; // trailers: nothing to keep
         };
-        let needed = buffer.len() + chunk.len();
+        let needed = received + chunk.len();
         if needed > rules.limit {
             return Err(BodyError::TooLarge(rules.limit));
         }
-        if needed > buffer.capacity() {
-            let capacity = grown_capacity(buffer.capacity(), needed, ceiling);
-            if !hold.cover(capacity) {
+        signature.update(&chunk);
+        deadline.received(chunk.len());
+        if received == 0 && whole.is_none() {
+            if !hold.cover(chunk.len()) {
                 return Err(BodyError::BudgetExhausted);
             }
-            buffer.reserve_exact(capacity - buffer.len());
+            whole = Some(chunk);
+            continue;
         }
-        signature.update(&chunk);
+        if let Some(first) = whole.take() {
+            buffer = Vec::new();
+            grow(&mut buffer, &mut hold, first.len(), ceiling)?;
+            buffer.extend_from_slice(&first);
+        }
+        grow(&mut buffer, &mut hold, needed, ceiling)?;
         buffer.extend_from_slice(&chunk);
-        deadline.received(chunk.len());
     }
     Ok(ReadBody {
-        bytes: Bytes::from(buffer),
+        bytes: whole.unwrap_or_else(|| Bytes::from(buffer)),
         _hold: hold,
     })
+}
+
+/// Makes room in `buffer` for `needed` bytes, charging the budget for it.
+fn grow(
+    buffer: &mut Vec<u8>,
+    hold: &mut BudgetHold,
+    needed: usize,
+    ceiling: usize,
+) -> Result<(), BodyError> {
+    if needed > buffer.capacity() {
+        let capacity = grown_capacity(buffer.capacity(), needed, ceiling);
+        if !hold.cover(capacity) {
+            return Err(BodyError::BudgetExhausted);
+        }
+        buffer.reserve_exact(capacity - buffer.len());
+    }
+    Ok(())
 }
 
 /// Doubles (from [`INITIAL_CAPACITY`]) up to the announced length or the

@@ -359,6 +359,10 @@ impl ConnState {
 
     /// Resolves when the connection has missed a deadline or was shed.
     pub(crate) async fn expiry(&self, timeouts: &Timeouts) -> Expiry {
+        // One timer for the connection's life, moved as the deadline moves
+        // (twice a request), rather than a new one each time.
+        let deadline = tokio::time::sleep_until(self.epoch);
+        tokio::pin!(deadline);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -367,9 +371,12 @@ impl ConnState {
                 None => changed.await,
                 Some((at, expiry)) if at <= Instant::now() => return expiry,
                 Some((at, _)) => {
+                    if deadline.deadline() != at {
+                        deadline.as_mut().reset(at);
+                    }
                     tokio::select! {
                         _ = changed => {}
-                        _ = tokio::time::sleep_until(at) => {}
+                        _ = &mut deadline => {}
                     }
                 }
             }

@@ -110,9 +110,9 @@ impl Shared {
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             // The watchdog enforces the header and keep-alive deadlines and
-            // answers 408; hyper's own timer (which runs from the end of the
-            // previous response) is only a backstop behind it.
-            .header_read_timeout(config.timeouts.header + config.timeouts.keepalive)
+            // answers 408. hyper's own header timer would only duplicate it,
+            // at the cost of a boxed timer per request.
+            .header_read_timeout(None)
             .max_buf_size(MAX_HEAD_BYTES)
             .keep_alive(true);
         Self {

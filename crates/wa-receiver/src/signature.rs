@@ -18,15 +18,32 @@ pub enum SignatureError {
     Mismatch,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SignatureVerifier {
-    secrets: Vec<SecretString>,
+    /// One HMAC per secret with its key already absorbed: each body starts
+    /// from a copy instead of hashing the key again.
+    keyed: Vec<Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for SignatureVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureVerifier")
+            .field("secrets", &self.keyed.len())
+            .finish()
+    }
 }
 
 impl SignatureVerifier {
     /// `secrets` is never empty: configuration validation sees to it.
     pub fn new(secrets: Vec<SecretString>) -> Self {
-        Self { secrets }
+        let keyed = secrets
+            .iter()
+            .map(|secret| {
+                Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
+                    .expect("HMAC accepts keys of any length")
+            })
+            .collect();
+        Self { keyed }
     }
 
     /// Checks `header` against the whole of `body` at once.
@@ -41,15 +58,10 @@ impl SignatureVerifier {
     /// header fails here, before any byte of the body is read.
     pub fn start(&self, header: Option<&[u8]>) -> Result<BodySignature, SignatureError> {
         let expected = parse_signature_header(header)?;
-        let macs = self
-            .secrets
-            .iter()
-            .map(|secret| {
-                Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
-                    .expect("HMAC accepts keys of any length")
-            })
-            .collect();
-        Ok(BodySignature { macs, expected })
+        Ok(BodySignature {
+            macs: self.keyed.clone(),
+            expected,
+        })
     }
 }
 

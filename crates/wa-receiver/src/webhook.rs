@@ -33,12 +33,41 @@ pub(crate) struct AppState {
     verifier: SignatureVerifier,
     verify_token: SecretString,
     broker: Broker,
+    /// The exchange webhooks are published to.
+    inbound: String,
     /// Verified requests waiting for the broker.
     in_flight: Semaphore,
     budget: BodyBudget,
     body_rules: BodyRules,
     /// Set when the webhook route demands a client certificate.
     client_auth: Option<ClientAuth>,
+    metrics: WebhookMetrics,
+}
+
+/// The webhook's metric handles, looked up once: `counter!` with a label
+/// resolves its handle in the registry on every call.
+struct WebhookMetrics {
+    /// `wa_webhook_requests_total`, one per [`Outcome`] in [`Outcome::ALL`] order.
+    requests: [metrics::Counter; Outcome::ALL.len()],
+    publish_confirm: metrics::Histogram,
+}
+
+impl WebhookMetrics {
+    fn register() -> Self {
+        // The recorder must be installed before handles are taken from it.
+        let _ = wa_core::ops::metrics_handle();
+        Self {
+            requests: Outcome::ALL.map(|outcome| {
+                metrics::counter!("wa_webhook_requests_total", "outcome" => outcome.label())
+            }),
+            publish_confirm: metrics::histogram!("wa_publish_confirm_duration_seconds"),
+        }
+    }
+
+    fn answer(&self, outcome: Outcome) -> Response {
+        self.requests[outcome as usize].increment(1);
+        outcome.into_response()
+    }
 }
 
 impl AppState {
@@ -50,6 +79,7 @@ impl AppState {
         Self {
             verifier: SignatureVerifier::new(config.app_secret.secrets.clone()),
             verify_token: config.verify_token.clone(),
+            inbound: broker.topology().inbound(),
             broker,
             in_flight: Semaphore::new(config.max_in_flight as usize),
             budget: BodyBudget::new(config.body_buffer),
@@ -60,6 +90,7 @@ impl AppState {
                 max_duration: config.edge.body_max_duration,
             },
             client_auth,
+            metrics: WebhookMetrics::register(),
         }
     }
 }
@@ -67,22 +98,23 @@ impl AppState {
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     let broker = state.broker.clone();
     let readiness = move || broker.check_connected();
+    let mut webhook = get(verify).post(receive);
+    if state.client_auth.is_some() {
+        // Only then: the layer costs every request a boxed service and future.
+        webhook = webhook.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_client_certificate,
+        ));
+    }
     Router::new()
-        .route(
-            "/webhooks/whatsapp",
-            get(verify)
-                .post(receive)
-                .route_layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    require_client_certificate,
-                )),
-        )
+        .route("/webhooks/whatsapp", webhook)
         .with_state(state)
         .merge(wa_core::ops::router(Arc::new(readiness)))
 }
 
 /// What became of a POST, as the metric label and the HTTP answer.
 #[derive(Debug, Clone, Copy)]
+#[repr(usize)]
 enum Outcome {
     Accepted,
     Unauthorized,
@@ -96,6 +128,17 @@ enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (the index of each is `outcome as usize`).
+    const ALL: [Outcome; 7] = [
+        Outcome::Accepted,
+        Outcome::Unauthorized,
+        Outcome::Forbidden,
+        Outcome::BadRequest,
+        Outcome::Timeout,
+        Outcome::TooLarge,
+        Outcome::Unavailable,
+    ];
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
@@ -121,9 +164,9 @@ impl Outcome {
     }
 }
 
+/// The HTTP answer only: [`WebhookMetrics::answer`] counts it too.
 impl IntoResponse for Outcome {
     fn into_response(self) -> Response {
-        metrics::counter!("wa_webhook_requests_total", "outcome" => self.label()).increment(1);
         let body = match self {
             Outcome::Accepted => "ok",
             Outcome::Unauthorized => "invalid signature",
@@ -188,7 +231,7 @@ async fn require_client_certificate(
         let admitted = connection.is_some_and(|Extension(c)| auth.admits(&c.identity));
         if !admitted {
             tracing::warn!("webhook route refused: no acceptable client certificate");
-            return Outcome::Forbidden.into_response();
+            return state.metrics.answer(Outcome::Forbidden);
         }
     }
     next.run(request).await
@@ -205,6 +248,15 @@ async fn require_client_certificate(
 )]
 async fn receive(
     State(state): State<Arc<AppState>>,
+    connection: Option<Extension<ConnContext>>,
+    request: Request,
+) -> Response {
+    let outcome = receive_outcome(&state, connection, request).await;
+    state.metrics.answer(outcome)
+}
+
+async fn receive_outcome(
+    state: &AppState,
     connection: Option<Extension<ConnContext>>,
     request: Request,
 ) -> Outcome {
@@ -250,7 +302,7 @@ async fn receive(
         tracing::warn!("too many webhooks waiting for the broker; shedding load");
         return Outcome::Unavailable;
     };
-    enqueue(&state.broker, &body.bytes, signature.map(|v| v.as_bytes())).await
+    enqueue(state, &body.bytes, signature.map(|v| v.as_bytes())).await
 }
 
 /// Marks the connection sheddable at the cap while its unverified body
@@ -291,20 +343,23 @@ fn body_failure(error: BodyError, connection: Option<&Extension<ConnContext>>) -
     }
 }
 
-async fn enqueue(broker: &Broker, body: &Bytes, signature: Option<&[u8]>) -> Outcome {
-    let message_id = hex::encode(Sha256::digest(body));
-    tracing::Span::current().record("message_id", message_id.as_str());
-    let inbound = broker.topology().inbound();
+async fn enqueue(state: &AppState, body: &Bytes, signature: Option<&[u8]>) -> Outcome {
+    let mut message_id = [0u8; 64];
+    let message_id = body_digest_hex(body, &mut message_id);
+    tracing::Span::current().record("message_id", message_id);
     let started = Instant::now();
-    let published = broker
+    let published = state
+        .broker
         .publish(Outgoing {
-            exchange: &inbound,
+            exchange: &state.inbound,
             routing_key: "",
             body,
-            properties: properties(&message_id, signature),
+            properties: properties(message_id, signature),
         })
         .await;
-    metrics::histogram!("wa_publish_confirm_duration_seconds")
+    state
+        .metrics
+        .publish_confirm
         .record(started.elapsed().as_secs_f64());
     match published {
         Ok(()) => {
@@ -316,6 +371,13 @@ async fn enqueue(broker: &Broker, body: &Bytes, signature: Option<&[u8]>) -> Out
             Outcome::Unavailable
         }
     }
+}
+
+/// The body's SHA-256 in lowercase hex, written into `out` (no allocation:
+/// `hex::encode` builds its string a char at a time).
+fn body_digest_hex<'a>(body: &[u8], out: &'a mut [u8; 64]) -> &'a str {
+    hex::encode_to_slice(Sha256::digest(body), out).expect("64 hex digits for 32 bytes");
+    std::str::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// The message id is the body's SHA-256, so a redelivered notification keeps
