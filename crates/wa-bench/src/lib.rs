@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Run only the deliver stage (HTTP delivery to a local endpoint).
     #[arg(long)]
     pub deliver_only: bool,
+    /// Run only the worker without duplicates and the relay releasing what
+    /// it stored: the relay's rate against the worker's, in a minute.
+    #[arg(long, conflicts_with = "deliver_only")]
+    pub relay_only: bool,
     /// Only compare the worker with PostgreSQL in plaintext and over TLS
     /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
     #[arg(long)]

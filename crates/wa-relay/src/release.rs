@@ -110,11 +110,12 @@ pub async fn release_due(
     claim.commit(&published, &moved).await?;
 
     let mut counts: BTreeMap<(&str, bool), u64> = BTreeMap::new();
+    let age = metrics::histogram!("wa_relay_event_age_seconds");
     for planned in by_contact.values().flatten() {
         *counts
             .entry((planned.event.event_type.as_str(), planned.late))
             .or_default() += 1;
-        metrics::histogram!("wa_relay_event_age_seconds").record(planned.event.age_seconds);
+        age.record(planned.event.age_seconds);
     }
     for ((event_type, late), n) in counts {
         metrics::counter!("wa_relay_events_total", "type" => event_type.to_owned(), "late" => late.to_string())
@@ -177,12 +178,8 @@ async fn publish_all(
 }
 
 /// Sends one event on its shard's channel; its confirm is awaited with the
-/// release's others.
-#[tracing::instrument(
-    name = "publish_event",
-    skip_all,
-    fields(event_id = %planned.event.event_id, sequence = planned.sequence, late = planned.late)
-)]
+/// release's others. No span of its own: the release's covers it, and one
+/// per event cost more than the publish.
 async fn send_event(
     broker: &Broker,
     shard: u16,

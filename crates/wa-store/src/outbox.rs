@@ -312,13 +312,17 @@ pub async fn claim(
         });
     }
     let keys: Vec<&str> = contacts.iter().map(|c| c.contact_key.as_str()).collect();
+    // Contact by contact (the keys are sorted, their ordinality is the
+    // presorted part of an incremental sort): only the first contacts'
+    // events up to the limit are read and sorted, not every pending event
+    // of every contact locked.
     let events: Vec<PendingEvent> = sqlx::query_as(
-        "SELECT id, event_id, event_type, contact_key, wamid, meta_timestamp,
-                payload::text AS payload, created_at <= now() - make_interval(secs => $2) AS due,
-                EXTRACT(EPOCH FROM now() - created_at)::float8 AS age_seconds
-         FROM outbox
-         WHERE published_at IS NULL AND contact_key = ANY($1)
-         ORDER BY contact_key, COALESCE(meta_timestamp, created_at), wamid, id
+        "SELECT o.id, o.event_id, o.event_type, o.contact_key, o.wamid, o.meta_timestamp,
+                o.payload::text AS payload, o.created_at <= now() - make_interval(secs => $2) AS due,
+                EXTRACT(EPOCH FROM now() - o.created_at)::float8 AS age_seconds
+         FROM UNNEST($1::text[]) WITH ORDINALITY AS k(contact_key, ord)
+         JOIN outbox o ON o.contact_key = k.contact_key AND o.published_at IS NULL
+         ORDER BY k.ord, COALESCE(o.meta_timestamp, o.created_at), o.wamid, o.id
          LIMIT $3",
     )
     .bind(&keys)
