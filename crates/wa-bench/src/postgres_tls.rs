@@ -129,7 +129,7 @@ pub(crate) async fn compare(run: &Run<'_>) -> anyhow::Result<TlsReport> {
 
 /// The queues the worker consumes, declared before anything is published
 /// (the full bench's receiver stage does it there).
-async fn declare_topology(run: &Run<'_>) -> anyhow::Result<()> {
+pub(crate) async fn declare_topology(run: &Run<'_>) -> anyhow::Result<()> {
     let connection =
         lapin::Connection::connect(&run.first_node, lapin::ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;

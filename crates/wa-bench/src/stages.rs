@@ -167,6 +167,7 @@ impl Run<'_> {
             return Ok(report);
         }
         if self.args.relay_only {
+            crate::postgres_tls::declare_topology(self).await?;
             self.worker(&mut report, WORKER_RUNS_UNIQUE).await?;
             self.relay(&mut report).await?;
             report.ratios = Ratios::of(&report);
