@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wa_e2e::payloads::mixed;
+use wa_e2e::payloads::{mixed, mixed_each};
 use wa_e2e::roles::{WorkerServers, parse};
 use wa_e2e::servers::{PostgresTls, RedisTls};
 use wa_e2e::sockets::nodelay_of_connections_to;
@@ -131,7 +131,7 @@ async fn the_worker_stores_over_postgres_tls_with_tcp_nodelay_on_every_connectio
     };
     let worker = Worker::start_with(&env, servers, &[]).await;
     worker.wait_ready().await;
-    let bodies: Vec<Vec<u8>> = (0..200).map(|i| mixed(&format!("tlspg{i}"), 1)).collect();
+    let bodies = mixed_each("tlspg", 200);
     env.publish_inbound_all(&bodies).await;
     eventually(
         "200 payloads stored over TLS",

@@ -199,36 +199,24 @@ async fn an_operator_works_the_console_in_a_real_browser() {
 
     // The overview's numbers are the database's and the broker's.
     let number = |text: String| text.trim().to_owned();
-    assert_eq!(
-        number(browser.text("count-messages").await),
-        env.count("SELECT count(*) FROM messages").await.to_string()
-    );
-    assert_eq!(
-        number(browser.text("count-statuses").await),
-        env.count("SELECT count(*) FROM message_statuses")
-            .await
-            .to_string()
-    );
-    assert_eq!(
-        number(browser.text("count-contacts").await),
-        env.count("SELECT count(*) FROM contacts").await.to_string()
-    );
-    assert_eq!(
-        number(browser.text("outbox-backlog").await),
-        env.count("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .await
-            .to_string()
-    );
+    for (id, query) in [
+        ("count-messages", "SELECT count(*) FROM messages"),
+        ("count-statuses", "SELECT count(*) FROM message_statuses"),
+        ("count-contacts", "SELECT count(*) FROM contacts"),
+        (
+            "outbox-backlog",
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+        ),
+    ] {
+        let shown = number(browser.text(id).await);
+        assert_eq!(shown, env.count(query).await.to_string(), "{id}");
+    }
     assert_eq!(number(browser.text("outbox-backlog").await), "8");
-    assert_eq!(
-        number(browser.text("depth-inbound").await),
-        env.queue_depth("inbound").await.to_string()
-    );
+    for (id, queue) in [("depth-inbound", "inbound"), ("depth-events-0", "events.0")] {
+        let shown = number(browser.text(id).await);
+        assert_eq!(shown, env.queue_depth(queue).await.to_string(), "{id}");
+    }
     assert_eq!(number(browser.text("depth-dlq").await), "4");
-    assert_eq!(
-        number(browser.text("depth-events-0").await),
-        env.queue_depth("events.0").await.to_string()
-    );
     let errors = browser.text("errors").await;
     assert!(
         errors.contains("transient") && errors.contains("permanent"),

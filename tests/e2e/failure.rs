@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use wa_broker::headers;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::{WorkerServers, parse};
-use wa_e2e::{TcpRelay, TestEnv, Worker, dead_letter, eventually, metric_sum};
+use wa_e2e::roles::{RelayedServer, parse};
+use wa_e2e::{TestEnv, Worker, dead_letter, eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -27,6 +27,20 @@ async fn messages(env: &TestEnv) -> i64 {
 
 async fn wait_for_depth(env: &TestEnv, queue: &str, depth: u32) {
     env.wait_for_depth(queue, depth).await;
+}
+
+/// Puts `count` payloads (tagged `tag`) straight into the DLQ, dead-lettered
+/// as `class`, and waits until the queue counts them all.
+async fn fill_dlq(env: &TestEnv, tag: &str, count: u32, class: &str) {
+    let bodies = payloads::mixed_each(tag, count as usize);
+    env.publish_all_with(
+        "",
+        &env.queue("dlq"),
+        &bodies,
+        dead_letter(class, "injected"),
+    )
+    .await;
+    wait_for_depth(env, "dlq", count).await;
 }
 
 #[tokio::test]
@@ -173,17 +187,7 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
 async fn replay_drains_a_quorum_dlq_of_two_thousand_and_a_limit_moves_exactly_that_many() {
     let env = TestEnv::new().await;
     let total = 2000;
-    let bodies: Vec<Vec<u8>> = (0..total)
-        .map(|i| payloads::mixed(&format!("drain{i}"), 1))
-        .collect();
-    env.publish_all_with(
-        "",
-        &env.queue("dlq"),
-        &bodies,
-        dead_letter("transient", "injected"),
-    )
-    .await;
-    wait_for_depth(&env, "dlq", total).await;
+    fill_dlq(&env, "drain", total, "transient").await;
 
     // A read-only command first: it holds every message and gives them back
     // as it ends, which the quorum queue counts a moment later.
@@ -212,17 +216,7 @@ async fn replay_drains_a_quorum_dlq_of_two_thousand_and_a_limit_moves_exactly_th
 #[tokio::test]
 async fn purge_drains_the_dlq_past_its_scan_limit() {
     let env = TestEnv::new().await;
-    let bodies: Vec<Vec<u8>> = (0..300)
-        .map(|i| payloads::mixed(&format!("purge{i}"), 1))
-        .collect();
-    env.publish_all_with(
-        "",
-        &env.queue("dlq"),
-        &bodies,
-        dead_letter("permanent", "injected"),
-    )
-    .await;
-    wait_for_depth(&env, "dlq", 300).await;
+    fill_dlq(&env, "purge", 300, "permanent").await;
     // Purged messages are not held, so the scan limit bounds only what is kept.
     dlq(&env, &["--scan-limit", "100", "purge", "--yes"])
         .await
@@ -233,16 +227,7 @@ async fn purge_drains_the_dlq_past_its_scan_limit() {
 #[tokio::test]
 async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
-    let database_url = env
-        .database_url
-        .replace("127.0.0.1:5432", &relay.addr().to_string());
-    let servers = WorkerServers {
-        database_url: &database_url,
-        ..WorkerServers::of(&env)
-    };
-    let worker = Worker::start_with(&env, servers, &[]).await;
-    worker.wait_ready().await;
+    let (worker, relay) = Worker::start_relayed(&env, RelayedServer::PostgreSql, &[]).await;
 
     let total = 60;
     for i in 0..20 {

@@ -20,10 +20,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 async fn settled(env: &TestEnv, sql: &'static str, expected: i64) {
     eventually(sql, LIMIT, || async {
         let now = env.count(sql).await;
-        let mut queued = 0;
-        for queue in ["inbound", "retry.100ms", "retry.200ms", "retry.300ms"] {
-            queued += env.queue_depth(queue).await;
-        }
+        let queued = env.queued_for_workers().await;
         if now == expected && queued == 0 {
             Ok(())
         } else {

@@ -33,9 +33,7 @@ async fn metrics_count_exactly_what_happened() {
     let url = receiver.url("/webhooks/whatsapp");
 
     // 30 payloads of 4 events; then each again once they are stored.
-    let bodies: Vec<Vec<u8>> = (0..30)
-        .map(|i| payloads::mixed(&format!("m{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each("m", 30);
     for body in &bodies {
         assert_eq!(post_signed(&client, &url, body.clone()).await, 200);
     }
@@ -77,57 +75,28 @@ async fn metrics_count_exactly_what_happened() {
     )
     .await;
     let count = |name: &str, labels: &[(&str, &str)]| metric_sum(&metrics, name, labels);
-    assert_eq!(
-        count("wa_webhook_requests_total", &[("outcome", "accepted")]),
-        60.0
-    );
-    assert_eq!(
-        count("wa_webhook_requests_total", &[("outcome", "unauthorized")]),
-        3.0
-    );
-    assert_eq!(
-        count("wa_webhook_requests_total", &[("outcome", "bad_request")]),
-        2.0
-    );
-    assert_eq!(
-        count("wa_webhook_requests_total", &[("outcome", "too_large")]),
-        1.0
-    );
-    assert_eq!(
-        count("wa_webhook_requests_total", &[("outcome", "unavailable")]),
-        0.0
-    );
-    assert_eq!(
-        count("wa_publish_confirm_duration_seconds_count", &[]),
-        60.0
-    );
-    assert_eq!(count("wa_events_total", &[("outcome", "stored")]), 120.0);
-    assert_eq!(
-        count(
-            "wa_events_total",
-            &[("kind", "message"), ("outcome", "stored")]
-        ),
-        30.0
-    );
-    assert_eq!(
-        count(
-            "wa_events_total",
-            &[("kind", "status"), ("outcome", "stored")]
-        ),
-        90.0
-    );
-    assert_eq!(
-        count("wa_events_total", &[("outcome", "duplicate_claim")]),
-        120.0
-    );
-    assert_eq!(
-        count("wa_events_total", &[("outcome", "duplicate_db")]),
-        0.0
-    );
-    assert_eq!(count("wa_claim_fail_open_total", &[]), 0.0);
-    assert_eq!(count("wa_ingest_delay_seconds_count", &[]), 60.0);
+    let expect = |name: &str, labels: &[(&str, &str)], value: f64| {
+        assert_eq!(count(name, labels), value, "{name} {labels:?}");
+    };
+    let requests = |outcome: &str, value: f64| {
+        expect("wa_webhook_requests_total", &[("outcome", outcome)], value);
+    };
+    requests("accepted", 60.0);
+    requests("unauthorized", 3.0);
+    requests("bad_request", 2.0);
+    requests("too_large", 1.0);
+    requests("unavailable", 0.0);
+    expect("wa_publish_confirm_duration_seconds_count", &[], 60.0);
+    let events = |labels: &[(&str, &str)], value: f64| expect("wa_events_total", labels, value);
+    events(&[("outcome", "stored")], 120.0);
+    events(&[("kind", "message"), ("outcome", "stored")], 30.0);
+    events(&[("kind", "status"), ("outcome", "stored")], 90.0);
+    events(&[("outcome", "duplicate_claim")], 120.0);
+    events(&[("outcome", "duplicate_db")], 0.0);
+    expect("wa_claim_fail_open_total", &[], 0.0);
+    expect("wa_ingest_delay_seconds_count", &[], 60.0);
     assert!(count("wa_batch_size_count", &[]) >= 1.0);
-    assert_eq!(count("wa_deliveries_in_flight", &[]), 0.0);
+    expect("wa_deliveries_in_flight", &[], 0.0);
     receiver.stop().await;
     worker.stop().await;
 }

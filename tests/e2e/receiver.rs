@@ -201,8 +201,7 @@ async fn every_200_is_a_message_in_the_queue_under_load() {
 #[tokio::test]
 async fn a_broker_outage_gives_503_never_200_and_heals_by_itself() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:5672".parse().expect("address")).await;
-    let relayed = format!("amqp://guest:guest@{}/%2f", relay.addr());
+    let (relay, relayed) = TcpRelay::in_front_of(&env.amqp_url).await;
     let receiver = Receiver::start(&env, &relayed, &[]).await;
     let client = reqwest::Client::new();
     let url = receiver.url("/webhooks/whatsapp");

@@ -10,7 +10,7 @@ use serde_json::json;
 use wa_broker::INBOUND_DELIVERY_LIMIT;
 use wa_e2e::env::execute;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::WorkerServers;
+use wa_e2e::roles::{RelayedServer, WorkerServers};
 use wa_e2e::{TcpRelay, TestEnv, TestRole, Worker, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
 
@@ -79,9 +79,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
 
     // 400 payloads, a poison payload (JSON, but not a WhatsApp envelope),
     // then the 400 again, over about half a minute.
-    let bodies: Vec<Vec<u8>> = (0..400)
-        .map(|i| payloads::mixed(&format!("ro{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each("ro", 400);
     let poison = br#"{"object":"page","entry":[]}"#.to_vec();
     let mut stream = bodies.clone();
     stream.push(poison.clone());
@@ -168,9 +166,7 @@ async fn a_role_without_insert_privilege_pauses_until_the_grant_and_dead_letters
     let worker = Worker::start_with(&env, servers, &["--pause-hold-limit", "5s"]).await;
     worker.wait_ready().await;
 
-    let bodies: Vec<Vec<u8>> = (0..300)
-        .map(|i| payloads::mixed(&format!("grant{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each("grant", 300);
     env.publish_inbound_all(&bodies[..100]).await;
     env.settled((100, 300)).await;
 
@@ -242,9 +238,7 @@ async fn a_burst_of_an_unknown_error_trips_the_breaker_and_spends_no_more_attemp
     // The first probe meets an error about the attempt, not the
     // dependency: the database is up, and the worker starts.
     worker.wait_ready().await;
-    let bodies: Vec<Vec<u8>> = (0..40)
-        .map(|i| payloads::mixed(&format!("burst{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each("burst", 40);
     env.publish_inbound_all(&bodies).await;
 
     let reason = not_ready_because(&worker, "breaker").await;
@@ -278,9 +272,7 @@ async fn the_same_unknown_error_on_one_payload_alone_walks_the_retry_tiers_to_th
         &[],
     );
     env.publish_inbound(&lonely).await;
-    let good: Vec<Vec<u8>> = (0..20)
-        .map(|i| payloads::mixed(&format!("good{i}"), 1))
-        .collect();
+    let good = payloads::mixed_each("good", 20);
     env.publish_inbound_all(&good).await;
     // A breaker that trips at 3 distinct deliveries: one payload failing
     // four times is one delivery.
@@ -348,9 +340,7 @@ async fn a_long_pause_hands_deliveries_back_without_using_up_the_delivery_limit(
     )
     .await;
     worker.wait_ready().await;
-    let bodies: Vec<Vec<u8>> = (0..5)
-        .map(|i| payloads::mixed(&format!("held{i}"), 1))
-        .collect();
+    let bodies = payloads::mixed_each("held", 5);
     env.publish_inbound_all(&bodies).await;
 
     // Every delivery goes round more often than the quorum queue's delivery
@@ -422,11 +412,8 @@ async fn a_database_error_is_logged_with_its_message_once() {
 #[tokio::test]
 async fn the_worker_is_ready_only_once_it_has_reached_postgresql() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:5432".parse().expect("address")).await;
+    let (relay, database_url) = TcpRelay::in_front_of(&env.database_url).await;
     relay.cut();
-    let database_url = env
-        .database_url
-        .replace("127.0.0.1:5432", &relay.addr().to_string());
     let servers = WorkerServers {
         database_url: &database_url,
         ..WorkerServers::of(&env)
@@ -478,14 +465,8 @@ async fn a_batch_retried_one_by_one_counts_each_event_once() {
 #[tokio::test]
 async fn with_claims_failing_closed_an_unreachable_redis_pauses_the_worker() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:6379".parse().expect("address")).await;
-    let redis_url = format!("redis://{}/", relay.addr());
-    let servers = WorkerServers {
-        redis_url: &redis_url,
-        ..WorkerServers::of(&env)
-    };
-    let worker = Worker::start_with(&env, servers, &["--claim-fail-mode", "closed"]).await;
-    worker.wait_ready().await;
+    let (worker, relay) =
+        Worker::start_relayed(&env, RelayedServer::Redis, &["--claim-fail-mode", "closed"]).await;
     env.publish_inbound(&payloads::mixed("before", 1)).await;
     env.settled((1, 3)).await;
 

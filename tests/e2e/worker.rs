@@ -8,8 +8,8 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use tokio::sync::Barrier;
 use wa_e2e::payloads::{self, envelope, status, text_message};
-use wa_e2e::roles::WorkerServers;
-use wa_e2e::{TcpRelay, TestEnv, Worker, metric_sum};
+use wa_e2e::roles::{RelayedServer, WorkerServers};
+use wa_e2e::{TestEnv, Worker, metric_sum};
 
 async fn stored_total(workers: &[Worker]) -> f64 {
     // One process, one recorder: any worker's /metrics shows them all.
@@ -149,14 +149,7 @@ async fn with_redis_unreachable_duplicates_still_make_one_row_each() {
 #[tokio::test]
 async fn the_worker_consumes_again_after_the_broker_connection_drops() {
     let env = TestEnv::new().await;
-    let relay = TcpRelay::start("127.0.0.1:5672".parse().expect("address")).await;
-    let relayed = format!("amqp://guest:guest@{}/%2f", relay.addr());
-    let servers = WorkerServers {
-        amqp_url: &relayed,
-        ..WorkerServers::of(&env)
-    };
-    let worker = Worker::start_with(&env, servers, &[]).await;
-    worker.wait_ready().await;
+    let (worker, relay) = Worker::start_relayed(&env, RelayedServer::RabbitMq, &[]).await;
     env.publish_inbound(&payloads::mixed("first", 1)).await;
     env.settled((1, 3)).await;
 

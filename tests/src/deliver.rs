@@ -16,10 +16,9 @@ use axum::response::IntoResponse;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::TestEnv;
-use crate::roles::{parse, spawn};
+use crate::roles::{Running, start_role};
 
 /// One request a receiver got, and what it answered.
 #[derive(Debug, Clone)]
@@ -220,8 +219,7 @@ pub fn deliverer_args(env: &TestEnv, extra: &[&str]) -> Vec<String> {
 /// A deliverer in this process.
 pub struct Deliverer {
     pub ops_addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 impl Deliverer {
@@ -236,14 +234,8 @@ impl Deliverer {
     /// A deliverer with the default SSRF guard: public addresses only.
     pub async fn start_guarded(env: &TestEnv, extra: &[&str]) -> Self {
         let args = deliverer_args(env, extra);
-        let config: wa_deliver::DeliverConfig = parse(args);
-        let (ops_addr, shutdown, task) =
-            spawn(|listener, shutdown| wa_deliver::run(listener, config, shutdown)).await;
-        Self {
-            ops_addr,
-            shutdown,
-            task,
-        }
+        let (ops_addr, running) = start_role(args, &[], wa_deliver::run).await;
+        Self { ops_addr, running }
     }
 
     pub async fn metrics(&self) -> String {
@@ -251,11 +243,7 @@ impl Deliverer {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task
-            .await
-            .expect("deliverer task")
-            .expect("deliverer ran");
+        self.running.stop("deliverer").await;
     }
 }
 
@@ -303,42 +291,22 @@ pub struct Event {
 /// Writes `events` into the outbox and marks them released in one
 /// statement, as the relay's commit does: the fan-out trigger runs.
 pub async fn release(db: &sqlx::PgPool, events: &[Event]) {
-    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind).collect();
-    let conversations: Vec<&str> = events.iter().map(|e| e.conversation.as_str()).collect();
-    let sequences: Vec<i64> = events.iter().map(|e| e.sequence).collect();
-    let payloads: Vec<Value> = events
+    let released: Vec<wa_store::seed::ReleasedEvent> = events
         .iter()
-        .map(|e| {
-            json!({
+        .map(|e| wa_store::seed::ReleasedEvent {
+            event_id: e.id.clone(),
+            event_type: e.kind.to_owned(),
+            contact_key: e.conversation.clone(),
+            sequence: e.sequence,
+            payload: json!({
                 "id": e.id, "type": e.kind, "ordering_key": e.conversation,
                 "phone_number_id": e.phone_number_id, "data": { "n": e.sequence },
-            })
+            }),
         })
         .collect();
-    let mut tx = db.begin().await.expect("begin");
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, contact_key, wamid, payload)
-         SELECT id, kind, conv, id, payload
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS t(id, kind, conv, payload)",
-    )
-    .bind(&ids)
-    .bind(&kinds)
-    .bind(&conversations)
-    .bind(&payloads)
-    .execute(&mut *tx)
-    .await
-    .expect("insert outbox rows");
-    sqlx::query(
-        "UPDATE outbox SET published_at = now(), sequence = u.seq, late = false
-         FROM UNNEST($1::text[], $2::int8[]) AS u(id, seq) WHERE outbox.event_id = u.id",
-    )
-    .bind(&ids)
-    .bind(&sequences)
-    .execute(&mut *tx)
-    .await
-    .expect("release outbox rows");
-    tx.commit().await.expect("commit");
+    wa_store::seed::release(db, &released)
+        .await
+        .expect("release events into the outbox");
 }
 
 /// `per_conversation` events in each of `conversations` conversations,

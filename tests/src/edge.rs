@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::TestEnv;
-use crate::roles::{APP_SECRET, VERIFY_TOKEN};
+use crate::roles::{APP_SECRET, VERIFY_TOKEN, wait_success};
 
 /// A request head for `POST /webhooks/whatsapp` with the given extra header
 /// lines (each ending in `\r\n`), complete with the blank line.
@@ -138,17 +138,7 @@ impl ReceiverProcess {
             ops_addr,
         };
         let url = format!("http://{ops_addr}/readyz");
-        crate::eventually("the receiver to be ready", Duration::from_secs(20), || {
-            let url = url.clone();
-            async move {
-                match reqwest::get(&url).await {
-                    Ok(response) if response.status().is_success() => Ok(()),
-                    Ok(response) => Err(response.status().to_string()),
-                    Err(error) => Err(error.to_string()),
-                }
-            }
-        })
-        .await;
+        wait_success("the receiver to be ready", url, Duration::from_secs(20)).await;
         process
     }
 

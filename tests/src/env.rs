@@ -298,6 +298,15 @@ impl TestEnv {
         )
     }
 
+    /// Messages waiting for a worker: in the inbound queue and the retry tiers.
+    pub async fn queued_for_workers(&self) -> u32 {
+        let mut queued = self.queue_depth("inbound").await;
+        for tier in TEST_RETRY_TIERS.split(',') {
+            queued += self.queue_depth(&format!("retry.{tier}")).await;
+        }
+        queued
+    }
+
     /// Waits until the tables hold `expected` rows and the inbound and retry
     /// queues are empty, so that nothing is left to change the counts; then
     /// checks the rows once more after a pause.
@@ -307,10 +316,7 @@ impl TestEnv {
             Duration::from_secs(60),
             || async {
                 let now = self.stored_rows().await;
-                let mut queued = self.queue_depth("inbound").await;
-                for tier in TEST_RETRY_TIERS.split(',') {
-                    queued += self.queue_depth(&format!("retry.{tier}")).await;
-                }
+                let queued = self.queued_for_workers().await;
                 if now == expected && queued == 0 {
                     Ok(())
                 } else {

@@ -162,6 +162,12 @@ pub fn envelope_for(phone_number_id: &str, messages: &[Value], statuses: &[Value
     .expect("JSON")
 }
 
+/// `count` payloads of one message each ([`mixed`]), tagged `{tag}0`,
+/// `{tag}1`, ...
+pub fn mixed_each(tag: &str, count: usize) -> Vec<Vec<u8>> {
+    (0..count).map(|i| mixed(&format!("{tag}{i}"), 1)).collect()
+}
+
 /// A payload of `messages` text messages and a `sent`, `delivered` and `read`
 /// status for each: `messages * 4` unique events.
 pub fn mixed(tag: &str, messages: usize) -> Vec<u8> {

@@ -32,6 +32,24 @@ impl TcpRelay {
         }
     }
 
+    /// A relay in front of the server `url` names (`scheme://[user@]ip:port/...`),
+    /// and `url` rewritten to reach that server through the relay.
+    pub async fn in_front_of(url: &str) -> (Self, String) {
+        let host_start = url.find("://").map_or(0, |i| i + 3);
+        let host_end = url[host_start..]
+            .find('/')
+            .map_or(url.len(), |i| host_start + i);
+        let host_start = url[host_start..host_end]
+            .rfind('@')
+            .map_or(host_start, |i| host_start + i + 1);
+        let server = url[host_start..host_end]
+            .parse()
+            .unwrap_or_else(|_| panic!("{url:?} names no ip:port"));
+        let relay = Self::start(server).await;
+        let relayed = format!("{}{}{}", &url[..host_start], relay.addr, &url[host_end..]);
+        (relay, relayed)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -3,14 +3,15 @@
 //! parser as the binary, so defaults and validation are the real ones.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::TestEnv;
 use crate::env::TEST_RETRY_TIERS;
+use crate::{TcpRelay, TestEnv};
 
 pub const APP_SECRET: &str = "test-app-secret";
 pub const ROTATED_SECRET: &str = "test-app-secret-next";
@@ -36,14 +37,44 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
+/// The test's namespace, RabbitMQ and database as options, then `more`.
+fn broker_and_database(env: &TestEnv, more: &[&str]) -> Vec<String> {
+    let servers = [
+        "--namespace",
+        env.namespace.as_str(),
+        "--amqp-url",
+        &env.amqp_url,
+        "--database-url",
+        &env.database_url,
+    ];
+    owned(&servers).into_iter().chain(owned(more)).collect()
+}
+
+/// A role running in this process, with a shutdown token of its own.
+pub(crate) struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Signals shutdown and waits for the role to finish; panics, naming
+    /// `role`, if it failed.
+    pub(crate) async fn stop(self, role: &str) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .unwrap_or_else(|error| panic!("{role} task: {error}"))
+            .unwrap_or_else(|error| panic!("{role} ran: {error:?}"));
+    }
+
+    /// Ends it as a crash would: no draining, no commit.
+    fn kill(self) {
+        self.task.abort();
+    }
+}
+
 /// Binds 127.0.0.1:0 and runs a role on it with a shutdown token of its own.
-pub(crate) async fn spawn<F, Fut>(
-    run: F,
-) -> (
-    SocketAddr,
-    CancellationToken,
-    JoinHandle<anyhow::Result<()>>,
-)
+async fn spawn<F, Fut>(run: F) -> (SocketAddr, Running)
 where
     F: FnOnce(TcpListener, CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -52,28 +83,58 @@ where
     let addr = listener.local_addr().expect("address");
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(run(listener, shutdown.clone()));
-    (addr, shutdown, task)
+    (addr, Running { shutdown, task })
+}
+
+/// Parses the harness's `args`, then a test's `extra` (which win), as the
+/// binary would, and runs the role on 127.0.0.1:0.
+pub(crate) async fn start_role<T, F, Fut>(
+    mut args: Vec<String>,
+    extra: &[&str],
+    run: F,
+) -> (SocketAddr, Running)
+where
+    T: clap::Args,
+    F: FnOnce(TcpListener, T, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    args.extend(owned(extra));
+    let config: T = parse(args);
+    spawn(|listener, shutdown| run(listener, config, shutdown)).await
+}
+
+/// Waits (up to `timeout`) until `url` answers with a success status.
+pub(crate) async fn wait_success(what: &str, url: String, timeout: Duration) {
+    crate::eventually(what, timeout, || {
+        let url = url.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => Err(response.status().to_string()),
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    })
+    .await;
 }
 
 pub struct Receiver {
     pub addr: SocketAddr,
     /// The plain ops listener, when started with one.
     pub ops_addr: Option<SocketAddr>,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 impl Receiver {
     /// A receiver talking to RabbitMQ at `amqp_url` (the env's, or a relay's).
     pub async fn start(env: &TestEnv, amqp_url: &str, extra: &[&str]) -> Self {
         let config = Self::config(env, amqp_url, extra);
-        let (addr, shutdown, task) =
+        let (addr, running) =
             spawn(|listener, shutdown| wa_receiver::run(listener, config, shutdown)).await;
         let receiver = Self {
             addr,
             ops_addr: None,
-            shutdown,
-            task,
+            running,
         };
         receiver.wait_ready().await;
         receiver
@@ -86,7 +147,7 @@ impl Receiver {
         let config = Self::config(env, &env.amqp_url, extra);
         let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let ops_addr = ops.local_addr().expect("address");
-        let (addr, shutdown, task) = spawn(|listener, shutdown| {
+        let (addr, running) = spawn(|listener, shutdown| {
             wa_receiver::run_with_ops(listener, Some(ops), config, shutdown)
         })
         .await;
@@ -94,8 +155,7 @@ impl Receiver {
         Self {
             addr,
             ops_addr: Some(ops_addr),
-            shutdown,
-            task,
+            running,
         }
     }
 
@@ -130,18 +190,13 @@ impl Receiver {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task
-            .await
-            .expect("receiver task")
-            .expect("receiver ran");
+        self.running.stop("receiver").await;
     }
 }
 
 pub struct Worker {
     pub ops_addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 /// Where a worker finds its servers; relays may stand in for any of them.
@@ -161,13 +216,45 @@ impl<'a> WorkerServers<'a> {
     }
 }
 
+/// The server a worker reaches through a [`TcpRelay`], so a test can cut it.
+#[derive(Debug, Clone, Copy)]
+pub enum RelayedServer {
+    RabbitMq,
+    Redis,
+    PostgreSql,
+}
+
 impl Worker {
     pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
         Self::start_with(env, WorkerServers::of(env), extra).await
     }
 
+    /// A worker that reaches `server` through a new [`TcpRelay`], and that
+    /// relay; the worker is ready when this returns.
+    pub async fn start_relayed(
+        env: &TestEnv,
+        server: RelayedServer,
+        extra: &[&str],
+    ) -> (Self, TcpRelay) {
+        let url = match server {
+            RelayedServer::RabbitMq => &env.amqp_url,
+            RelayedServer::Redis => &env.redis_url,
+            RelayedServer::PostgreSql => &env.database_url,
+        };
+        let (relay, relayed) = TcpRelay::in_front_of(url).await;
+        let mut servers = WorkerServers::of(env);
+        match server {
+            RelayedServer::RabbitMq => servers.amqp_url = &relayed,
+            RelayedServer::Redis => servers.redis_url = &relayed,
+            RelayedServer::PostgreSql => servers.database_url = &relayed,
+        }
+        let worker = Self::start_with(env, servers, extra).await;
+        worker.wait_ready().await;
+        (worker, relay)
+    }
+
     pub async fn start_with(env: &TestEnv, servers: WorkerServers<'_>, extra: &[&str]) -> Self {
-        let mut args = owned(&[
+        let args = owned(&[
             "--namespace",
             env.namespace.as_str(),
             "--amqp-url",
@@ -183,15 +270,8 @@ impl Worker {
             "--redis-timeout",
             "500ms",
         ]);
-        args.extend(owned(extra));
-        let config: wa_worker::WorkerConfig = parse(args);
-        let (ops_addr, shutdown, task) =
-            spawn(|listener, shutdown| wa_worker::run(listener, config, shutdown)).await;
-        Self {
-            ops_addr,
-            shutdown,
-            task,
-        }
+        let (ops_addr, running) = start_role(args, extra, wa_worker::run).await;
+        Self { ops_addr, running }
     }
 
     pub async fn metrics(&self) -> String {
@@ -215,69 +295,36 @@ impl Worker {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("worker task").expect("worker ran");
+        self.running.stop("worker").await;
     }
 }
 
 async fn wait_ready(addr: SocketAddr) {
     let url = format!("http://{addr}/readyz");
-    crate::eventually(
-        "/readyz to answer 200",
-        std::time::Duration::from_secs(15),
-        || {
-            let url = url.clone();
-            async move {
-                match reqwest::get(&url).await {
-                    Ok(response) if response.status().is_success() => Ok(()),
-                    Ok(response) => Err(format!("{}", response.status())),
-                    Err(error) => Err(error.to_string()),
-                }
-            }
-        },
-    )
-    .await;
+    wait_success("/readyz to answer 200", url, Duration::from_secs(15)).await;
 }
 
 pub struct Relay {
     pub ops_addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 impl Relay {
     pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
-        let mut args = owned(&[
-            "--namespace",
-            env.namespace.as_str(),
-            "--amqp-url",
-            &env.amqp_url,
-            "--database-url",
-            &env.database_url,
-            "--event-shards",
-            &crate::env::TEST_EVENT_SHARDS.to_string(),
-            "--poll-interval",
-            "50ms",
-        ]);
-        args.extend(owned(extra));
-        let config: wa_relay::RelayConfig = parse(args);
-        let (ops_addr, shutdown, task) =
-            spawn(|listener, shutdown| wa_relay::run(listener, config, shutdown)).await;
-        Self {
-            ops_addr,
-            shutdown,
-            task,
-        }
+        let shards = crate::env::TEST_EVENT_SHARDS.to_string();
+        let args =
+            broker_and_database(env, &["--event-shards", &shards, "--poll-interval", "50ms"]);
+        let (ops_addr, running) = start_role(args, extra, wa_relay::run).await;
+        Self { ops_addr, running }
     }
 
     /// Ends it as a crash would: no draining, no commit.
     pub fn kill(self) {
-        self.task.abort();
+        self.running.kill();
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("relay task").expect("relay ran");
+        self.running.stop("relay").await;
     }
 }
 
@@ -286,51 +333,28 @@ pub const CONSOLE_TOKEN: &str = "test-console-token-0123456789abcdef";
 
 pub struct Console {
     pub addr: SocketAddr,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    running: Running,
 }
 
 impl Console {
     pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
-        let mut args = owned(&[
-            "--namespace",
-            env.namespace.as_str(),
-            "--amqp-url",
-            &env.amqp_url,
-            "--database-url",
-            &env.database_url,
-            "--console-token",
-            &format!("alice:{CONSOLE_TOKEN}"),
-            "--retry-tiers",
-            TEST_RETRY_TIERS,
-            "--event-shards",
-            &crate::env::TEST_EVENT_SHARDS.to_string(),
-        ]);
-        args.extend(owned(extra));
-        let config: wa_console::ConsoleConfig = parse(args);
-        let (addr, shutdown, task) =
-            spawn(|listener, shutdown| wa_console::run(listener, config, shutdown)).await;
+        let token = format!("alice:{CONSOLE_TOKEN}");
+        let shards = crate::env::TEST_EVENT_SHARDS.to_string();
+        let args = broker_and_database(
+            env,
+            &[
+                "--console-token",
+                &token,
+                "--retry-tiers",
+                TEST_RETRY_TIERS,
+                "--event-shards",
+                &shards,
+            ],
+        );
+        let (addr, running) = start_role(args, extra, wa_console::run).await;
         let health = format!("http://{addr}/healthz");
-        crate::eventually(
-            "the console to answer",
-            std::time::Duration::from_secs(15),
-            || {
-                let health = health.clone();
-                async move {
-                    match reqwest::get(&health).await {
-                        Ok(response) if response.status().is_success() => Ok(()),
-                        Ok(response) => Err(response.status().to_string()),
-                        Err(error) => Err(error.to_string()),
-                    }
-                }
-            },
-        )
-        .await;
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
+        wait_success("the console to answer", health, Duration::from_secs(15)).await;
+        Self { addr, running }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -377,7 +401,6 @@ impl Console {
     }
 
     pub async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.expect("console task").expect("console ran");
+        self.running.stop("console").await;
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use wa_store::seed::ReleasedEvent;
 
 use crate::process::{Role, free_addr, micros_per};
 
@@ -53,39 +54,21 @@ pub(crate) async fn measure(
     // statement, which fans them out.
     let per_conversation = events / conversations.max(1);
     let total = per_conversation * conversations;
-    let mut ids = Vec::new();
-    let mut keys = Vec::new();
-    let mut sequences = Vec::new();
-    let mut payloads = Vec::new();
+    let mut events = Vec::new();
     for sequence in 1..=per_conversation {
         for c in 0..conversations {
-            let id = format!("msg:bench.deliver.c{c}.s{sequence}");
-            payloads.push(json!({ "id": id, "type": "message.created", "ordering_key": format!("bench-{c}"), "data": { "text": "hello" } }));
-            ids.push(id);
-            keys.push(format!("bench-{c}"));
-            sequences.push(i64::try_from(sequence).unwrap_or(0));
+            let event_id = format!("msg:bench.deliver.c{c}.s{sequence}");
+            let contact_key = format!("bench-{c}");
+            events.push(ReleasedEvent {
+                payload: json!({ "id": event_id, "type": "message.created", "ordering_key": contact_key, "data": { "text": "hello" } }),
+                event_id,
+                event_type: "message.created".to_owned(),
+                contact_key,
+                sequence: i64::try_from(sequence).unwrap_or(0),
+            });
         }
     }
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, contact_key, wamid, payload)
-         SELECT id, 'message.created', key, id, payload
-         FROM UNNEST($1::text[], $2::text[], $3::jsonb[]) AS t(id, key, payload)",
-    )
-    .bind(&ids)
-    .bind(&keys)
-    .bind(&payloads)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "UPDATE outbox SET published_at = now(), sequence = u.seq, late = false
-         FROM UNNEST($1::text[], $2::int8[]) AS u(id, seq) WHERE outbox.event_id = u.id",
-    )
-    .bind(&ids)
-    .bind(&sequences)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    wa_store::seed::release(pool, &events).await?;
 
     let addr = free_addr()?;
     let env = HashMap::from([

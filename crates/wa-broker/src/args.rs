@@ -4,11 +4,42 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use wa_core::SecretUrls;
-use wa_core::config::{SecretUrlsParser, parse_duration};
+use wa_core::args::NamespaceArgs;
+use wa_core::config::parse_duration;
 
-use crate::BrokerConfig;
 use crate::tls::AmqpTlsFiles;
+use crate::{Broker, BrokerConfig, Topology};
+
+/// What every role that talks to RabbitMQ is given: its namespace and the
+/// broker's options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+}
+
+impl BrokerArgs {
+    /// The namespace's exchanges and queues (default retry tiers and shards).
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.namespace.namespace.clone())
+    }
+
+    /// Starts the broker link for `topology`, named `connection_name` in
+    /// RabbitMQ; it runs until `stop`.
+    pub fn start(
+        &self,
+        connection_name: &str,
+        topology: Topology,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Broker> {
+        let config = self.amqp.broker_config(connection_name)?;
+        Ok(Broker::start(config, topology, stop))
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
@@ -16,8 +47,8 @@ pub struct AmqpArgs {
     /// (tried in turn; a lost connection moves on to the next node).
     #[arg(
         long = "amqp-url",
-        value_parser = SecretUrlsParser,
-        env = "AMQP_URL", value_name = "AMQP_URL",
+        env = "AMQP_URL",
+        value_name = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: SecretUrls,

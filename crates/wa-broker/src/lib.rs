@@ -10,7 +10,7 @@ mod publish;
 pub mod tls;
 mod topology;
 
-pub use args::AmqpArgs;
+pub use args::{AmqpArgs, BrokerArgs};
 pub use link::{Broker, BrokerConfig, Session};
 pub use publish::{Outgoing, PublishError, Unconfirmed};
 pub use topology::{INBOUND_DELIVERY_LIMIT, Topology, event_shard};

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use wa_core::config::read_pem_file;
+use wa_core::config::{read_client_pem_pair, read_pem_file};
 
 /// Where the TLS material lives; every field optional (`amqps://` alone
 /// verifies against the system's roots).
@@ -27,19 +27,15 @@ impl AmqpTlsFiles {
             .as_deref()
             .map(|path| read_text("WA_AMQP_CA_FILE", path))
             .transpose()?;
-        let identity = match (&self.client_cert, &self.client_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
-                pem: read_text("WA_AMQP_CLIENT_CERT", cert)?.into_bytes(),
-                key: read_text("WA_AMQP_CLIENT_KEY", key)?.into_bytes(),
-            }),
-            (Some(_), None) => {
-                anyhow::bail!("WA_AMQP_CLIENT_CERT is set without WA_AMQP_CLIENT_KEY")
-            }
-            (None, Some(_)) => {
-                anyhow::bail!("WA_AMQP_CLIENT_KEY is set without WA_AMQP_CLIENT_CERT")
-            }
-        };
+        let identity = read_client_pem_pair(
+            ("WA_AMQP_CLIENT_CERT", self.client_cert.as_deref()),
+            ("WA_AMQP_CLIENT_KEY", self.client_key.as_deref()),
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(|(pem, key)| OwnedIdentity::PKCS8 {
+            pem: pem.into_bytes(),
+            key: key.into_bytes(),
+        });
         Ok(OwnedTLSConfig {
             identity,
             cert_chain,

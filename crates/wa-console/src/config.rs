@@ -1,18 +1,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use wa_broker::AmqpArgs;
+use wa_broker::BrokerArgs;
 use wa_core::SecretString;
-use wa_core::args::NamespaceArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConsoleConfig {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
     /// Operator address of the console (never the public webhook listener).

@@ -176,14 +176,7 @@ macro_rules! action_forms {
         }
     )*};
 }
-action_forms!(
-    CsrfOnly,
-    ReplayForm,
-    PurgeForm,
-    RevealForm,
-    DisableForm,
-    SinceForm
-);
+action_forms!(CsrfOnly, ReplayForm, PurgeForm, RevealForm, EndpointForm);
 
 /// An action: a signed-in operator and a form with the right CSRF token.
 pub(crate) struct Action<T> {
@@ -895,17 +888,21 @@ fn changed(id: i64, done: Result<bool, sqlx::Error>, what: &str) -> Result<Strin
     }
 }
 
+/// The forms of an endpoint's page: disable (with a reason), enable, replay
+/// (since when); each posts only its own field.
 #[derive(Deserialize)]
-struct DisableForm {
+struct EndpointForm {
     csrf: String,
     #[serde(default)]
     reason: String,
+    #[serde(default)]
+    since: String,
 }
 
 async fn disable_subscriber(
     State(console): State<Shared>,
     Path(id): Path<i64>,
-    action: Action<DisableForm>,
+    action: Action<EndpointForm>,
 ) -> Html<String> {
     let reason = match action.form.reason.trim() {
         "" => format!(
@@ -933,17 +930,10 @@ async fn enable_subscriber(
     subscriber_outcome(&action.operator, id, "subscribers.enable", result)
 }
 
-#[derive(Deserialize)]
-struct SinceForm {
-    csrf: String,
-    #[serde(default)]
-    since: String,
-}
-
 async fn replay_subscriber(
     State(console): State<Shared>,
     Path(id): Path<i64>,
-    action: Action<SinceForm>,
+    action: Action<EndpointForm>,
 ) -> Html<String> {
     let result = match wa_deliver::cli::parse_since(action.form.since.trim()) {
         Err(error) => Err(format!("since: {error}")),

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_broker::{Broker, Topology};
+use wa_broker::Broker;
 
 pub use auth::SESSION_COOKIE;
 pub use config::{ConsoleConfig, MIN_TOKEN_LEN};
@@ -57,14 +57,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
     let operators = config.operators().map_err(anyhow::Error::msg)?;
-    let topology = Topology::new(config.namespace.namespace.clone())
+    let topology = config
+        .broker
+        .topology()
         .with_retry_tiers(&config.retry_tiers)
         .with_event_shards(config.event_shards);
-    let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest console")?,
-        topology,
-        shutdown.clone(),
-    );
+    let broker = config
+        .broker
+        .start("wa-ingest console", topology, shutdown.clone())?;
     let db = config
         .database
         .pool()

@@ -102,24 +102,6 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
-/// Parses a [`SecretUrl`] for clap without echoing the value in the error:
-/// it may hold a password.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SecretUrlParser;
-
-impl clap::builder::TypedValueParser for SecretUrlParser {
-    type Value = SecretUrl;
-
-    fn parse_ref(
-        &self,
-        _cmd: &clap::Command,
-        arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<Self::Value, clap::Error> {
-        parse_secret(arg, value)
-    }
-}
-
 /// One or more connection URLs, written comma-separated (`AMQP_URL` of a
 /// RabbitMQ cluster, `REDIS_URL` seeds of a Redis Cluster); prints redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -186,25 +168,60 @@ impl fmt::Debug for SecretUrls {
     }
 }
 
-/// Parses [`SecretUrls`] for clap without echoing the value in the error.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SecretUrlsParser;
+/// Parses a value that may hold a password ([`SecretUrl`], [`SecretUrls`])
+/// for clap: the error names the variable and says why, never echoing the
+/// value. Those types use it by default (no `value_parser` attribute).
+#[derive(Debug)]
+pub struct SecretParser<T>(std::marker::PhantomData<fn() -> T>);
 
-impl clap::builder::TypedValueParser for SecretUrlsParser {
-    type Value = SecretUrls;
+impl<T> SecretParser<T> {
+    pub const fn new() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for SecretParser<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> Clone for SecretParser<T> {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl<T> clap::builder::TypedValueParser for SecretParser<T>
+where
+    T: FromStr<Err = String> + Clone + Send + Sync + 'static,
+{
+    type Value = T;
 
     fn parse_ref(
         &self,
         _cmd: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<Self::Value, clap::Error> {
+    ) -> Result<T, clap::Error> {
         parse_secret(arg, value)
     }
 }
 
-/// Parses a value that may hold a password; the error names the variable
-/// and says why, never echoing the value.
+/// Options of these types parse with [`SecretParser`] without saying so.
+macro_rules! parsed_as_secret {
+    ($($secret:ty),*) => {$(
+        impl clap::builder::ValueParserFactory for $secret {
+            type Parser = SecretParser<$secret>;
+
+            fn value_parser() -> Self::Parser {
+                SecretParser::new()
+            }
+        }
+    )*};
+}
+parsed_as_secret!(SecretUrl, SecretUrls);
+
 fn parse_secret<T: FromStr<Err = String>>(
     arg: Option<&clap::Arg>,
     value: &std::ffi::OsStr,
@@ -263,6 +280,23 @@ pub fn read_pem_file(variable: &str, path: &std::path::Path) -> Result<String, S
         return Err(format!("{variable} {}: not a PEM file", path.display()));
     }
     Ok(text)
+}
+
+/// A client certificate and its key, as PEM text, from two options that go
+/// together (each a variable and the path it gives): both set, or neither.
+pub fn read_client_pem_pair(
+    cert: (&str, Option<&std::path::Path>),
+    key: (&str, Option<&std::path::Path>),
+) -> Result<Option<(String, String)>, String> {
+    match (cert.1, key.1) {
+        (None, None) => Ok(None),
+        (Some(cert_path), Some(key_path)) => Ok(Some((
+            read_pem_file(cert.0, cert_path)?,
+            read_pem_file(key.0, key_path)?,
+        ))),
+        (Some(_), None) => Err(format!("{} is set without {}", cert.0, key.0)),
+        (None, Some(_)) => Err(format!("{} is set without {}", key.0, cert.0)),
+    }
 }
 
 /// Parses a duration: humantime's units (`250ms`, `5s`, `2m`, `1h`, `7d`,

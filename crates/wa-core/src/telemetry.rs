@@ -24,6 +24,28 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The command line of a wa-ingest binary: the log options, global to every
+/// command, then one subcommand.
+#[derive(Debug, clap::Parser)]
+pub struct CommandLine<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub log: LogArgs,
+    #[command(subcommand)]
+    pub command: C,
+}
+
+impl<C: clap::Subcommand> CommandLine<C> {
+    /// Parses the process's arguments once `describe` has named the binary
+    /// (name, version, about); a bad command line is reported as clap does.
+    pub fn parse_as(describe: impl FnOnce(clap::Command) -> clap::Command) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut command = describe(Self::command());
+        let mut matches = command.clone().get_matches();
+        Self::from_arg_matches_mut(&mut matches)
+            .unwrap_or_else(|error| error.format(&mut command).exit())
+    }
+}
+
 /// The exit code of a command's outcome; a failure is logged and printed
 /// with its whole cause chain, as `wa-ingest: {error}`.
 pub fn exit_code(outcome: anyhow::Result<()>) -> std::process::ExitCode {

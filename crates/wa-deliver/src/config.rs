@@ -1,7 +1,7 @@
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use wa_core::args::MetricsArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
@@ -37,14 +37,8 @@ pub struct DeliverConfig {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub allow: AllowArgs,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "METRICS_ADDR",
-        value_name = "METRICS_ADDR",
-        default_value = "0.0.0.0:9092"
-    )]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs<9092>,
     /// Conversations this deliverer sends to at once, over all endpoints
     /// (each endpoint also has its own max_in_flight).
     #[arg(long, env = "WA_DELIVER_CONCURRENCY", value_name = "WA_DELIVER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]

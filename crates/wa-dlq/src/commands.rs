@@ -5,8 +5,7 @@ use anyhow::bail;
 use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use wa_broker::{AmqpArgs, Broker, Topology};
-use wa_core::args::NamespaceArgs;
+use wa_broker::{Broker, BrokerArgs};
 use wa_core::config::parse_duration;
 
 use crate::actions::{self, Pace, ReplayNote, ReplaySummary, Snapshot};
@@ -16,9 +15,7 @@ use crate::filter::Filter;
 #[derive(Debug, clap::Args)]
 pub struct DlqArgs {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     /// At most this many DLQ messages are read (and held) per command.
     #[arg(
         long,
@@ -106,12 +103,9 @@ impl Stats {
 
 pub async fn run(args: DlqArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let topology = Topology::new(args.namespace.namespace.clone());
-    let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest dlq")?,
-        topology,
-        stop.clone(),
-    );
+    let broker = args
+        .broker
+        .start("wa-ingest dlq", args.broker.topology(), stop.clone())?;
     let result = execute(&args, &broker).await;
     stop.cancel();
     result

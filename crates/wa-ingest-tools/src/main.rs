@@ -6,22 +6,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use wa_core::telemetry::{LogArgs, exit_code, init_logging};
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "wa-ingest",
-    bin_name = "wa-ingest",
-    version,
-    about = "wa-ingest's tools: load generator and benchmark"
-)]
-struct Cli {
-    #[command(flatten)]
-    log: LogArgs,
-    #[command(subcommand)]
-    command: Command,
-}
+use clap::Subcommand;
+use wa_core::telemetry::{CommandLine, exit_code, init_logging};
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -33,7 +19,13 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = CommandLine::<Command>::parse_as(|command| {
+        command
+            .name("wa-ingest")
+            .bin_name("wa-ingest")
+            .version(env!("CARGO_PKG_VERSION"))
+            .about("wa-ingest's tools: load generator and benchmark")
+    });
     init_logging(cli.log.log_format);
     exit_code(match cli.command {
         Command::Loadgen(args) => wa_loadgen::run(args).await,

@@ -4,25 +4,12 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use tokio::net::TcpListener;
-use wa_core::telemetry::{LogArgs, LogFormat, exit_code, init_logging};
+use wa_core::telemetry::{CommandLine, LogFormat, exit_code, init_logging};
 
 mod migrate;
 mod tools;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "wa-ingest",
-    version,
-    about = "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once"
-)]
-struct Cli {
-    #[command(flatten)]
-    log: LogArgs,
-    #[command(subcommand)]
-    command: Command,
-}
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -55,7 +42,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = CommandLine::<Command>::parse_as(|command| {
+        command.name("wa-ingest").version(env!("CARGO_PKG_VERSION")).about(
+            "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once",
+        )
+    });
     match cli.command {
         Command::Loadgen(args) => tools::run("loadgen", args, cli.log.log_format),
         Command::Bench(args) => tools::run("bench", args, cli.log.log_format),
@@ -88,15 +79,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             wa_receiver::run_with_ops(listener, ops, config, wa_core::shutdown::on_signal()).await
         }
         Command::Worker(config) => {
-            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            let listener = listen(config.metrics.metrics_addr, "METRICS_ADDR").await?;
             wa_worker::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Relay(config) => {
-            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            let listener = listen(config.metrics.metrics_addr, "METRICS_ADDR").await?;
             wa_relay::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Deliver(config) => {
-            let listener = listen(config.metrics_addr, "METRICS_ADDR").await?;
+            let listener = listen(config.metrics.metrics_addr, "METRICS_ADDR").await?;
             wa_deliver::run(listener, config, wa_core::shutdown::on_signal()).await
         }
         Command::Endpoints(args) => wa_deliver::cli::run(args).await,

@@ -198,82 +198,71 @@ fn assert_status_to_sheena(name: &str, wamid: &str, status: &str, timestamp: i64
 // Inbound messages: every type Meta documents, plus one it has not invented yet
 // ---------------------------------------------------------------------------
 
+/// The plain inbound messages: fixture, wamid, type, timestamp, and a part
+/// of `raw` with what it must hold (`None` where the type carries nothing
+/// more to check).
 #[test]
-fn text_message() {
-    let message = assert_inbound_from_sheena(
-        "message_text.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzNzJFQTA4Q0FCMzNFNzFDMDJDNgA=",
-        "text",
-        1_749_416_383,
-    );
-    assert_eq!(
-        message.raw["text"]["body"],
-        "Hi, is the blue jacket still available in medium?"
-    );
-}
-
-#[test]
-fn image_message() {
-    let message = assert_inbound_from_sheena(
-        "message_image.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQwRTc2MjkyNzk0ODg4RDRGMUZBNwA=",
-        "image",
-        1_749_416_412,
-    );
-    assert_eq!(message.raw["image"]["id"], "1003383421387256");
-}
-
-#[test]
-fn voice_audio_message() {
-    let message = assert_inbound_from_sheena(
-        "message_audio_voice.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBRBMDZBNDkyOTU5Q0UxMkIzRjAyOQA=",
-        "audio",
-        1_749_416_455,
-    );
-    assert_eq!(message.raw["audio"]["voice"], true);
-}
-
-#[test]
-fn video_message() {
-    assert_inbound_from_sheena(
-        "message_video.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBRGRkJBRjU4RjEyMzE2MjhGOUFDMgA=",
-        "video",
-        1_749_416_501,
-    );
-}
-
-#[test]
-fn document_message() {
-    let message = assert_inbound_from_sheena(
-        "message_document.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ0RjgyNzhDODlBRDE2REEwNUZFQwA=",
-        "document",
-        1_749_416_540,
-    );
-    assert_eq!(message.raw["document"]["filename"], "receipt-2025-03.pdf");
-}
-
-#[test]
-fn sticker_message() {
-    assert_inbound_from_sheena(
-        "message_sticker.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ2NTgxRjY1NDMxNDhDQzI0MjUyRQA=",
-        "sticker",
-        1_749_416_577,
-    );
-}
-
-#[test]
-fn location_message() {
-    let message = assert_inbound_from_sheena(
-        "message_location.json",
-        "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ2NDY5QUM4NEE4OTc0OEJCNjdCOQA=",
-        "location",
-        1_749_416_610,
-    );
-    assert_eq!(message.raw["location"]["latitude"], 37.484847);
+fn text_and_media_messages() {
+    let cases = [
+        (
+            "message_text.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzNzJFQTA4Q0FCMzNFNzFDMDJDNgA=",
+            "text",
+            1_749_416_383,
+            Some((
+                "/text/body",
+                json!("Hi, is the blue jacket still available in medium?"),
+            )),
+        ),
+        (
+            "message_image.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQwRTc2MjkyNzk0ODg4RDRGMUZBNwA=",
+            "image",
+            1_749_416_412,
+            Some(("/image/id", json!("1003383421387256"))),
+        ),
+        (
+            "message_audio_voice.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBRBMDZBNDkyOTU5Q0UxMkIzRjAyOQA=",
+            "audio",
+            1_749_416_455,
+            Some(("/audio/voice", json!(true))),
+        ),
+        (
+            "message_video.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBRGRkJBRjU4RjEyMzE2MjhGOUFDMgA=",
+            "video",
+            1_749_416_501,
+            None,
+        ),
+        (
+            "message_document.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ0RjgyNzhDODlBRDE2REEwNUZFQwA=",
+            "document",
+            1_749_416_540,
+            Some(("/document/filename", json!("receipt-2025-03.pdf"))),
+        ),
+        (
+            "message_sticker.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ2NTgxRjY1NDMxNDhDQzI0MjUyRQA=",
+            "sticker",
+            1_749_416_577,
+            None,
+        ),
+        (
+            "message_location.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ2NDY5QUM4NEE4OTc0OEJCNjdCOQA=",
+            "location",
+            1_749_416_610,
+            Some(("/location/latitude", json!(37.484847))),
+        ),
+    ];
+    for (name, wamid, kind, timestamp, part) in cases {
+        let message = assert_inbound_from_sheena(name, wamid, kind, timestamp);
+        if let Some((pointer, expected)) = part {
+            assert_eq!(message.raw.pointer(pointer), Some(&expected), "{name}");
+        }
+    }
 }
 
 #[test]
@@ -498,19 +487,16 @@ fn delivered_status() {
 }
 
 #[test]
-fn read_status_without_conversation_or_pricing() {
-    let status = assert_status_to_sheena("status_read.json", OUTBOUND_1, "read", 1_749_417_260);
-    assert_eq!(status.errors, None);
-    assert_eq!(status.conversation, None);
-    assert_eq!(status.pricing, None);
-}
-
-#[test]
-fn played_status() {
-    let status = assert_status_to_sheena("status_played.json", OUTBOUND_2, "played", 1_749_417_333);
-    assert_eq!(status.errors, None);
-    assert_eq!(status.conversation, None);
-    assert_eq!(status.pricing, None);
+fn read_and_played_statuses_carry_no_conversation_or_pricing() {
+    for (name, wamid, kind, timestamp) in [
+        ("status_read.json", OUTBOUND_1, "read", 1_749_417_260),
+        ("status_played.json", OUTBOUND_2, "played", 1_749_417_333),
+    ] {
+        let status = assert_status_to_sheena(name, wamid, kind, timestamp);
+        assert_eq!(status.errors, None);
+        assert_eq!(status.conversation, None);
+        assert_eq!(status.pricing, None);
+    }
 }
 
 #[test]
@@ -1090,37 +1076,38 @@ fn value_level_errors_give_one_other_event_per_error() {
     assert_ne!(events[0].key(), events[1].key());
 }
 
+/// Account-level fields: one other event holding the change's value, keyed
+/// by its content. Fixture, field, and a part of the value with what it holds.
 #[test]
-fn template_status_update_is_one_other_event_holding_the_value() {
-    let name = "template_status_update.json";
-    let other = only_other(name);
-    assert_eq!(other.field, "message_template_status_update");
-    assert_eq!(other.account_id.as_deref(), Some(WABA_ID));
-    assert_content_key(&other.key);
-    assert_eq!(other.raw, fixture_json(name, "/entry/0/changes/0/value"));
-    assert_eq!(other.raw["event"], "APPROVED");
-}
-
-#[test]
-fn account_update_is_one_other_event_holding_the_value() {
-    let name = "account_update.json";
-    let other = only_other(name);
-    assert_eq!(other.field, "account_update");
-    assert_eq!(other.account_id.as_deref(), Some(WABA_ID));
-    assert_content_key(&other.key);
-    assert_eq!(other.raw, fixture_json(name, "/entry/0/changes/0/value"));
-    assert_eq!(other.raw["event"], "VERIFIED_ACCOUNT");
-}
-
-#[test]
-fn phone_number_quality_update_is_one_other_event_holding_the_value() {
-    let name = "phone_number_quality_update.json";
-    let other = only_other(name);
-    assert_eq!(other.field, "phone_number_quality_update");
-    assert_eq!(other.account_id.as_deref(), Some(WABA_ID));
-    assert_content_key(&other.key);
-    assert_eq!(other.raw, fixture_json(name, "/entry/0/changes/0/value"));
-    assert_eq!(other.raw["current_limit"], "TIER_10K");
+fn account_level_updates_are_one_other_event_holding_the_value() {
+    let cases = [
+        (
+            "template_status_update.json",
+            "message_template_status_update",
+            "event",
+            json!("APPROVED"),
+        ),
+        (
+            "account_update.json",
+            "account_update",
+            "event",
+            json!("VERIFIED_ACCOUNT"),
+        ),
+        (
+            "phone_number_quality_update.json",
+            "phone_number_quality_update",
+            "current_limit",
+            json!("TIER_10K"),
+        ),
+    ];
+    for (name, field, part, expected) in cases {
+        let other = only_other(name);
+        assert_eq!(other.field, field);
+        assert_eq!(other.account_id.as_deref(), Some(WABA_ID));
+        assert_content_key(&other.key);
+        assert_eq!(other.raw, fixture_json(name, "/entry/0/changes/0/value"));
+        assert_eq!(other.raw[part], expected, "{name}");
+    }
 }
 
 #[test]

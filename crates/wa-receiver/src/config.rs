@@ -2,17 +2,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wa_broker::AmqpArgs;
+use wa_broker::BrokerArgs;
 use wa_core::SecretString;
-use wa_core::args::{AppSecretArgs, NamespaceArgs};
+use wa_core::args::AppSecretArgs;
 use wa_core::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReceiverConfig {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub app_secret: AppSecretArgs,
     /// Token Meta echoes in the verification handshake.

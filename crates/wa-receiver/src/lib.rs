@@ -20,7 +20,6 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_broker::{Broker, Topology};
 
 pub use config::{EdgeArgs, ReceiverConfig, TlsArgs};
 pub use connection::CloseReason;
@@ -52,12 +51,11 @@ pub async fn run_with_ops(
     // The broker outlives the HTTP server: requests in flight still need
     // their confirms after shutdown starts.
     let broker_stop = CancellationToken::new();
-    let topology = Topology::new(config.namespace.namespace.clone());
-    let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest receiver")?,
-        topology,
+    let broker = config.broker.start(
+        "wa-ingest receiver",
+        config.broker.topology(),
         broker_stop.clone(),
-    );
+    )?;
     let (acceptor, client_auth) = match tls {
         Some((acceptor, client_auth)) => (Some(acceptor), client_auth),
         None => (None, None),
@@ -89,7 +87,9 @@ pub async fn run_with_ops(
             timeouts: connection::Timeouts {
                 header: edge.header_timeout,
                 keepalive: edge.keepalive_timeout,
-                request: edge.body_max_duration + config.amqp.confirm_timeout + edge.header_timeout,
+                request: edge.body_max_duration
+                    + config.broker.amqp.confirm_timeout
+                    + edge.header_timeout,
             },
             max_connections: edge.max_connections as usize,
         },

@@ -1,8 +1,7 @@
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use wa_broker::AmqpArgs;
-use wa_core::args::NamespaceArgs;
+use wa_broker::BrokerArgs;
+use wa_core::args::MetricsArgs;
 use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
@@ -12,19 +11,11 @@ pub const DEFAULT_EVENT_SHARDS: u16 = 4;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "METRICS_ADDR",
-        value_name = "METRICS_ADDR",
-        default_value = "0.0.0.0:9091"
-    )]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs<9091>,
     /// How long an event is held so that an earlier message arriving late
     /// can overtake it.
     #[arg(long, env = "WA_REORDER_WINDOW", value_name = "WA_REORDER_WINDOW", default_value = "3s", value_parser = parse_duration)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_broker::{Broker, Topology};
+use wa_broker::Broker;
 use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
 
@@ -32,14 +32,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
-    let topology =
-        Topology::new(config.namespace.namespace.clone()).with_event_shards(config.event_shards);
+    let topology = config
+        .broker
+        .topology()
+        .with_event_shards(config.event_shards);
     let broker_stop = CancellationToken::new();
-    let broker = Broker::start(
-        config.amqp.broker_config("wa-ingest relay")?,
-        topology,
-        broker_stop.clone(),
-    );
+    let broker = config
+        .broker
+        .start("wa-ingest relay", topology, broker_stop.clone())?;
     let pool = config.database.pool()?;
     // The ops server has its own stop: its metrics stay up while the
     // release in progress finishes after the shutdown signal.

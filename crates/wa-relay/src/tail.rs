@@ -8,9 +8,8 @@ use futures_util::stream::select_all;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
-use wa_broker::AmqpArgs;
+use wa_broker::BrokerArgs;
 use wa_broker::{Broker, Topology};
-use wa_core::args::NamespaceArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct EventsArgs {
@@ -27,9 +26,7 @@ pub enum EventsCommand {
 #[derive(Debug, clap::Args)]
 pub struct TailArgs {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     /// Shard queues to read (must match the relay's WA_EVENT_SHARDS).
     #[arg(
         long,
@@ -49,14 +46,13 @@ pub struct TailArgs {
 pub async fn run(args: EventsArgs) -> anyhow::Result<()> {
     let EventsCommand::Tail(args) = args.command;
     let stop = wa_core::shutdown::on_signal();
-    let topology =
-        Topology::new(args.namespace.namespace.clone()).with_event_shards(args.event_shards);
+    let topology = args.broker.topology().with_event_shards(args.event_shards);
     let broker_stop = CancellationToken::new();
-    let broker = Broker::start(
-        args.amqp.broker_config("wa-ingest events tail")?,
+    let broker = args.broker.start(
+        "wa-ingest events tail",
         topology.clone(),
         broker_stop.clone(),
-    );
+    )?;
     let result = tail(&broker, &topology, &args, &stop).await;
     broker_stop.cancel();
     result

@@ -5,15 +5,15 @@
 use std::time::Duration;
 
 use wa_core::SecretUrl;
-use wa_core::config::{SecretUrlParser, parse_duration};
+use wa_core::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
     #[arg(
         long = "database-url",
-        value_parser = SecretUrlParser,
-        env = "DATABASE_URL", value_name = "DATABASE_URL",
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/wa_ingest"
     )]
     pub database_url: SecretUrl,
@@ -31,7 +31,7 @@ impl DatabaseArgs {
     pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
         // TLS as the URL says (`sslmode`, `sslrootcert`; sqlx's default
         // `prefer` uses it when the server offers it). TCP_NODELAY is set
-        // by the patched sqlx-core (patches/sqlx-core), so TLS costs no stall.
+        // by the patched sqlx-core (vendor/sqlx-core), so TLS costs no stall.
         let options: sqlx::postgres::PgConnectOptions = self.database_url.expose().parse()?;
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)

@@ -27,6 +27,7 @@ mod identity;
 pub mod lookup;
 pub mod outbox;
 mod persist;
+pub mod seed;
 
 pub use database::DatabaseArgs;
 pub use error::{ErrorClass, StoreError, Systemic, sqlstate_class};

@@ -1,11 +1,10 @@
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wa_broker::AmqpArgs;
+use wa_broker::BrokerArgs;
 use wa_core::SecretUrls;
-use wa_core::args::NamespaceArgs;
-use wa_core::config::{SecretUrlsParser, parse_duration};
+use wa_core::args::MetricsArgs;
+use wa_core::config::parse_duration;
 use wa_store::DatabaseArgs;
 
 use crate::claim::FailMode;
@@ -24,21 +23,13 @@ pub fn default_retry_tiers() -> Vec<Duration> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerConfig {
     #[command(flatten)]
-    pub namespace: NamespaceArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub redis: RedisArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "METRICS_ADDR",
-        value_name = "METRICS_ADDR",
-        default_value = "0.0.0.0:9090"
-    )]
-    pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub metrics: MetricsArgs<9090>,
     /// Unacked deliveries the broker may push to this worker.
     #[arg(long, env = "WA_PREFETCH", value_name = "WA_PREFETCH", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
@@ -132,8 +123,8 @@ pub struct RedisArgs {
     /// nodes of the cluster, comma-separated.
     #[arg(
         long = "redis-url",
-        value_parser = SecretUrlsParser,
-        env = "REDIS_URL", value_name = "REDIS_URL",
+        env = "REDIS_URL",
+        value_name = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: SecretUrls,

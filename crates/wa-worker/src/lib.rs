@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wa_broker::{Broker, Topology};
+use wa_broker::Topology;
 
 pub use config::{RedisArgs, WorkerConfig, default_retry_tiers};
 
@@ -36,20 +36,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let namespace = config.namespace.namespace.clone();
+    let namespace = config.broker.namespace.namespace.clone();
     let worker_id = config.worker_id();
     let topology = Topology::new(namespace.clone()).with_retry_tiers(&config.retry_tiers);
 
     // The broker link outlives the consumer: batches finishing after the
     // shutdown signal still publish retries and ack.
     let broker_stop = CancellationToken::new();
-    let broker = Broker::start(
-        config
-            .amqp
-            .broker_config(&format!("wa-ingest worker {worker_id}"))?,
+    let broker = config.broker.start(
+        &format!("wa-ingest worker {worker_id}"),
         topology.clone(),
         broker_stop.clone(),
-    );
+    )?;
     let pool = config.database.pool()?;
     let claims = Claims::new(
         RedisTarget::from_args(&config.redis)?,

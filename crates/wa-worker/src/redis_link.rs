@@ -16,7 +16,7 @@ use redis::{
     TlsCertificates, Value,
 };
 use wa_core::SecretUrls;
-use wa_core::config::read_pem_file;
+use wa_core::config::{read_client_pem_pair, read_pem_file};
 
 use crate::RedisArgs;
 
@@ -49,19 +49,15 @@ impl RedisTarget {
             .as_deref()
             .map(|path| read_text("WA_REDIS_CA_FILE", path).map(String::into_bytes))
             .transpose()?;
-        let client_tls = match (&args.redis_client_cert, &args.redis_client_key) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(ClientTlsConfig {
-                client_cert: read_text("WA_REDIS_CLIENT_CERT", cert)?.into_bytes(),
-                client_key: read_text("WA_REDIS_CLIENT_KEY", key)?.into_bytes(),
-            }),
-            (Some(_), None) => {
-                anyhow::bail!("WA_REDIS_CLIENT_CERT is set without WA_REDIS_CLIENT_KEY")
-            }
-            (None, Some(_)) => {
-                anyhow::bail!("WA_REDIS_CLIENT_KEY is set without WA_REDIS_CLIENT_CERT")
-            }
-        };
+        let client_tls = read_client_pem_pair(
+            ("WA_REDIS_CLIENT_CERT", args.redis_client_cert.as_deref()),
+            ("WA_REDIS_CLIENT_KEY", args.redis_client_key.as_deref()),
+        )
+        .map_err(anyhow::Error::msg)?
+        .map(|(cert, key)| ClientTlsConfig {
+            client_cert: cert.into_bytes(),
+            client_key: key.into_bytes(),
+        });
         let tls_files = root_cert.is_some() || client_tls.is_some();
         let all_tls = args
             .redis_url
