@@ -272,7 +272,8 @@ pub struct PublishedEvent {
 pub struct OutboxClaim {
     tx: Transaction<'static, Postgres>,
     pub contacts: Vec<ContactCursor>,
-    /// Sorted by contact, then Meta timestamp, then wamid.
+    /// Grouped by contact (in the order of `contacts`), then sorted by Meta
+    /// timestamp, then wamid.
     pub events: Vec<PendingEvent>,
 }
 
@@ -287,16 +288,19 @@ pub async fn claim(
 ) -> Result<OutboxClaim, StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::connecting)?;
     let window_seconds = window.as_secs_f64();
+    // The contacts whose due events are oldest first: in key order, a
+    // steady stream to the first keys kept the last ones waiting.
     let contacts: Vec<ContactCursor> = sqlx::query_as(
         "SELECT c.contact_key, c.last_sequence, c.last_timestamp, c.last_wamid
-         FROM outbox_contacts c
-         WHERE c.contact_key IN (
-             SELECT o.contact_key FROM outbox o
-             WHERE o.published_at IS NULL
-               AND o.created_at <= now() - make_interval(secs => $1)
-             ORDER BY o.created_at
-             LIMIT 10000)
-         ORDER BY c.contact_key
+         FROM (SELECT o.contact_key, min(o.created_at) AS oldest
+               FROM (SELECT contact_key, created_at FROM outbox
+                     WHERE published_at IS NULL
+                       AND created_at <= now() - make_interval(secs => $1)
+                     ORDER BY created_at
+                     LIMIT 10000) o
+               GROUP BY o.contact_key) due
+         JOIN outbox_contacts c ON c.contact_key = due.contact_key
+         ORDER BY due.oldest, c.contact_key
          LIMIT $2
          FOR UPDATE OF c SKIP LOCKED",
     )
@@ -312,7 +316,7 @@ pub async fn claim(
         });
     }
     let keys: Vec<&str> = contacts.iter().map(|c| c.contact_key.as_str()).collect();
-    // Contact by contact (the keys are sorted, their ordinality is the
+    // Contact by contact (in the order locked, their ordinality is the
     // presorted part of an incremental sort): only the first contacts'
     // events up to the limit are read and sorted, not every pending event
     // of every contact locked.
