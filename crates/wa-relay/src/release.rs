@@ -76,7 +76,7 @@ pub async fn release_due(
         return Ok(Released::default());
     }
     let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= settings.max_events;
-    // Sorted by contact: each new key starts a contact.
+    // Grouped by contact: each new key starts a contact.
     let contacts_read = 1 + events
         .windows(2)
         .filter(|pair| pair[0].contact_key != pair[1].contact_key)
