@@ -58,16 +58,20 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub deliver_events: u64,
     /// Run only the deliver stage (HTTP delivery to a local endpoint).
-    #[arg(long)]
+    #[arg(long, group = "only")]
     pub deliver_only: bool,
     /// Run only the worker stages (no duplicates, every payload 3 times,
     /// every delivery stored already).
-    #[arg(long, conflicts_with = "deliver_only")]
+    #[arg(long, group = "only")]
     pub worker_only: bool,
     /// Run only the receiver and its ceilings (bare handler, broker
     /// publishes): stages 1 to 3.
-    #[arg(long, conflicts_with_all = ["deliver_only", "worker_only"])]
+    #[arg(long, group = "only")]
     pub receiver_only: bool,
+    /// Run only the worker without duplicates and the relay releasing what
+    /// it stored: the relay's rate against the worker's, in a minute.
+    #[arg(long, group = "only")]
+    pub relay_only: bool,
     /// Only compare the worker with PostgreSQL in plaintext and over TLS
     /// (`sslmode` of DATABASE_URL when it is require or verify-*, else require).
     #[arg(long)]

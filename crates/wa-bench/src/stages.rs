@@ -101,6 +101,13 @@ pub(crate) struct Run<'a> {
     jobs: Vec<Job>,
 }
 
+/// The worker stages: unique payloads, then every payload three times.
+const WORKER_RUNS: &[(&str, usize)] = &[
+    ("[4/8] worker, no duplicates", 1),
+    ("[5/8] worker, every payload 3 times", 3),
+];
+const WORKER_RUNS_UNIQUE: &[(&str, usize)] = &[("[4/8] worker, no duplicates", 1)];
+
 /// 512 signed payloads of the load generator's mix.
 fn signed_jobs(namespace: &Namespace) -> Vec<Job> {
     let generator = Generator::new(format!("{namespace}http"), 200, 1);
@@ -161,8 +168,15 @@ impl Run<'_> {
         }
         if self.args.worker_only {
             crate::postgres_tls::declare_topology(self).await?;
-            self.worker(&mut report).await?;
+            self.worker(&mut report, WORKER_RUNS).await?;
             self.worker_already_stored(&mut report).await?;
+            report.ratios = Ratios::of(&report);
+            return Ok(report);
+        }
+        if self.args.relay_only {
+            crate::postgres_tls::declare_topology(self).await?;
+            self.worker(&mut report, WORKER_RUNS_UNIQUE).await?;
+            self.relay(&mut report).await?;
             report.ratios = Ratios::of(&report);
             return Ok(report);
         }
@@ -173,7 +187,7 @@ impl Run<'_> {
             report.ratios = Ratios::of(&report);
             return Ok(report);
         }
-        self.worker(&mut report).await?;
+        self.worker(&mut report, WORKER_RUNS).await?;
         self.worker_already_stored(&mut report).await?;
         self.relay(&mut report).await?;
         self.deliver(&mut report).await?;
@@ -261,14 +275,11 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The worker drains a filled queue, once of unique payloads and once
-    /// of every payload three times.
-    async fn worker(&self, report: &mut Report) -> anyhow::Result<()> {
+    /// The worker drains a filled queue once per run: `(stage, copies of
+    /// every payload)`.
+    async fn worker(&self, report: &mut Report, runs: &[(&str, usize)]) -> anyhow::Result<()> {
         let n = self.args.worker_payloads;
-        for (stage, copies) in [
-            ("[4/8] worker, no duplicates", 1),
-            ("[5/8] worker, every payload 3 times", 3),
-        ] {
+        for &(stage, copies) in runs {
             eprintln!("{stage}: {n} payloads of 3 events");
             let tag = format!("{}c{copies}", self.namespace);
             let measured = self
@@ -393,7 +404,10 @@ impl Run<'_> {
 
     /// The worker runs left their downstream events in the outbox: release
     /// them all with the default reorder window (past for all of them after
-    /// this pause) and time it.
+    /// this pause) and time it. As for the worker, the clock and the CPU
+    /// count start with the first release; progress is read from the relay's
+    /// own counter, so that counting the outbox does not load the database
+    /// the relay works on.
     async fn relay(&self, report: &mut Report) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let pending = wa_store::outbox::count_unpublished(&self.pool).await?;
@@ -403,20 +417,30 @@ impl Run<'_> {
             ("DATABASE_URL", self.database_url.to_owned()),
             ("METRICS_ADDR", addr.to_string()),
         ]);
-        let started = Instant::now();
+        let launched = Instant::now();
         let relay = self.role("relay", env, addr).await?;
-        let cpu_before = relay.cpu();
-        while wa_store::outbox::count_unpublished(&self.pool).await? > 0 {
+        let (mut clock, mut cpu_before) = (Instant::now(), relay.cpu());
+        loop {
+            let released = metric_sum(addr, "wa_relay_events_total", "").await;
+            if released >= pending as f64 {
+                break;
+            }
+            if released == 0.0 {
+                // Still starting: the first release has not committed yet.
+                (clock, cpu_before) = (Instant::now(), relay.cpu());
+            }
             anyhow::ensure!(
-                started.elapsed() < Duration::from_secs(300),
+                launched.elapsed() < Duration::from_secs(300),
                 "the relay did not finish within 5 minutes"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = clock.elapsed().as_secs_f64().max(0.001);
         let relay_cpu = relay.cpu() - cpu_before;
         report.relay_peak_rss_bytes = relay.peak_rss().unwrap_or(0);
         relay.stop().await;
+        let left = wa_store::outbox::count_unpublished(&self.pool).await?;
+        anyhow::ensure!(left == 0, "the relay left {left} events unpublished");
         report.relay_events = u64::try_from(pending).unwrap_or(0);
         report.relay_events_per_second = pending as f64 / seconds;
         report.relay_cpu_us_per_event = micros_per(relay_cpu, report.relay_events);

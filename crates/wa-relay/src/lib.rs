@@ -23,7 +23,7 @@ use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
 
 pub use config::{DEFAULT_EVENT_SHARDS, RelayConfig};
-pub use release::{ReleaseSettings, release_due};
+pub use release::{ReleaseSettings, Released, release_due};
 
 /// Runs until `shutdown`, then finishes the release in progress and returns.
 pub async fn run(
@@ -92,13 +92,18 @@ async fn release_until(
     shutdown: CancellationToken,
 ) {
     let mut failures = failure_backoff();
+    let mut contacts = settings.max_contacts;
     while !shutdown.is_cancelled() {
         if broker.connected(&shutdown).await.is_none() {
             break;
         }
-        let pause = match release_due(&pool, &broker, &settings).await {
-            Ok(0) => poll_interval,
-            Ok(_) => {
+        let pause = match release_due(&pool, &broker, &settings, contacts).await {
+            Ok(released) if released.events == 0 => {
+                contacts = released.contacts_next(contacts, settings.max_contacts);
+                poll_interval
+            }
+            Ok(released) => {
+                contacts = released.contacts_next(contacts, settings.max_contacts);
                 failures = failure_backoff();
                 Duration::ZERO
             }

@@ -23,6 +23,33 @@ pub struct ReleaseSettings {
     pub max_events: i64,
 }
 
+/// What one release did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// Events published.
+    pub events: usize,
+    /// Contacts whose events it read (the others it locked had none within
+    /// the event budget).
+    pub contacts_read: usize,
+    /// It read as many events as it may: more are due.
+    pub full: bool,
+}
+
+impl Released {
+    /// Contacts the next release should lock, out of at most `max`. A
+    /// release that filled its event budget from a few contacts kept the
+    /// rest locked for nothing while concurrent releases skipped them: lock
+    /// about what the budget needs (twice, for room). Otherwise grow back.
+    pub fn contacts_next(&self, locked: i64, max: i64) -> i64 {
+        let wanted = if self.full {
+            2 * i64::try_from(self.contacts_read).unwrap_or(max)
+        } else {
+            2 * locked
+        };
+        wanted.clamp(1, max.max(1))
+    }
+}
+
 /// An event with the place it takes in its contact's stream.
 struct Planned<'a> {
     event: &'a PendingEvent,
@@ -30,7 +57,7 @@ struct Planned<'a> {
     late: bool,
 }
 
-/// Releases what is due now; returns how many events were published.
+/// Releases what is due now, locking at most `max_contacts` contacts.
 #[tracing::instrument(
     name = "release",
     skip_all,
@@ -40,19 +67,20 @@ pub async fn release_due(
     pool: &PgPool,
     broker: &Broker,
     settings: &ReleaseSettings,
-) -> anyhow::Result<usize> {
+    max_contacts: i64,
+) -> anyhow::Result<Released> {
     let started = Instant::now();
-    let mut claim = outbox::claim(
-        pool,
-        settings.window,
-        settings.max_contacts,
-        settings.max_events,
-    )
-    .await?;
+    let mut claim = outbox::claim(pool, settings.window, max_contacts, settings.max_events).await?;
     let events = std::mem::take(&mut claim.events);
     if events.is_empty() {
-        return Ok(0);
+        return Ok(Released::default());
     }
+    let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= settings.max_events;
+    // Grouped by contact: each new key starts a contact.
+    let contacts_read = 1 + events
+        .windows(2)
+        .filter(|pair| pair[0].contact_key != pair[1].contact_key)
+        .count();
     let span = tracing::Span::current();
     span.record("contacts", claim.contacts.len());
     span.record("events", events.len());
@@ -110,11 +138,12 @@ pub async fn release_due(
     claim.commit(&published, &moved).await?;
 
     let mut counts: BTreeMap<(&str, bool), u64> = BTreeMap::new();
+    let age = metrics::histogram!("wa_relay_event_age_seconds");
     for planned in by_contact.values().flatten() {
         *counts
             .entry((planned.event.event_type.as_str(), planned.late))
             .or_default() += 1;
-        metrics::histogram!("wa_relay_event_age_seconds").record(planned.event.age_seconds);
+        age.record(planned.event.age_seconds);
     }
     for ((event_type, late), n) in counts {
         metrics::counter!("wa_relay_events_total", "type" => event_type.to_owned(), "late" => late.to_string())
@@ -122,7 +151,11 @@ pub async fn release_due(
     }
     metrics::histogram!("wa_relay_release_duration_seconds")
         .record(started.elapsed().as_secs_f64());
-    Ok(published.len())
+    Ok(Released {
+        events: published.len(),
+        contacts_read,
+        full,
+    })
 }
 
 /// Sends every planned event, then waits for all the confirms. A contact's
@@ -177,12 +210,8 @@ async fn publish_all(
 }
 
 /// Sends one event on its shard's channel; its confirm is awaited with the
-/// release's others.
-#[tracing::instrument(
-    name = "publish_event",
-    skip_all,
-    fields(event_id = %planned.event.event_id, sequence = planned.sequence, late = planned.late)
-)]
+/// release's others. No span of its own: the release's covers it, and one
+/// per event cost more than the publish.
 async fn send_event(
     broker: &Broker,
     shard: u16,
@@ -264,6 +293,26 @@ mod tests {
             due: true,
             age_seconds: 0.0,
         }
+    }
+
+    #[test]
+    fn a_release_that_filled_its_budget_from_few_contacts_locks_fewer_next() {
+        let full = |contacts_read| Released {
+            events: 1000,
+            contacts_read,
+            full: true,
+        };
+        assert_eq!(full(8).contacts_next(200, 200), 16);
+        assert_eq!(full(150).contacts_next(200, 200), 200);
+        // Not full: grow back towards the maximum.
+        let partial = Released {
+            events: 10,
+            contacts_read: 5,
+            full: false,
+        };
+        assert_eq!(partial.contacts_next(16, 200), 32);
+        assert_eq!(partial.contacts_next(150, 200), 200);
+        assert_eq!(Released::default().contacts_next(0, 200), 1);
     }
 
     #[test]

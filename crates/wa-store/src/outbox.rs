@@ -354,7 +354,8 @@ pub struct PublishedEvent {
 pub struct OutboxClaim {
     tx: Transaction<'static, Postgres>,
     pub contacts: Vec<ContactCursor>,
-    /// Sorted by contact, then Meta timestamp, then wamid.
+    /// Grouped by contact (in the order of `contacts`), then sorted by Meta
+    /// timestamp, then wamid.
     pub events: Vec<PendingEvent>,
 }
 
@@ -369,16 +370,19 @@ pub async fn claim(
 ) -> Result<OutboxClaim, StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::connecting)?;
     let window_seconds = window.as_secs_f64();
+    // The contacts whose due events are oldest first: in key order, a
+    // steady stream to the first keys kept the last ones waiting.
     let contacts: Vec<ContactCursor> = sqlx::query_as(
         "SELECT c.contact_key, c.last_sequence, c.last_timestamp, c.last_wamid
-         FROM outbox_contacts c
-         WHERE c.contact_key IN (
-             SELECT o.contact_key FROM outbox o
-             WHERE o.published_at IS NULL
-               AND o.created_at <= now() - make_interval(secs => $1)
-             ORDER BY o.created_at
-             LIMIT 10000)
-         ORDER BY c.contact_key
+         FROM (SELECT o.contact_key, min(o.created_at) AS oldest
+               FROM (SELECT contact_key, created_at FROM outbox
+                     WHERE published_at IS NULL
+                       AND created_at <= now() - make_interval(secs => $1)
+                     ORDER BY created_at
+                     LIMIT 10000) o
+               GROUP BY o.contact_key) due
+         JOIN outbox_contacts c ON c.contact_key = due.contact_key
+         ORDER BY due.oldest, c.contact_key
          LIMIT $2
          FOR UPDATE OF c SKIP LOCKED",
     )
@@ -394,13 +398,17 @@ pub async fn claim(
         });
     }
     let keys: Vec<&str> = contacts.iter().map(|c| c.contact_key.as_str()).collect();
+    // Contact by contact (in the order locked, their ordinality is the
+    // presorted part of an incremental sort): only the first contacts'
+    // events up to the limit are read and sorted, not every pending event
+    // of every contact locked.
     let events: Vec<PendingEvent> = sqlx::query_as(
-        "SELECT id, event_id, event_type, contact_key, wamid, meta_timestamp,
-                payload::text AS payload, created_at <= now() - make_interval(secs => $2) AS due,
-                EXTRACT(EPOCH FROM now() - created_at)::float8 AS age_seconds
-         FROM outbox
-         WHERE published_at IS NULL AND contact_key = ANY($1)
-         ORDER BY contact_key, COALESCE(meta_timestamp, created_at), wamid, id
+        "SELECT o.id, o.event_id, o.event_type, o.contact_key, o.wamid, o.meta_timestamp,
+                o.payload::text AS payload, o.created_at <= now() - make_interval(secs => $2) AS due,
+                EXTRACT(EPOCH FROM now() - o.created_at)::float8 AS age_seconds
+         FROM UNNEST($1::text[]) WITH ORDINALITY AS k(contact_key, ord)
+         JOIN outbox o ON o.contact_key = k.contact_key AND o.published_at IS NULL
+         ORDER BY k.ord, COALESCE(o.meta_timestamp, o.created_at), o.wamid, o.id
          LIMIT $3",
     )
     .bind(&keys)
