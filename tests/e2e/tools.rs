@@ -86,3 +86,45 @@ fn without_wa_ingest_tools_the_error_names_the_binary_and_how_to_build_it() {
         "{stderr}"
     );
 }
+
+/// The crates a package links into its binary (`cargo tree -e normal`),
+/// by name, from the workspace's own lock file.
+fn linked_crates(package: &str) -> Vec<String> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = std::process::Command::new(cargo)
+        .current_dir(workspace)
+        .args(["tree", "--locked", "--offline", "-e", "normal"])
+        .args(["--prefix", "none", "--format", "{p}", "-p", package])
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn the_production_binary_links_no_tool_and_wa_core_no_backend_client() {
+    let production = linked_crates("wa-ingest");
+    for tool in ["reqwest", "hdrhistogram", "wa-loadgen", "wa-bench"] {
+        assert!(
+            !production.iter().any(|name| name == tool),
+            "wa-ingest links {tool}"
+        );
+    }
+    let core = linked_crates("wa-core");
+    for backend in ["lapin", "sqlx", "redis"] {
+        assert!(
+            !core.iter().any(|name| name == backend),
+            "wa-core links {backend}"
+        );
+    }
+}
