@@ -393,11 +393,11 @@ impl Processor {
     }
 
     /// Stores with a few quick retries for transient errors.
-    async fn persist(
+    async fn persist<'a>(
         &self,
-        events: &[&Event],
+        events: &[&'a Event],
         quick_retries: bool,
-    ) -> Result<wa_store::Persisted, StoreOutcome> {
+    ) -> Result<wa_store::Persisted<'a>, StoreOutcome> {
         if events.is_empty() {
             return Ok(wa_store::Persisted::default());
         }
