@@ -27,7 +27,9 @@ async fn losing_the_rabbitmq_node_of_the_queue_leader_loses_nothing_and_doubles_
     eprintln!("3-node RabbitMQ cluster up in {:?}", started.elapsed());
     let mut env = TestEnv::on_broker(&cluster.url(0)).await;
     let inbound = env.queue("inbound");
-    let leader = cluster.leader_of(&inbound);
+    let leader = cluster
+        .leader_of(&inbound)
+        .unwrap_or_else(|why| panic!("no leader for {inbound}: {why}"));
     // Every role starts on the leader's node, so losing it forces them all
     // to walk to the next node of AMQP_URL.
     let nodes = cluster.urls_from(leader);
@@ -64,7 +66,7 @@ async fn losing_the_rabbitmq_node_of_the_queue_leader_loses_nothing_and_doubles_
             "a new leader on a surviving node",
             Duration::from_secs(60),
             || async {
-                let found = tokio::task::block_in_place(|| cluster.leader_of(&inbound));
+                let found = tokio::task::block_in_place(|| cluster.leader_of(&inbound))?;
                 if found == leader {
                     Err("still the lost node".to_owned())
                 } else {

@@ -652,16 +652,31 @@ async fn the_endpoints_commands_manage_inspect_and_replay() {
     })
     .await;
 
-    let (ok, stdout, _) = cli(&env, &["attempts", &id, "--json"]).await;
-    assert!(ok);
-    let attempts: serde_json::Value = serde_json::from_str(&stdout).expect("attempts JSON");
-    let attempts = attempts.as_array().expect("array");
-    assert_eq!(attempts.len(), 4);
-    assert!(
-        attempts
-            .iter()
-            .all(|a| a["status_code"] == 200 && a["next_attempt_at"].is_null())
-    );
+    // The deliverer records an attempt after its answer arrives, so the
+    // receiver may have all four before the last attempt is written.
+    eventually(
+        "four attempts recorded",
+        Duration::from_secs(30),
+        || async {
+            let (ok, stdout, stderr) = cli(&env, &["attempts", &id, "--json"]).await;
+            assert!(ok, "{stderr}");
+            let attempts: serde_json::Value = serde_json::from_str(&stdout).expect("attempts JSON");
+            let attempts = attempts.as_array().expect("array");
+            let settled = attempts
+                .iter()
+                .filter(|a| a["status_code"] == 200 && a["next_attempt_at"].is_null())
+                .count();
+            if attempts.len() == 4 && settled == 4 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} attempts, {settled} settled: {stdout}",
+                    attempts.len()
+                ))
+            }
+        },
+    )
+    .await;
 
     // Replay sends the same four again, same webhook-ids, in order.
     let (ok, stdout, stderr) = cli(&env, &["replay", &id, "--since", "1h"]).await;
@@ -679,10 +694,17 @@ async fn the_endpoints_commands_manage_inspect_and_replay() {
     let again: HashSet<&str> = hooks[4..].iter().map(|h| h.webhook_id.as_str()).collect();
     assert_eq!(first, again);
 
-    let (ok, stdout, _) = cli(&env, &["list", "--json"]).await;
-    assert!(ok);
-    let list: serde_json::Value = serde_json::from_str(&stdout).expect("list JSON");
-    assert_eq!(list[0]["backlog"], 0);
+    let list = eventually("replays settled", Duration::from_secs(30), || async {
+        let (ok, stdout, stderr) = cli(&env, &["list", "--json"]).await;
+        assert!(ok, "{stderr}");
+        let list: serde_json::Value = serde_json::from_str(&stdout).expect("list JSON");
+        if list[0]["backlog"] == 0 {
+            Ok(list)
+        } else {
+            Err(stdout)
+        }
+    })
+    .await;
     assert_eq!(list[0]["delivered"], 4);
     assert_eq!(list[0]["max_in_flight"], 2);
     assert!(list[0].get("secrets").is_none(), "secrets are never listed");

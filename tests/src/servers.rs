@@ -293,30 +293,43 @@ impl RabbitCluster {
             .join(",")
     }
 
-    /// The node (index) holding the leader of quorum queue `queue`.
-    pub fn leader_of(&self, queue: &str) -> usize {
+    /// The node (index) holding the leader of quorum queue `queue`, or why
+    /// it cannot be told yet: while a new leader is being elected the queue
+    /// is left out of `list_queues`, and `rabbitmqctl` itself may fail.
+    pub fn leader_of(&self, queue: &str) -> Result<usize, String> {
         let alive = (0..self.size())
             .find(|&i| self.nodes[i].process.is_some())
-            .expect("a node running");
-        let listing = self.ctl(&[
-            "-n",
-            &self.nodes[alive].name.clone(),
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "leader",
-        ]);
+            .ok_or("no node running")?;
+        let output = self
+            .ctl_command(&[
+                "-n",
+                &self.nodes[alive].name,
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "leader",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("rabbitmqctl: {e}"))?;
+        let listing = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            return Err(format!(
+                "rabbitmqctl list_queues failed: {listing}{}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
         let leader = listing
             .lines()
             .filter_map(|line| line.split_once('\t'))
             .find(|(name, _)| name.trim() == queue)
-            .map(|(_, leader)| leader.trim().to_owned())
-            .unwrap_or_else(|| panic!("queue {queue} not listed: {listing}"));
+            .map(|(_, leader)| leader.trim())
+            .ok_or_else(|| format!("queue {queue} not listed: {listing}"))?;
         self.nodes
             .iter()
             .position(|node| node.name == leader)
-            .unwrap_or_else(|| panic!("leader {leader} is not one of ours"))
+            .ok_or_else(|| format!("leader {leader} is not one of ours"))
     }
 
     /// Kills node `index` as a crash would (SIGKILL to the Erlang VM).

@@ -369,34 +369,16 @@ async fn overview_page(State(console): State<Shared>, operator: Operator) -> Htm
 
 #[derive(Deserialize, Default)]
 struct DlqQuery {
-    #[serde(default)]
-    class: String,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    since: String,
-    #[serde(default)]
-    phone_number_id: String,
+    #[serde(flatten)]
+    filter: FilterForm,
     #[serde(default)]
     page: usize,
 }
 
 impl DlqQuery {
-    fn form(&self) -> FilterForm<'_> {
-        FilterForm {
-            class: &self.class,
-            error: &self.error,
-            since: &self.since,
-            phone_number_id: &self.phone_number_id,
-        }
-    }
-
     fn query_string(&self) -> String {
         url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("class", &self.class)
-            .append_pair("error", &self.error)
-            .append_pair("since", &self.since)
-            .append_pair("phone_number_id", &self.phone_number_id)
+            .extend_pairs(self.filter.fields())
             .finish()
     }
 }
@@ -410,7 +392,7 @@ async fn dlq_list(
     let index = console.dlq.get(depth).await.map_err(|e| {
         Refusal::Unavailable(format!("cannot read the DLQ: {}", error_chain(e.as_ref())))
     })?;
-    let (filter, filter_error) = match views::filter_of(&query.form()) {
+    let (filter, filter_error) = match views::filter_of(&query.filter) {
         Ok(filter) => (filter, None),
         Err(error) => (Filter::default(), Some(error)),
     };
@@ -428,7 +410,7 @@ async fn dlq_list(
             index: &index,
             matching,
             page: query.page,
-            form: query.form(),
+            form: &query.filter,
             filter_error,
             query: query.query_string(),
         },
@@ -583,14 +565,8 @@ async fn replay_one(
 #[derive(Deserialize)]
 struct ReplayForm {
     csrf: String,
-    #[serde(default)]
-    class: String,
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    since: String,
-    #[serde(default)]
-    phone_number_id: String,
+    #[serde(flatten)]
+    filter: FilterForm,
     #[serde(default)]
     confirm: String,
     /// The dry run's count: the confirmed replay takes no more than that.
@@ -603,18 +579,12 @@ async fn replay_filtered(
     action: Action<ReplayForm>,
 ) -> Html<String> {
     let form = &action.form;
-    let filter_form = FilterForm {
-        class: &form.class,
-        error: &form.error,
-        since: &form.since,
-        phone_number_id: &form.phone_number_id,
-    };
     let session = &action.operator.session;
-    let filter = match views::filter_of(&filter_form) {
+    let filter = match views::filter_of(&form.filter) {
         Ok(filter) => filter,
         Err(error) => return page(views::outcome(session, "Replay", &error, false)),
     };
-    let described = describe(&filter_form);
+    let described = describe(&form.filter);
     if form.confirm != "yes" {
         let pace = Pace {
             dry_run: true,
@@ -630,13 +600,13 @@ async fn replay_filtered(
                         summary.matched, summary.remaining
                     ),
                     action: "/dlq/replay",
-                    fields: vec![
-                        ("class", form.class.clone()),
-                        ("error", form.error.clone()),
-                        ("since", form.since.clone()),
-                        ("phone_number_id", form.phone_number_id.clone()),
-                        ("expected", summary.matched.to_string()),
-                    ],
+                    fields: form
+                        .filter
+                        .fields()
+                        .into_iter()
+                        .map(|(name, value)| (name, value.to_owned()))
+                        .chain([("expected", summary.matched.to_string())])
+                        .collect(),
                     button: "Replay them",
                     danger: false,
                 },
@@ -663,12 +633,12 @@ async fn replay_filtered(
     page(views::outcome(session, "Replay", &message, ok))
 }
 
-fn describe(form: &FilterForm<'_>) -> String {
+fn describe(form: &FilterForm) -> String {
     let parts: Vec<String> = [
-        ("class", form.class),
-        ("error contains", form.error),
-        ("since", form.since),
-        ("phone number id", form.phone_number_id),
+        ("class", form.class.as_str()),
+        ("error contains", &form.error),
+        ("since", &form.since),
+        ("phone number id", &form.phone_number_id),
     ]
     .iter()
     .filter(|(_, v)| !v.trim().is_empty())
@@ -956,4 +926,50 @@ async fn replay_subscriber(
         }
     };
     subscriber_outcome(&action.operator, id, "subscribers.replay", result)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{Request as HttpRequest, Uri};
+
+    use super::*;
+
+    #[test]
+    fn the_list_query_reads_the_filter_and_the_page_and_writes_the_filter_back() {
+        let uri: Uri = "/dlq?class=transient&error=dead+lock&page=3"
+            .parse()
+            .unwrap();
+        let Query(query) = Query::<DlqQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(query.filter.class, "transient");
+        assert_eq!(query.filter.error, "dead lock");
+        assert_eq!(query.filter.since, "");
+        assert_eq!(query.page, 3);
+        assert_eq!(
+            query.query_string(),
+            "class=transient&error=dead+lock&since=&phone_number_id="
+        );
+        let Query(empty) = Query::<DlqQuery>::try_from_uri(&"/dlq".parse().unwrap()).unwrap();
+        assert_eq!((empty.filter.class.as_str(), empty.page), ("", 0));
+    }
+
+    #[tokio::test]
+    async fn the_replay_form_reads_the_filter_beside_its_own_fields() {
+        let body = "csrf=t0k&class=permanent&phone_number_id=555&confirm=yes&expected=7";
+        let request = HttpRequest::post("/dlq/replay")
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let Form(form) = Form::<ReplayForm>::from_request(request, &())
+            .await
+            .unwrap();
+        assert_eq!(form.csrf, "t0k");
+        assert_eq!(form.filter.class, "permanent");
+        assert_eq!(form.filter.phone_number_id, "555");
+        assert_eq!(form.filter.error, "");
+        assert_eq!((form.confirm.as_str(), form.expected), ("yes", Some(7)));
+        assert_eq!(
+            describe(&form.filter),
+            "class permanent, phone number id 555"
+        );
+    }
 }

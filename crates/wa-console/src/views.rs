@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
 use wa_dlq::{DlqEntry, Filter, one_line};
 
 use crate::auth::Session;
@@ -255,20 +256,37 @@ fn read_note(index: &Indexed) -> Markup {
     }
 }
 
-/// The filter as query parameters, for links and hidden fields.
-pub(crate) struct FilterForm<'a> {
-    pub(crate) class: &'a str,
-    pub(crate) error: &'a str,
-    pub(crate) since: &'a str,
-    pub(crate) phone_number_id: &'a str,
+/// The DLQ filter as the list's query string and the replay form carry it;
+/// every field may be missing or empty (no condition).
+#[derive(Deserialize, Default)]
+pub(crate) struct FilterForm {
+    #[serde(default)]
+    pub(crate) class: String,
+    #[serde(default)]
+    pub(crate) error: String,
+    #[serde(default)]
+    pub(crate) since: String,
+    #[serde(default)]
+    pub(crate) phone_number_id: String,
 }
 
-fn filter_fields(form: &FilterForm<'_>) -> Markup {
+impl FilterForm {
+    /// Each field with its form name, in the order the forms show them.
+    pub(crate) fn fields(&self) -> [(&'static str, &str); 4] {
+        [
+            ("class", &self.class),
+            ("error", &self.error),
+            ("since", &self.since),
+            ("phone_number_id", &self.phone_number_id),
+        ]
+    }
+}
+
+fn filter_fields(form: &FilterForm) -> Markup {
     html! {
-        input type="hidden" name="class" value=(form.class);
-        input type="hidden" name="error" value=(form.error);
-        input type="hidden" name="since" value=(form.since);
-        input type="hidden" name="phone_number_id" value=(form.phone_number_id);
+        @for (name, value) in form.fields() {
+            input type="hidden" name=(name) value=(value);
+        }
     }
 }
 
@@ -276,7 +294,7 @@ pub(crate) struct DlqListData<'a> {
     pub(crate) index: &'a Indexed,
     pub(crate) matching: Vec<&'a DlqEntry>,
     pub(crate) page: usize,
-    pub(crate) form: FilterForm<'a>,
+    pub(crate) form: &'a FilterForm,
     pub(crate) filter_error: Option<String>,
     pub(crate) query: String,
 }
@@ -329,7 +347,7 @@ pub(crate) fn dlq_list(session: &Session, data: DlqListData<'_>) -> Markup {
             div.actions {
                 form method="post" action="/dlq/replay" {
                     input type="hidden" name="csrf" value=(session.csrf);
-                    (filter_fields(&data.form))
+                    (filter_fields(data.form))
                     button #replay-filtered type="submit" { "Replay the filtered set…" }
                 }
                 form method="post" action="/dlq/purge" {
@@ -720,16 +738,16 @@ pub(crate) fn conversation(
     layout("Conversation", Nav::Conversation, Some(session), None, body)
 }
 
-pub(crate) fn filter_of(form: &FilterForm<'_>) -> Result<Filter, String> {
+pub(crate) fn filter_of(form: &FilterForm) -> Result<Filter, String> {
     let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
     Ok(Filter {
         ids: Vec::new(),
-        class: some(form.class),
-        error: some(form.error),
-        since: some(form.since)
+        class: some(&form.class),
+        error: some(&form.error),
+        since: some(&form.since)
             .map(|s| wa_dlq::parse_since(&s))
             .transpose()
             .map_err(|e| format!("since: {e}"))?,
-        phone_number_id: some(form.phone_number_id),
+        phone_number_id: some(&form.phone_number_id),
     })
 }
