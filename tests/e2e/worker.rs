@@ -319,3 +319,59 @@ async fn a_body_is_marked_stored_only_once_all_its_events_are() {
     .await;
     worker.stop().await;
 }
+
+/// `errors`, `conversation` and `pricing` are the item's own (read from it
+/// in SQL), JSON `null` where the item has none or says `null`; the item is
+/// stored whole, and its downstream event carries it as stored.
+#[tokio::test]
+async fn a_status_row_holds_its_items_errors_conversation_and_pricing() {
+    let env = TestEnv::new().await;
+    let worker = Worker::start(&env, &[]).await;
+    let mut priced = status("wamid.cols.1", "sent", "15550003", 1_700_000_100);
+    priced["conversation"] = serde_json::json!({ "id": "c1", "origin": { "type": "service" } });
+    priced["pricing"] = serde_json::json!({ "billable": true, "category": "service" });
+    let mut failed = status("wamid.cols.2", "failed", "15550003", 1_700_000_101);
+    failed["errors"] = serde_json::json!([{ "code": 131047, "title": "Re-engagement message" }]);
+    let mut nulls = status("wamid.cols.3", "sent", "15550003", 1_700_000_102);
+    nulls["pricing"] = serde_json::Value::Null;
+    let items = [priced, failed, nulls];
+    env.publish_inbound(&envelope(&[], &items)).await;
+    env.settled((0, 3)).await;
+
+    for item in &items {
+        let wamid = item["id"].as_str().expect("id");
+        let (errors, conversation, pricing, raw): (
+            Option<serde_json::Value>,
+            Option<serde_json::Value>,
+            Option<serde_json::Value>,
+            serde_json::Value,
+        ) = sqlx::query_as(
+            "SELECT errors, conversation, pricing, raw FROM message_statuses WHERE wamid = $1",
+        )
+        .bind(wamid)
+        .fetch_one(&env.db)
+        .await
+        .expect("the status row");
+        let own = |key: &str| Some(item.get(key).cloned().unwrap_or_default());
+        assert_eq!(errors, own("errors"), "{wamid} errors");
+        assert_eq!(conversation, own("conversation"), "{wamid} conversation");
+        assert_eq!(pricing, own("pricing"), "{wamid} pricing");
+        assert_eq!(&raw, item, "{wamid} raw");
+    }
+    let sql_nulls = env
+        .count(
+            "SELECT count(*) FROM message_statuses
+             WHERE errors IS NULL OR conversation IS NULL OR pricing IS NULL",
+        )
+        .await;
+    assert_eq!(sql_nulls, 0, "an absent field is JSON null, not SQL NULL");
+    let events_with_their_item = env
+        .count(
+            "SELECT count(*) FROM outbox o JOIN message_statuses s
+             ON o.event_id = 'status:' || s.wamid || ':' || s.status
+             WHERE o.payload->'data'->'item' = s.raw",
+        )
+        .await;
+    assert_eq!(events_with_their_item, 3, "each event carries its item");
+    worker.stop().await;
+}

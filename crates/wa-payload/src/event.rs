@@ -137,10 +137,30 @@ pub struct StatusEvent {
     pub participant: Option<String>,
     pub phone_number_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
-    pub errors: Option<Value>,
-    pub conversation: Option<Value>,
-    pub pricing: Option<Value>,
+    /// The whole item as received: `errors`, `conversation` and `pricing`
+    /// are read from it.
     pub raw: Value,
+}
+
+impl StatusEvent {
+    /// The item's `errors` (a failed status), when present and not null.
+    pub fn errors(&self) -> Option<&Value> {
+        self.item_field("errors")
+    }
+
+    /// The item's `conversation`, when present and not null.
+    pub fn conversation(&self) -> Option<&Value> {
+        self.item_field("conversation")
+    }
+
+    /// The item's `pricing`, when present and not null.
+    pub fn pricing(&self) -> Option<&Value> {
+        self.item_field("pricing")
+    }
+
+    fn item_field(&self, key: &str) -> Option<&Value> {
+        self.raw.get(key).filter(|value| !value.is_null())
+    }
 }
 
 /// One item of `value.groups[]` of a group webhook field

@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::canonical::{content_hash, identity_hash};
@@ -118,49 +120,71 @@ struct EntryContext {
     time: Value,
 }
 
-fn parse_change(change: Value, entry: &EntryContext, events: &mut Vec<Event>) {
+fn parse_change(mut change: Value, entry: &EntryContext, events: &mut Vec<Event>) {
     let field = change
         .get("field")
         .and_then(Value::as_str)
         .unwrap_or("unknown")
         .to_owned();
     let field = field.as_str();
-    let Some(Value::Object(value)) = change.get("value") else {
+    let Some(Value::Object(value)) = change.get_mut("value") else {
         events.push(other(field, entry, change));
         return;
     };
+    // The items move out of the body into their events (no copy): only
+    // non-empty lists are taken, and each of their items gives an event, so
+    // a change nothing is taken from is still whole for the fallback below.
+    let messages = take_items(value, "messages");
+    let echoes = take_items(value, "message_echoes");
+    let statuses = take_items(value, "statuses");
+    let groups = if field.starts_with("group_") {
+        take_items(value, "groups")
+    } else {
+        Vec::new()
+    };
+    let errors = take_items(value, "errors");
+    let value = &*value;
     let before = events.len();
     let context = ChangeContext::new(value);
 
-    for item in array(value, "messages") {
+    for item in messages {
         events.push(message(item, Direction::Inbound, &context, field, entry));
     }
-    for item in array(value, "message_echoes") {
+    for item in echoes {
         events.push(message(item, Direction::Echo, &context, field, entry));
     }
-    for item in array(value, "statuses") {
+    for item in statuses {
         events.push(status(item, &context, field, entry));
     }
-    if field.starts_with("group_") {
-        for item in array(value, "groups") {
-            events.push(group(item, &context, field, entry));
-        }
+    for item in groups {
+        events.push(group(item, &context, field, entry));
     }
-    let error_metadata = error_metadata(value);
-    for error in array(value, "errors") {
-        let raw = serde_json::json!({
-            "metadata": error_metadata,
-            "error": error,
-        });
-        events.push(other(&format!("{field}.errors"), entry, raw));
+    if !errors.is_empty() {
+        let error_metadata = error_metadata(value);
+        let errors_field = format!("{field}.errors");
+        for error in errors {
+            let raw = serde_json::json!({
+                "metadata": error_metadata,
+                "error": error,
+            });
+            events.push(other(&errors_field, entry, raw));
+        }
     }
 
     // A change we extracted nothing from (a template update, an account
     // update, a field we have never seen) is stored whole.
     if events.len() == before {
-        let mut change = change;
         let value = change.get_mut("value").map(Value::take).unwrap_or_default();
         events.push(other(field, entry, value));
+    }
+}
+
+/// The items of `object[key]` when it is a non-empty list, moved out of it;
+/// otherwise nothing, and `object` is left as it was.
+fn take_items(object: &mut Map<String, Value>, key: &str) -> Vec<Value> {
+    match object.get_mut(key) {
+        Some(Value::Array(items)) if !items.is_empty() => std::mem::take(items),
+        _ => Vec::new(),
     }
 }
 
@@ -218,9 +242,11 @@ impl<'a> ChangeContext<'a> {
     /// and `only_entry_names_it`).
     fn contact(&self, ids: Ids, only_entry_names_it: bool) -> Contact {
         let matches = |c: &&&Map<String, Value>| {
-            let same_wa = ids.wa_id.is_some() && string_field(c, "wa_id") == ids.wa_id;
-            let same_user = ids.user_id.is_some() && string_field(c, "user_id") == ids.user_id;
-            same_wa || same_user
+            let same = |key: &str, ours: &Option<String>| {
+                ours.as_deref()
+                    .is_some_and(|ours| field_text(c, key).as_deref() == Some(ours))
+            };
+            same("wa_id", &ids.wa_id) || same("user_id", &ids.user_id)
         };
         let entry = self
             .contacts
@@ -286,7 +312,7 @@ impl Ids {
 /// The only `contacts` entry names the item's user unless one of its ids
 /// says otherwise.
 fn conflicts(contact: &Map<String, Value>, wa_id: Option<&str>, user_id: Option<&str>) -> bool {
-    let differs = |key: &str, ours: Option<&str>| match (string_field(contact, key), ours) {
+    let differs = |key: &str, ours: Option<&str>| match (field_text(contact, key), ours) {
         (Some(theirs), Some(ours)) => theirs != ours,
         _ => false,
     };
@@ -294,14 +320,14 @@ fn conflicts(contact: &Map<String, Value>, wa_id: Option<&str>, user_id: Option<
 }
 
 fn message(
-    item: &Value,
+    item: Value,
     direction: Direction,
     context: &ChangeContext<'_>,
     field: &str,
     entry: &EntryContext,
 ) -> Event {
-    let Some((object, wamid)) = object_with_id(item) else {
-        return other(&format!("{field}.invalid_message"), entry, item.clone());
+    let Some((object, wamid)) = object_with_id(&item) else {
+        return other(&format!("{field}.invalid_message"), entry, item);
     };
     // The user is the sender of an inbound message and the recipient of an echo.
     let fields = match direction {
@@ -309,32 +335,35 @@ fn message(
         Direction::Echo => &ECHO_RECIPIENT,
     };
     let contact = context.contact(Ids::read(object, fields), true);
+    let message_type = string_field(object, "type").unwrap_or_else(|| "unknown".to_owned());
+    let group_id = id_field(object, "group_id");
+    let timestamp = meta_timestamp(object.get("timestamp"));
     Event::Message(MessageEvent {
         key: key::message(direction, &wamid),
-        message_type: string_field(object, "type").unwrap_or_else(|| "unknown".to_owned()),
-        group_id: id_field(object, "group_id"),
-        timestamp: meta_timestamp(object.get("timestamp")),
+        message_type,
+        group_id,
+        timestamp,
         wamid,
         direction,
         contact,
         phone_number_id: context.phone_number_id.clone(),
         display_phone_number: context.display_phone_number.clone(),
-        raw: item.clone(),
+        raw: item,
     })
 }
 
-fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryContext) -> Event {
-    let parsed = object_with_id(item).and_then(|(object, wamid)| {
+fn status(item: Value, context: &ChangeContext<'_>, field: &str, entry: &EntryContext) -> Event {
+    let parsed = object_with_id(&item).and_then(|(object, wamid)| {
         let status = string_field(object, "status").filter(|s| s.len() <= MAX_ID_LEN)?;
         Some((object, wamid, status))
     });
     let Some((object, wamid, status)) = parsed else {
-        return other(&format!("{field}.invalid_status"), entry, item.clone());
+        return other(&format!("{field}.invalid_status"), entry, item);
     };
     // A group receipt names the group in `recipient_id` and the participant
     // in fields of its own; one message gets one receipt per participant.
     let participant_ids = Ids::read(object, &GROUP_RECEIPT_PARTICIPANT);
-    let is_group = string_field(object, "recipient_type").as_deref() == Some("group")
+    let is_group = field_text(object, "recipient_type").as_deref() == Some("group")
         || !participant_ids.is_empty();
     let (contact, group_id, participant) = if is_group {
         let participant = participant_ids
@@ -353,32 +382,29 @@ fn status(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryC
         (contact, None, None)
     };
     if participant.as_ref().is_some_and(|p| p.len() > MAX_ID_LEN) {
-        return other(&format!("{field}.invalid_status"), entry, item.clone());
+        return other(&format!("{field}.invalid_status"), entry, item);
     }
     let key = key::status(&wamid, &status, participant.as_deref());
-    let present = |key: &str| object.get(key).filter(|v| !v.is_null()).cloned();
+    let timestamp = meta_timestamp(object.get("timestamp"));
     Event::Status(StatusEvent {
         key,
-        timestamp: meta_timestamp(object.get("timestamp")),
-        errors: present("errors"),
-        conversation: present("conversation"),
-        pricing: present("pricing"),
+        timestamp,
         wamid,
         status,
         contact,
         group_id,
         participant,
         phone_number_id: context.phone_number_id.clone(),
-        raw: item.clone(),
+        raw: item,
     })
 }
 
 /// One item of `value.groups[]`. Keyed by the ids Meta gives the item (the
 /// API request it answers, the join request), else by group, type, time and
 /// the participants it names; by content hash when even those are missing.
-fn group(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryContext) -> Event {
+fn group(item: Value, context: &ChangeContext<'_>, field: &str, entry: &EntryContext) -> Event {
     let Some(object) = item.as_object() else {
-        return other(&format!("{field}.invalid_group"), entry, item.clone());
+        return other(&format!("{field}.invalid_group"), entry, item);
     };
     let update_type = id_field(object, "type");
     let mut participants = Vec::new();
@@ -428,7 +454,7 @@ fn group(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryCo
         }
         _ => None,
     };
-    let key = key.unwrap_or_else(|| key::group(&entry_hash(field, entry, item)));
+    let key = key.unwrap_or_else(|| key::group(&entry_hash(field, entry, &item)));
     Event::Group(GroupEvent {
         key,
         field: field.to_owned(),
@@ -440,7 +466,7 @@ fn group(item: &Value, context: &ChangeContext<'_>, field: &str, entry: &EntryCo
         phone_number_id: context.phone_number_id.clone(),
         timestamp: item_time.or_else(|| meta_timestamp(Some(&entry.time))),
         participants,
-        raw: item.clone(),
+        raw: item,
     })
 }
 
@@ -537,9 +563,14 @@ fn array<'a>(object: &'a Map<String, Value>, key: &str) -> &'a [Value] {
 /// A string field, also accepting numbers (some senders write phone numbers
 /// and ids as integers).
 fn string_field(object: &Map<String, Value>, key: &str) -> Option<String> {
+    field_text(object, key).map(Cow::into_owned)
+}
+
+/// [`string_field`] borrowed where the field is a string: for comparisons.
+fn field_text<'a>(object: &'a Map<String, Value>, key: &str) -> Option<Cow<'a, str>> {
     match object.get(key)? {
-        Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
+        Value::String(text) if !text.is_empty() => Some(Cow::Borrowed(text)),
+        Value::Number(number) => Some(Cow::Owned(number.to_string())),
         _ => None,
     }
 }

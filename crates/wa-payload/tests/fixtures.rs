@@ -450,18 +450,18 @@ fn message_id_without_wamid_prefix_is_accepted() {
 #[test]
 fn sent_status_carries_conversation_and_pricing() {
     let status = assert_status_to_sheena("status_sent.json", OUTBOUND_1, "sent", 1_749_417_201);
-    assert_eq!(status.errors, None);
+    assert_eq!(status.errors(), None);
     assert_eq!(
-        status.conversation,
-        Some(json!({
+        status.conversation(),
+        Some(&json!({
             "id": "a75d17ad06104c51166f948319b03c6a",
             "expiration_timestamp": "1749503601",
             "origin": { "type": "utility" }
         }))
     );
     assert_eq!(
-        status.pricing,
-        Some(json!({
+        status.pricing(),
+        Some(&json!({
             "billable": true,
             "pricing_model": "PMP",
             "category": "utility",
@@ -479,10 +479,10 @@ fn delivered_status() {
         "delivered",
         1_749_417_203,
     );
-    assert_eq!(status.errors, None);
-    let conversation = status.conversation.expect("conversation");
+    assert_eq!(status.errors(), None);
+    let conversation = status.conversation().expect("conversation");
     assert_eq!(conversation["id"], "a75d17ad06104c51166f948319b03c6a");
-    let pricing = status.pricing.expect("pricing");
+    let pricing = status.pricing().expect("pricing");
     assert_eq!(pricing["category"], "utility");
 }
 
@@ -493,22 +493,22 @@ fn read_and_played_statuses_carry_no_conversation_or_pricing() {
         ("status_played.json", OUTBOUND_2, "played", 1_749_417_333),
     ] {
         let status = assert_status_to_sheena(name, wamid, kind, timestamp);
-        assert_eq!(status.errors, None);
-        assert_eq!(status.conversation, None);
-        assert_eq!(status.pricing, None);
+        assert_eq!(status.errors(), None);
+        assert_eq!(status.conversation(), None);
+        assert_eq!(status.pricing(), None);
     }
 }
 
 #[test]
 fn failed_status_carries_its_errors() {
     let status = assert_status_to_sheena("status_failed.json", OUTBOUND_3, "failed", 1_749_417_402);
-    let errors = status.errors.expect("errors");
+    let errors = status.errors().expect("errors");
     let errors = errors.as_array().expect("errors is an array");
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["code"], 131047);
     assert_eq!(errors[0]["title"], "Re-engagement message");
-    assert_eq!(status.conversation, None);
-    assert_eq!(status.pricing, None);
+    assert_eq!(status.conversation(), None);
+    assert_eq!(status.pricing(), None);
 }
 
 /// Meta's group receipts: `recipient_id` is the group, the participant is in
@@ -1243,8 +1243,8 @@ fn batch_items_take_business_number_and_user_from_their_own_change() {
         recipients,
         [Some(USER_WA_ID), Some(USER_WA_ID), Some("14155550199")]
     );
-    assert!(as_status(&events[2]).pricing.is_some());
-    assert!(as_status(&events[3]).pricing.is_none());
+    assert!(as_status(&events[2]).pricing().is_some());
+    assert!(as_status(&events[3]).pricing().is_none());
 
     // Entry 2: another business number and another user.
     for event in &events[5..7] {
@@ -1318,7 +1318,7 @@ fn status_with_recipient_user_id_without_recipient_id_is_keyed_by_user_id() {
     );
     assert_eq!(status.contact.key(), Some(USER_BSUID));
     assert_eq!(status.timestamp, at(1_749_418_260));
-    assert!(status.pricing.is_some());
+    assert!(status.pricing().is_some());
     assert_eq!(status.raw, fixture_json(name, FIRST_STATUS));
 }
 
@@ -1341,7 +1341,7 @@ fn status_contacts_add_user_id_and_name_to_the_recipient_number() {
     // The business-scoped id wins over the phone number as the user's key.
     assert_eq!(status.contact.key(), Some(USER_BSUID));
     assert_eq!(status.timestamp, at(1_749_418_290));
-    assert_eq!(status.pricing.expect("pricing")["category"], "marketing");
+    assert_eq!(status.pricing().expect("pricing")["category"], "marketing");
     assert_eq!(status.raw, fixture_json(name, FIRST_STATUS));
 }
 

@@ -2,12 +2,13 @@
 //! announce, and released by the relay per contact (or per group) in
 //! Meta-timestamp order.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use wa_payload::{Contact, GroupEvent, MessageEvent, StatusEvent};
 
@@ -42,21 +43,25 @@ pub fn group_event_type(field: &str) -> &'static str {
 /// their receipts, its membership and settings) by the group, so that a
 /// consumer renders a group chat in order; a 1:1 chat's by its contact
 /// record; `''` when the item names neither.
-pub(crate) fn ordering_key(group_id: Option<&str>, contact_key: Option<&str>) -> String {
+pub(crate) fn ordering_key<'a>(
+    group_id: Option<&str>,
+    contact_key: Option<&'a str>,
+) -> Cow<'a, str> {
     match (group_id, contact_key) {
-        (Some(group), _) => format!("group:{group}"),
-        (None, Some(contact)) => contact.to_owned(),
-        (None, None) => String::new(),
+        (Some(group), _) => Cow::Owned(format!("group:{group}")),
+        (None, Some(contact)) => Cow::Borrowed(contact),
+        (None, None) => Cow::Borrowed(""),
     }
 }
 
-/// One event to enqueue. Its payload borrows the event it announces and is
-/// serialized once, straight into the statement's parameter: no copy of
-/// the item as a `Value` per event.
+/// One event to enqueue. Its payload borrows the event it announces and the
+/// item's JSON text its row was written with, and is serialized once,
+/// straight into the statement's parameter: no copy of the item as a
+/// `Value` per event, and the item is not written to JSON a second time.
 pub(crate) struct OutboxRow<'a> {
     event_id: &'a str,
     event_type: &'static str,
-    ordering_key: String,
+    ordering_key: Cow<'a, str>,
     /// The wamid; for group events (which have none) the event id, so that
     /// ties in Meta time still sort the same way everywhere.
     sort_id: &'a str,
@@ -118,11 +123,11 @@ enum Data<'a> {
     Message {
         direction: &'static str,
         message_type: &'a str,
-        item: &'a Value,
+        item: &'a RawValue,
     },
     Status {
         status: &'a str,
-        item: &'a Value,
+        item: &'a RawValue,
         /// Group receipts only, with the participant's state after it
         /// (`null` when unknown).
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,7 +141,7 @@ enum Data<'a> {
         request_id: Option<&'a str>,
         join_request_id: Option<&'a str>,
         participants: Vec<ParticipantView<'a>>,
-        item: &'a Value,
+        item: &'a RawValue,
     },
 }
 
@@ -156,7 +161,11 @@ struct Payload<'r, 'a> {
 }
 
 impl<'a> OutboxRow<'a> {
-    pub(crate) fn message_created(message: &'a MessageEvent, contact_key: Option<&'a str>) -> Self {
+    pub(crate) fn message_created(
+        message: &'a MessageEvent,
+        item: &'a RawValue,
+        contact_key: Option<&'a str>,
+    ) -> Self {
         Self::new(
             Envelope {
                 event_id: &message.key,
@@ -171,7 +180,7 @@ impl<'a> OutboxRow<'a> {
             Data::Message {
                 direction: message.direction.as_str(),
                 message_type: &message.message_type,
-                item: &message.raw,
+                item,
             },
         )
     }
@@ -180,6 +189,7 @@ impl<'a> OutboxRow<'a> {
     /// receipt (group receipts only): it never goes backwards.
     pub(crate) fn message_status(
         status: &'a StatusEvent,
+        item: &'a RawValue,
         contact_key: Option<&'a str>,
         participant_status: Option<&'a str>,
     ) -> Self {
@@ -197,7 +207,7 @@ impl<'a> OutboxRow<'a> {
             },
             Data::Status {
                 status: &status.status,
-                item: &status.raw,
+                item,
                 participant,
                 participant_status: participant.map(|_| participant_status),
             },
@@ -208,6 +218,7 @@ impl<'a> OutboxRow<'a> {
     /// contact record's key.
     pub(crate) fn group_event(
         group: &'a GroupEvent,
+        item: &'a RawValue,
         participants: Vec<ParticipantView<'a>>,
     ) -> Self {
         Self::new(
@@ -227,7 +238,7 @@ impl<'a> OutboxRow<'a> {
                 request_id: group.request_id.as_deref(),
                 join_request_id: group.join_request_id.as_deref(),
                 participants,
-                item: &group.raw,
+                item,
             },
         )
     }
@@ -282,7 +293,7 @@ pub(crate) async fn enqueue(
         return Ok(());
     }
     rows.sort_by(|a, b| a.event_id.cmp(b.event_id));
-    let contacts: BTreeSet<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
+    let contacts: BTreeSet<&str> = rows.iter().map(|r| &*r.ordering_key).collect();
     let contacts: Vec<&str> = contacts.into_iter().collect();
     sqlx::query(
         "INSERT INTO outbox_contacts (contact_key) SELECT * FROM UNNEST($1::text[])
@@ -293,7 +304,7 @@ pub(crate) async fn enqueue(
     .await?;
     let ids: Vec<&str> = rows.iter().map(|r| r.event_id).collect();
     let types: Vec<&str> = rows.iter().map(|r| r.event_type).collect();
-    let keys: Vec<&str> = rows.iter().map(|r| r.ordering_key.as_str()).collect();
+    let keys: Vec<&str> = rows.iter().map(|r| &*r.ordering_key).collect();
     let wamids: Vec<&str> = rows.iter().map(|r| r.sort_id).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.timestamp).collect();
     let payloads: Vec<Payload<'_, '_>> = rows.iter().map(OutboxRow::payload).collect();

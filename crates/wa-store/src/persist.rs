@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres};
@@ -17,10 +18,11 @@ pub struct Store {
     pool: PgPool,
 }
 
-/// The events of one write that were new; the others were already stored.
+/// The events of one write that were new (by key, borrowed from the
+/// events written); the others were already stored.
 #[derive(Debug, Default)]
-pub struct Persisted {
-    pub inserted: HashSet<String>,
+pub struct Persisted<'a> {
+    pub inserted: HashSet<&'a str>,
     /// What resolving the batch's users did to the contacts table.
     pub contacts: ContactChanges,
 }
@@ -40,7 +42,7 @@ impl Store {
     /// the users the events name are resolved to their contact records
     /// first (see [`crate::identity`]), which also locks in one order.
     #[tracing::instrument(name = "store", skip_all, fields(events = events.len()))]
-    pub async fn persist(&self, events: &[&Event]) -> Result<Persisted, StoreError> {
+    pub async fn persist<'a>(&self, events: &[&'a Event]) -> Result<Persisted<'a>, StoreError> {
         let mut connection = self.acquire().await?;
         let persisted = async {
             let mut tx = connection.begin().await?;
@@ -98,13 +100,16 @@ fn discard_if_systemic<T>(
     }
 }
 
-async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, StoreError> {
+async fn write<'a>(
+    tx: &mut PgConnection,
+    events: &[&'a Event],
+) -> Result<Persisted<'a>, StoreError> {
     #[cfg(feature = "failpoints")]
     crate::failpoint::check(events)?;
-    let mut messages: Vec<&MessageEvent> = Vec::new();
-    let mut statuses: Vec<&StatusEvent> = Vec::new();
-    let mut groups: Vec<&GroupEvent> = Vec::new();
-    let mut others: Vec<&OtherEvent> = Vec::new();
+    let mut messages: Vec<&'a MessageEvent> = Vec::new();
+    let mut statuses: Vec<&'a StatusEvent> = Vec::new();
+    let mut groups: Vec<&'a GroupEvent> = Vec::new();
+    let mut others: Vec<&'a OtherEvent> = Vec::new();
     for event in events {
         match event {
             Event::Message(m) => messages.push(m),
@@ -125,29 +130,48 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
     let (contacts, changes) =
         identity::resolve(tx, &sightings(&messages, &statuses, &groups)).await?;
     persisted.contacts = changes;
+    // Each item is written as JSON once: its row and its downstream event
+    // take the same text.
+    let message_items = items_json(&messages, |m| &m.raw)?;
+    let status_items = items_json(&statuses, |s| &s.raw)?;
+    let group_items = items_json(&groups, |g| &g.raw)?;
     if !messages.is_empty() {
-        let new = insert_messages(tx, &messages, &contacts).await?;
-        for message in messages.iter().filter(|m| new.contains(&m.wamid)) {
-            let contact_key = contacts.key_of(&message.contact);
-            outbox_rows.push(OutboxRow::message_created(message, contact_key));
-            persisted.inserted.insert(message.key.clone());
+        let new = insert_messages(tx, &messages, &message_items, &contacts).await?;
+        for (message, item) in messages.iter().zip(&message_items) {
+            if new.contains(&message.wamid) {
+                let contact_key = contacts.key_of(&message.contact);
+                outbox_rows.push(OutboxRow::message_created(message, item, contact_key));
+                persisted.inserted.insert(&message.key);
+            }
         }
     }
     // Outlives the block: the receipts' outbox rows borrow their states.
     let participant_states: HashMap<(String, String), String>;
     if !statuses.is_empty() {
-        let new = insert_statuses(tx, &statuses, &contacts).await?;
+        let returned = insert_statuses(tx, &statuses, &status_items, &contacts).await?;
+        let new: HashSet<(&str, &str, &str)> = returned
+            .iter()
+            .map(|(wamid, status, participant)| {
+                (wamid.as_str(), status.as_str(), participant.as_str())
+            })
+            .collect();
         let new_statuses: Vec<&StatusEvent> = statuses
             .iter()
             .copied()
             .filter(|s| new.contains(&status_row(s)))
+            .collect();
+        let item_of: HashMap<&str, &RawValue> = statuses
+            .iter()
+            .zip(&status_items)
+            .map(|(status, item)| (status.key.as_str(), &**item))
             .collect();
         let (receipts, own): (Vec<&StatusEvent>, Vec<&StatusEvent>) =
             new_statuses.iter().partition(|s| s.participant.is_some());
         // A message's own status gives an event when it advances.
         for status in advance_latest_status(tx, &own).await? {
             let contact_key = contacts.key_of(&status.contact);
-            outbox_rows.push(OutboxRow::message_status(status, contact_key, None));
+            let item = item_of[status.key.as_str()];
+            outbox_rows.push(OutboxRow::message_status(status, item, contact_key, None));
         }
         // Every group receipt is news (who got or read it, when), with
         // the participant's state, which never goes backwards.
@@ -157,21 +181,23 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
             let state = participant_states
                 .get(&participant_row(receipt))
                 .map(String::as_str);
-            outbox_rows.push(OutboxRow::message_status(receipt, contact_key, state));
+            let item = item_of[receipt.key.as_str()];
+            outbox_rows.push(OutboxRow::message_status(receipt, item, contact_key, state));
         }
         persisted
             .inserted
-            .extend(new_statuses.iter().map(|s| s.key.clone()));
+            .extend(new_statuses.iter().map(|s| s.key.as_str()));
     }
     if !groups.is_empty() {
-        let new = insert_groups(tx, &groups).await?;
-        let new_groups: Vec<&GroupEvent> = groups
+        let new = insert_groups(tx, &groups, &group_items).await?;
+        let (new_groups, new_items): (Vec<&GroupEvent>, Vec<&RawValue>) = groups
             .iter()
             .copied()
-            .filter(|g| new.contains(&g.key))
-            .collect();
+            .zip(group_items.iter().map(|item| &**item))
+            .filter(|(g, _)| new.contains(&g.key))
+            .unzip();
         update_membership(tx, &new_groups, &contacts).await?;
-        for group in &new_groups {
+        for (group, item) in new_groups.iter().zip(new_items) {
             let participants = group
                 .participants
                 .iter()
@@ -179,13 +205,20 @@ async fn write(tx: &mut PgConnection, events: &[&Event]) -> Result<Persisted, St
                     ParticipantView::of(p.change.as_str(), &p.contact, contacts.key_of(&p.contact))
                 })
                 .collect();
-            outbox_rows.push(OutboxRow::group_event(group, participants));
+            outbox_rows.push(OutboxRow::group_event(group, item, participants));
         }
-        persisted.inserted.extend(new);
+        persisted
+            .inserted
+            .extend(new_groups.iter().map(|g| g.key.as_str()));
     }
     if !others.is_empty() {
         let new = insert_others(tx, &others).await?;
-        persisted.inserted.extend(new);
+        persisted.inserted.extend(
+            others
+                .iter()
+                .filter(|o| new.contains(&o.key))
+                .map(|o| o.key.as_str()),
+        );
     }
     outbox::enqueue(tx, outbox_rows).await?;
     Ok(persisted)
@@ -241,12 +274,24 @@ fn probe_events() -> Vec<Event> {
         .expect("the probe payload is a valid WhatsApp envelope")
 }
 
+/// Every item as JSON text, in the order of `events`.
+fn items_json<E>(
+    events: &[&E],
+    item: impl Fn(&E) -> &Value,
+) -> Result<Vec<Box<RawValue>>, sqlx::Error> {
+    events
+        .iter()
+        .map(|event| serde_json::value::to_raw_value(item(event)))
+        .collect::<Result<_, _>>()
+        .map_err(|error| sqlx::Error::Encode(Box::new(error)))
+}
+
 /// The unique identity of a status row.
-fn status_row(status: &StatusEvent) -> (String, String, String) {
+fn status_row(status: &StatusEvent) -> (&str, &str, &str) {
     (
-        status.wamid.clone(),
-        status.status.clone(),
-        status.participant.clone().unwrap_or_default(),
+        &status.wamid,
+        &status.status,
+        status.participant.as_deref().unwrap_or(""),
     )
 }
 
@@ -287,6 +332,7 @@ fn sightings<'a>(
 async fn insert_messages(
     tx: &mut PgConnection,
     messages: &[&MessageEvent],
+    items: &[Box<RawValue>],
     contacts: &Directory,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let text = |f: fn(&MessageEvent) -> Option<&str>| -> Vec<Option<&str>> {
@@ -296,7 +342,6 @@ async fn insert_messages(
     let directions: Vec<&str> = messages.iter().map(|m| m.direction.as_str()).collect();
     let types: Vec<&str> = messages.iter().map(|m| m.message_type.as_str()).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = messages.iter().map(|m| m.timestamp).collect();
-    let raws: Vec<&Value> = messages.iter().map(|m| &m.raw).collect();
     let contact_keys: Vec<Option<&str>> = messages
         .iter()
         .map(|m| contacts.key_of(&m.contact))
@@ -325,22 +370,22 @@ async fn insert_messages(
     .bind(&types)
     .bind(&timestamps)
     .bind(text(|m| m.group_id.as_deref()))
-    .bind(sqlx::types::Json(&raws))
+    .bind(sqlx::types::Json(items))
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(wamid,)| wamid).collect())
 }
 
+/// `errors`, `conversation` and `pricing` are read from the item in SQL:
+/// JSON `null` when the item has none, as they were when sent beside it.
 async fn insert_statuses(
     tx: &mut PgConnection,
     statuses: &[&StatusEvent],
+    items: &[Box<RawValue>],
     contacts: &Directory,
-) -> Result<HashSet<(String, String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     let text = |f: fn(&StatusEvent) -> Option<&str>| -> Vec<Option<&str>> {
         statuses.iter().map(|s| f(s)).collect()
-    };
-    let json = |f: fn(&StatusEvent) -> Option<&Value>| -> sqlx::types::Json<Vec<Option<&Value>>> {
-        sqlx::types::Json(statuses.iter().map(|s| f(s)).collect())
     };
     let wamids: Vec<&str> = statuses.iter().map(|s| s.wamid.as_str()).collect();
     let names: Vec<&str> = statuses.iter().map(|s| s.status.as_str()).collect();
@@ -353,17 +398,17 @@ async fn insert_statuses(
         .iter()
         .map(|s| contacts.key_of(&s.contact))
         .collect();
-    let raws: Vec<&Value> = statuses.iter().map(|s| &s.raw).collect();
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
+    sqlx::query_as(
         "INSERT INTO message_statuses (wamid, status, participant, meta_timestamp, recipient_id,
                                        recipient_user_id, recipient_parent_user_id, group_id,
                                        contact_key, phone_number_id, errors, conversation,
                                        pricing, raw)
          SELECT u.wamid, u.status, u.participant, u.ts, u.recipient_id, u.recipient_user_id,
                 u.recipient_parent_user_id, u.group_id, u.contact_key, u.phone_number_id,
-                u.errors->u.i, u.conversation->u.i, u.pricing->u.i, u.raw->u.i
-         FROM (SELECT t.*, (t.ord - 1)::int AS i, $11::jsonb AS errors,
-                      $12::jsonb AS conversation, $13::jsonb AS pricing, $14::jsonb AS raw
+                COALESCE(u.item->'errors', 'null'::jsonb),
+                COALESCE(u.item->'conversation', 'null'::jsonb),
+                COALESCE(u.item->'pricing', 'null'::jsonb), u.item
+         FROM (SELECT t.*, $11::jsonb -> (t.ord - 1)::int AS item
                FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
                     WITH ORDINALITY AS t(wamid, status, participant, ts, recipient_id,
@@ -383,13 +428,9 @@ async fn insert_statuses(
     .bind(text(|s| s.group_id.as_deref()))
     .bind(&contact_keys)
     .bind(text(|s| s.phone_number_id.as_deref()))
-    .bind(json(|s| s.errors.as_ref()))
-    .bind(json(|s| s.conversation.as_ref()))
-    .bind(json(|s| s.pricing.as_ref()))
-    .bind(sqlx::types::Json(&raws))
+    .bind(sqlx::types::Json(items))
     .fetch_all(&mut *tx)
-    .await?;
-    Ok(rows.into_iter().collect())
+    .await
 }
 
 /// Moves each wamid's latest status forward to the highest-ranked status
@@ -505,14 +546,14 @@ async fn advance_participant_status(
 async fn insert_groups(
     tx: &mut PgConnection,
     groups: &[&GroupEvent],
-) -> Result<Vec<String>, sqlx::Error> {
+    items: &[Box<RawValue>],
+) -> Result<HashSet<String>, sqlx::Error> {
     let text = |f: fn(&GroupEvent) -> Option<&str>| -> Vec<Option<&str>> {
         groups.iter().map(|g| f(g)).collect()
     };
     let keys: Vec<&str> = groups.iter().map(|g| g.key.as_str()).collect();
     let fields: Vec<&str> = groups.iter().map(|g| g.field.as_str()).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = groups.iter().map(|g| g.timestamp).collect();
-    let raws: Vec<&Value> = groups.iter().map(|g| &g.raw).collect();
     let rows: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO group_events (event_key, field, group_id, update_type, request_id,
                                    join_request_id, account_id, phone_number_id,
@@ -536,7 +577,7 @@ async fn insert_groups(
     .bind(text(|g| g.account_id.as_deref()))
     .bind(text(|g| g.phone_number_id.as_deref()))
     .bind(&timestamps)
-    .bind(sqlx::types::Json(&raws))
+    .bind(sqlx::types::Json(items))
     .fetch_all(&mut *tx)
     .await?;
     Ok(rows.into_iter().map(|(key,)| key).collect())
@@ -624,7 +665,7 @@ async fn update_membership(
 async fn insert_others(
     tx: &mut PgConnection,
     others: &[&OtherEvent],
-) -> Result<Vec<String>, sqlx::Error> {
+) -> Result<HashSet<String>, sqlx::Error> {
     let keys: Vec<&str> = others.iter().map(|o| o.key.as_str()).collect();
     let fields: Vec<&str> = others.iter().map(|o| o.field.as_str()).collect();
     let accounts: Vec<Option<&str>> = others.iter().map(|o| o.account_id.as_deref()).collect();

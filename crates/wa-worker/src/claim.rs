@@ -87,6 +87,10 @@ impl ClaimsUnavailable {
 pub struct Claims {
     target: RedisTarget,
     namespace: Namespace,
+    /// `{ns}:claim:` and `{ns}:stored-body:`, made once: a key per event is
+    /// one allocation.
+    claim_prefix: String,
+    stored_body_prefix: String,
     config: ClaimConfig,
     connection: Mutex<Option<RedisLink>>,
     mark_done: Script,
@@ -98,6 +102,8 @@ impl Claims {
     pub fn new(target: RedisTarget, namespace: Namespace, config: ClaimConfig) -> Self {
         Self {
             target,
+            claim_prefix: namespace.redis("claim:"),
+            stored_body_prefix: namespace.redis("stored-body:"),
             namespace,
             config,
             connection: Mutex::new(None),
@@ -108,13 +114,12 @@ impl Claims {
 
     /// The Redis key of an event's claim.
     pub fn claim_key(&self, event_key: &str) -> String {
-        self.namespace.redis(&format!("claim:{event_key}"))
+        [self.claim_prefix.as_str(), event_key].concat()
     }
 
     /// The Redis key of a body whose events are all stored.
     pub fn stored_body_key(&self, digest: &BodyDigest) -> String {
-        self.namespace
-            .redis(&format!("stored-body:{}", digest.hex()))
+        [self.stored_body_prefix.as_str(), &digest.hex()].concat()
     }
 
     /// The event counts of each body stored before (by its marker), `None`

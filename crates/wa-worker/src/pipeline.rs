@@ -84,10 +84,15 @@ pub struct Processor {
     shutdown: CancellationToken,
 }
 
-/// The unique events of a batch, each with the deliveries it came from.
+/// The unique events of a batch, each with the deliveries it came from:
+/// the first in `owner`, the deliveries of its later copies in
+/// `more_owners` as (event, delivery), so that an event costs no list of
+/// its own. A delivery may be named more than once there; the deliveries
+/// to defer are deduplicated anyway.
 struct Unique<'a> {
     events: Vec<&'a Event>,
-    owners: Vec<Vec<usize>>,
+    owner: Vec<usize>,
+    more_owners: Vec<(usize, usize)>,
     duplicates: Vec<&'a Event>,
 }
 
@@ -335,7 +340,8 @@ impl Processor {
             let claimed = self.claims.claim(&token, &keys).await;
             record_stage("claim", stage);
             let claims = claimed.map_err(|error| claims_outcome(&error))?;
-            for ((event, owners), claim) in unique.events.iter().zip(&unique.owners).zip(&claims) {
+            let mut held = vec![false; unique.events.len()];
+            for ((at, event), claim) in unique.events.iter().enumerate().zip(&claims) {
                 match claim {
                     Claim::Claimed => {
                         claimed_keys.push(event.key());
@@ -345,10 +351,11 @@ impl Processor {
                     Claim::Done => outcomes.push((event, "duplicate_claim")),
                     Claim::HeldByOther => {
                         outcomes.push((event, "deferred"));
-                        deferred.extend(owners);
+                        held[at] = true;
                     }
                 }
             }
+            deferred.extend(unique.owners_of(&held));
         }
 
         let stage = std::time::Instant::now();
@@ -393,11 +400,11 @@ impl Processor {
     }
 
     /// Stores with a few quick retries for transient errors.
-    async fn persist(
+    async fn persist<'a>(
         &self,
-        events: &[&Event],
+        events: &[&'a Event],
         quick_retries: bool,
-    ) -> Result<wa_store::Persisted, StoreOutcome> {
+    ) -> Result<wa_store::Persisted<'a>, StoreOutcome> {
         if events.is_empty() {
             return Ok(wa_store::Persisted::default());
         }
@@ -608,25 +615,43 @@ impl<'a> Unique<'a> {
         let mut index: HashMap<&str, usize> = HashMap::with_capacity(events.len());
         let mut unique = Unique {
             events: Vec::with_capacity(events.len()),
-            owners: Vec::with_capacity(events.len()),
+            owner: Vec::with_capacity(events.len()),
+            more_owners: Vec::new(),
             duplicates: Vec::new(),
         };
         for &(delivery, event) in events {
             match index.get(event.key()) {
                 Some(&at) => {
                     unique.duplicates.push(event);
-                    if !unique.owners[at].contains(&delivery) {
-                        unique.owners[at].push(delivery);
+                    if unique.owner[at] != delivery {
+                        unique.more_owners.push((at, delivery));
                     }
                 }
                 None => {
                     index.insert(event.key(), unique.events.len());
                     unique.events.push(event);
-                    unique.owners.push(vec![delivery]);
+                    unique.owner.push(delivery);
                 }
             }
         }
         unique
+    }
+
+    /// The deliveries the unique events marked in `events` came from
+    /// (repeats possible).
+    fn owners_of<'b>(&'b self, events: &'b [bool]) -> impl Iterator<Item = usize> + 'b {
+        let first = self
+            .owner
+            .iter()
+            .zip(events)
+            .filter(|(_, marked)| **marked)
+            .map(|(delivery, _)| *delivery);
+        let more = self
+            .more_owners
+            .iter()
+            .filter(move |(at, _)| events[*at])
+            .map(|(_, delivery)| *delivery);
+        first.chain(more)
     }
 }
 
@@ -696,6 +721,37 @@ fn key_list<'a>(keys: impl ExactSizeIterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(key: &str) -> Event {
+        Event::Other(wa_payload::OtherEvent {
+            key: key.to_owned(),
+            field: "account_update".to_owned(),
+            account_id: None,
+            timestamp: None,
+            raw: Default::default(),
+        })
+    }
+
+    #[test]
+    fn an_event_held_by_another_defers_every_delivery_it_came_from() {
+        let (a, b, c) = (event("event:a"), event("event:b"), event("event:c"));
+        // Delivery 0 has a and b, delivery 1 has b twice and c, delivery 2 has a.
+        let events = [(0, &a), (0, &b), (1, &b), (1, &b), (1, &c), (2, &a)];
+        let unique = Unique::of(&events);
+        let keys: Vec<&str> = unique.events.iter().map(|e| e.key()).collect();
+        assert_eq!(keys, ["event:a", "event:b", "event:c"]);
+        assert_eq!(unique.duplicates.len(), 3);
+        let owners = |held: [bool; 3]| {
+            let mut owners: Vec<usize> = unique.owners_of(&held).collect();
+            owners.sort_unstable();
+            owners.dedup();
+            owners
+        };
+        assert_eq!(owners([true, false, false]), [0, 2]);
+        assert_eq!(owners([false, true, false]), [0, 1]);
+        assert_eq!(owners([false, false, true]), [1]);
+        assert_eq!(owners([false, false, false]), Vec::<usize>::new());
+    }
 
     #[test]
     fn a_span_names_the_first_keys_and_counts_the_rest() {

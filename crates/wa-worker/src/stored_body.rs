@@ -4,6 +4,8 @@
 //! before it is parsed and is acked at once. The digest is the worker's
 //! own: it trusts no publisher's `message_id`.
 
+use std::fmt::Write;
+
 use sha2::{Digest, Sha256};
 use wa_payload::{Event, EventKind};
 
@@ -67,15 +69,18 @@ impl EventTally {
 
     /// The marker's value: `message=1 status=2` (`-` for a body without events).
     pub fn encode(&self) -> String {
-        let text: Vec<String> = self
-            .counts()
-            .map(|(kind, n)| format!("{}={n}", kind.as_str()))
-            .collect();
-        if text.is_empty() {
-            "-".to_owned()
-        } else {
-            text.join(" ")
+        let mut text = String::new();
+        for (kind, n) in self.counts() {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(text, "{}={n}", kind.as_str());
         }
+        if text.is_empty() {
+            text.push('-');
+        }
+        text
     }
 
     /// `None` for a value this worker does not understand: that body takes
