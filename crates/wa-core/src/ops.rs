@@ -2,6 +2,7 @@
 //! `/readyz` (its dependencies answer) and `/metrics` (Prometheus text).
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -36,9 +37,32 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed (a test harness): keep it.
             let _ = metrics::set_global_recorder(recorder);
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A recorder built with `build_recorder` keeps every histogram sample until
+/// upkeep folds it into the buckets, which otherwise happens only when
+/// `/metrics` is rendered: a role nobody scrapes grew by 8 bytes a sample
+/// (the receiver's RSS +30 % in a 10-minute soak). Upkeep runs on a thread
+/// of its own so that it needs no runtime and outlives none.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(%error, "cannot start the metrics upkeep thread: histograms drain only when /metrics is scraped");
+    }
 }
 
 /// Something that can say whether a role may take traffic.
@@ -89,5 +113,26 @@ pub async fn serve(
         .await
     {
         tracing::error!(error = %crate::telemetry::error_chain(&error), "ops server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without upkeep, a role that nobody scrapes keeps every histogram
+    /// sample; the recorder starts its own.
+    #[test]
+    fn the_recorder_drains_histograms_without_a_scrape() {
+        let _handle = metrics_handle();
+        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(
+            threads.iter().any(|name| name == "metrics-upkeep"),
+            "{threads:?}"
+        );
     }
 }
