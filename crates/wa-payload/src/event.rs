@@ -21,6 +21,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Message,
+        EventKind::Echo,
+        EventKind::Status,
+        EventKind::Group,
+        EventKind::Other,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",
@@ -251,5 +260,26 @@ pub fn status_rank(status: &str) -> i16 {
         "played" => 4,
         "failed" => 5,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` in declaration order, each kind once. A new kind stops this
+    /// match from compiling, which points here, at `ALL`, to list it.
+    #[test]
+    fn all_lists_every_kind_once_in_order() {
+        let position = |kind: EventKind| match kind {
+            EventKind::Message => 0,
+            EventKind::Echo => 1,
+            EventKind::Status => 2,
+            EventKind::Group => 3,
+            EventKind::Other => 4,
+        };
+        for (at, kind) in EventKind::ALL.iter().enumerate() {
+            assert_eq!(position(*kind), at, "{}", kind.as_str());
+        }
     }
 }

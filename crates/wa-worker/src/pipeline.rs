@@ -2,10 +2,10 @@
 //! ack at once the copies of bodies stored before (one Redis round trip for
 //! the batch, no parse), parse every event of the others, drop duplicates
 //! inside the batch, claim the rest in one Redis round trip, store the
-//! claimed ones in one transaction, mark them done. Every write passes the [`Gate`] first: a failure that would hit any
-//! message the same way closes it, and the batches wait, unfailed, until a
-//! probe of what failed passes. Nothing here talks to RabbitMQ; the consumer
-//! carries out the decisions.
+//! claimed ones in one transaction, mark them done. Every write passes the
+//! [`Gate`] first: a failure that would hit any message the same way closes
+//! it, and the batches wait, unfailed, until a probe of what failed passes.
+//! Nothing here talks to RabbitMQ; the consumer carries out the decisions.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

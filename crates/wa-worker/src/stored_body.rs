@@ -30,18 +30,10 @@ impl BodyDigest {
     }
 }
 
-const KINDS: [EventKind; 5] = [
-    EventKind::Message,
-    EventKind::Echo,
-    EventKind::Status,
-    EventKind::Group,
-    EventKind::Other,
-];
-
 /// How many events of each kind a body holds: a copy acked by its marker is
 /// counted in `wa_events_total` like the events it carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EventTally([u64; KINDS.len()]);
+pub struct EventTally([u64; EventKind::ALL.len()]);
 
 impl EventTally {
     pub fn of(events: &[Event]) -> Self {
@@ -53,14 +45,14 @@ impl EventTally {
     }
 
     pub fn add(&mut self, kind: EventKind, n: u64) {
-        if let Some(at) = KINDS.iter().position(|k| *k == kind) {
+        if let Some(at) = EventKind::ALL.iter().position(|k| *k == kind) {
             self.0[at] += n;
         }
     }
 
     /// The kinds present, with their counts.
     pub fn counts(&self) -> impl Iterator<Item = (EventKind, u64)> + '_ {
-        KINDS
+        EventKind::ALL
             .iter()
             .zip(self.0)
             .filter(|(_, n)| *n > 0)
@@ -92,7 +84,7 @@ impl EventTally {
         }
         for part in text.split(' ') {
             let (name, n) = part.split_once('=')?;
-            let kind = KINDS.iter().find(|k| k.as_str() == name)?;
+            let kind = EventKind::ALL.iter().find(|k| k.as_str() == name)?;
             tally.add(*kind, n.parse().ok()?);
         }
         Some(tally)
