@@ -206,7 +206,7 @@ async fn stored_body_marker(env: &TestEnv, body: &[u8]) -> Option<String> {
     let key = format!(
         "{}:stored-body:{}",
         env.namespace,
-        wa_worker::stored_body::BodyDigest::of(body).hex()
+        wa_worker::stored_body::BodyDigest::of(body).hex_into(&mut [0; 64])
     );
     redis::cmd("GET")
         .arg(&key)

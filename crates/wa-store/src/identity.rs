@@ -32,9 +32,10 @@
 //! so a batch holds only as many as it has new ids (the lock table is
 //! shared and bounded by `max_locks_per_transaction`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashSet};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, Postgres};
 use wa_payload::Contact;
@@ -495,8 +496,7 @@ impl Book {
                  RETURNING contact_key",
             );
             let inserted: Vec<(String,)> = columns.bind(insert).fetch_all(&mut *tx).await?;
-            let inserted: std::collections::HashSet<String> =
-                inserted.into_iter().map(|(key,)| key).collect();
+            let inserted: HashSet<String> = inserted.into_iter().map(|(key,)| key).collect();
             created.retain(|r| !inserted.contains(&r.contact_key));
             // Another record holds the key without holding these ids: give
             // the new one a key of its own.

@@ -1,6 +1,7 @@
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use foldhash::{HashMap, HashMapExt, HashSet};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sqlx::pool::PoolConnection;

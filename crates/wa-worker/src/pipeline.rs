@@ -7,10 +7,11 @@
 //! it, and the batches wait, unfailed, until a probe of what failed passes.
 //! Nothing here talks to RabbitMQ; the consumer carries out the decisions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wa_core::backoff::full_jitter;
