@@ -645,6 +645,15 @@ mod tests {
         assert!(backlog_bounded([5].into_iter(), 0));
     }
 
+    /// The worker stages and the soak measure the parser's usual path.
+    #[test]
+    fn the_bench_payload_is_read_without_a_json_tree() {
+        let body = crate::stages::soak_payload("t", 7, 500);
+        let events = wa_payload::parse_payload_fast(&body).expect("the fast path reads it");
+        assert_eq!(events.len(), 3);
+        assert_eq!(events, wa_payload::parse_payload_tree(&body).unwrap());
+    }
+
     #[test]
     fn peaks_are_taken_per_third_of_the_intervals() {
         let backlogs = [(1, 10), (3, 5), (2, 7), (0, 1), (9, 2), (4, 4)];

@@ -165,6 +165,26 @@ mod tests {
         assert_eq!(generator.payload(7), Generator::new("t", 10, 1).payload(7));
     }
 
+    /// The parser reads most of the mix without a JSON tree, and what it
+    /// reads that way is what the tolerant parser reads.
+    #[test]
+    fn the_fast_path_reads_the_mix_as_the_tolerant_parser_does() {
+        let generator = Generator::new("t", 10, 1);
+        let mut fast = 0;
+        for i in 0..64 {
+            let body = generator.payload(i);
+            if let Some(events) = wa_payload::parse_payload_fast(&body) {
+                assert_eq!(
+                    events,
+                    wa_payload::parse_payload_tree(&body).unwrap(),
+                    "payload {i}"
+                );
+                fast += 1;
+            }
+        }
+        assert!(fast >= 32, "only {fast} of 64 payloads took the fast path");
+    }
+
     #[test]
     fn group_traffic_has_messages_and_one_receipt_per_participant() {
         let generator = Generator::new("t", 10, 1);

@@ -1,5 +1,6 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// One item of one change of one entry: the unit that is claimed, stored and
 /// deduplicated.
@@ -128,7 +129,7 @@ pub struct MessageEvent {
     pub group_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
     /// The whole item as received.
-    pub raw: Value,
+    pub raw: RawItem,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -146,29 +147,48 @@ pub struct StatusEvent {
     pub participant: Option<String>,
     pub phone_number_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
-    /// The whole item as received: `errors`, `conversation` and `pricing`
-    /// are read from it.
-    pub raw: Value,
+    /// The whole item as received (the database reads `errors`,
+    /// `conversation` and `pricing` from it).
+    pub raw: RawItem,
 }
 
-impl StatusEvent {
-    /// The item's `errors` (a failed status), when present and not null.
-    pub fn errors(&self) -> Option<&Value> {
-        self.item_field("errors")
+/// An item as JSON text, stored as it is. Read the usual way it is the
+/// item's own bytes from the body; read from a parsed value it is that value
+/// written out once.
+#[derive(Debug, Clone)]
+pub struct RawItem(Box<RawValue>);
+
+impl RawItem {
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
     }
 
-    /// The item's `conversation`, when present and not null.
-    pub fn conversation(&self) -> Option<&Value> {
-        self.item_field("conversation")
+    /// The item parsed: for tests and tools, never on the hot path.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).expect("a RawItem holds JSON")
     }
 
-    /// The item's `pricing`, when present and not null.
-    pub fn pricing(&self) -> Option<&Value> {
-        self.item_field("pricing")
+    pub(crate) fn of(value: &Value) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("a JSON value writes as JSON"))
     }
+}
 
-    fn item_field(&self, key: &str) -> Option<&Value> {
-        self.raw.get(key).filter(|value| !value.is_null())
+impl From<&RawValue> for RawItem {
+    fn from(raw: &RawValue) -> Self {
+        Self(raw.to_owned())
+    }
+}
+
+impl Default for RawItem {
+    fn default() -> Self {
+        Self::from(RawValue::NULL)
+    }
+}
+
+/// The same JSON, however it is written (key order, spacing, escapes).
+impl PartialEq for RawItem {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get() || self.to_value() == other.to_value()
     }
 }
 
@@ -198,7 +218,7 @@ pub struct GroupEvent {
     pub timestamp: Option<DateTime<Utc>>,
     /// Everyone the item names, with what happened to them.
     pub participants: Vec<GroupParticipant>,
-    pub raw: Value,
+    pub raw: RawItem,
 }
 
 /// A user named by a group item.
@@ -245,7 +265,7 @@ pub struct OtherEvent {
     pub account_id: Option<String>,
     /// `entry.time`, when it could be read.
     pub timestamp: Option<DateTime<Utc>>,
-    pub raw: Value,
+    pub raw: RawItem,
 }
 
 /// Where a status sits in a message's life. Higher never yields to lower:

@@ -7,13 +7,14 @@
 
 mod canonical;
 mod event;
+mod fast;
 mod key;
 mod parse;
 mod timestamp;
 
 pub use event::{
     Contact, Direction, Event, EventKind, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
-    ParticipantChange, StatusEvent, status_rank,
+    ParticipantChange, RawItem, StatusEvent, status_rank,
 };
 pub use key::EventKey;
-pub use parse::{PayloadError, parse_payload};
+pub use parse::{PayloadError, parse_payload, parse_payload_fast, parse_payload_tree};

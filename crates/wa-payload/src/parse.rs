@@ -5,13 +5,13 @@ use serde_json::{Map, Value};
 use crate::canonical::{content_hash, identity_hash};
 use crate::event::{
     Contact, Direction, Event, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
-    ParticipantChange, StatusEvent,
+    ParticipantChange, RawItem, StatusEvent,
 };
 use crate::key;
 use crate::timestamp::meta_timestamp;
 
 /// Longer ids are not ids: such an item is kept as an [`OtherEvent`].
-const MAX_ID_LEN: usize = 512;
+pub(crate) const MAX_ID_LEN: usize = 512;
 
 /// A group key names the participants of its item up to this length; a
 /// longer list is named by its hash, so keys stay short.
@@ -69,7 +69,28 @@ pub enum PayloadError {
 /// Every event in a webhook body, in payload order: every `entry` x every
 /// `change` x every item. Items repeated inside one payload are returned as
 /// often as they occur; deduplication is the caller's job.
+///
+/// The usual notification is read without a JSON tree ([`parse_payload_fast`]);
+/// every other body goes through the tolerant parser ([`parse_payload_tree`]).
 pub fn parse_payload(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
+    match parse_payload_fast(body) {
+        Some(events) => Ok(events),
+        None => parse_payload_tree(body),
+    }
+}
+
+/// The events of a body of the usual shape, read without a JSON tree; `None`
+/// for any other body. Public for the tests that hold it to the answers of
+/// [`parse_payload_tree`].
+#[doc(hidden)]
+pub fn parse_payload_fast(body: &[u8]) -> Option<Vec<Event>> {
+    crate::fast::parse(body)
+}
+
+/// [`parse_payload`] through the tolerant parser alone, which reads any
+/// body into a JSON tree first.
+#[doc(hidden)]
+pub fn parse_payload_tree(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
     let envelope: Value = serde_json::from_slice(body)?;
     let Value::Object(envelope) = envelope else {
         return Err(PayloadError::NotWhatsApp("the body is not a JSON object"));
@@ -348,7 +369,7 @@ fn message(
         contact,
         phone_number_id: context.phone_number_id.clone(),
         display_phone_number: context.display_phone_number.clone(),
-        raw: item,
+        raw: RawItem::of(&item),
     })
 }
 
@@ -395,7 +416,7 @@ fn status(item: Value, context: &ChangeContext<'_>, field: &str, entry: &EntryCo
         group_id,
         participant,
         phone_number_id: context.phone_number_id.clone(),
-        raw: item,
+        raw: RawItem::of(&item),
     })
 }
 
@@ -466,7 +487,7 @@ fn group(item: Value, context: &ChangeContext<'_>, field: &str, entry: &EntryCon
         phone_number_id: context.phone_number_id.clone(),
         timestamp: item_time.or_else(|| meta_timestamp(Some(&entry.time))),
         participants,
-        raw: item,
+        raw: RawItem::of(&item),
     })
 }
 
@@ -527,7 +548,7 @@ fn other(field: &str, entry: &EntryContext, raw: Value) -> Event {
         field: field.to_owned(),
         account_id: entry.account_id.clone(),
         timestamp: meta_timestamp(Some(&entry.time)),
-        raw,
+        raw: RawItem::of(&raw),
     })
 }
 

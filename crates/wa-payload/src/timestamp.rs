@@ -5,13 +5,23 @@ use serde_json::Value;
 /// integers, milliseconds or junk. Whatever cannot be read is `None`: the raw
 /// item keeps the original.
 pub(crate) fn meta_timestamp(value: Option<&Value>) -> Option<DateTime<Utc>> {
-    let seconds: i64 = match value? {
-        Value::String(text) => text.trim().parse().ok()?,
-        Value::Number(number) => number
-            .as_i64()
-            .or_else(|| number.as_f64().map(|f| f as i64))?,
-        _ => return None,
-    };
+    match value? {
+        Value::String(text) => timestamp_text(text),
+        Value::Number(number) => from_seconds(
+            number
+                .as_i64()
+                .or_else(|| number.as_f64().map(|f| f as i64))?,
+        ),
+        _ => None,
+    }
+}
+
+/// [`meta_timestamp`] of a string.
+pub(crate) fn timestamp_text(text: &str) -> Option<DateTime<Utc>> {
+    from_seconds(text.trim().parse().ok()?)
+}
+
+fn from_seconds(seconds: i64) -> Option<DateTime<Utc>> {
     // Values past the year 5138 in seconds are milliseconds in practice.
     let seconds = if seconds > 100_000_000_000 {
         seconds / 1000

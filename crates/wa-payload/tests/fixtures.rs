@@ -170,7 +170,7 @@ fn assert_inbound_from_sheena(
         Some(DISPLAY_PHONE_NUMBER)
     );
     assert_eq!(message.timestamp, at(timestamp));
-    assert_eq!(message.raw, fixture_json(name, FIRST_MESSAGE));
+    assert_eq!(message.raw.to_value(), fixture_json(name, FIRST_MESSAGE));
     message
 }
 
@@ -190,7 +190,7 @@ fn assert_status_to_sheena(name: &str, wamid: &str, status: &str, timestamp: i64
     assert_eq!(parsed.contact.key(), Some(USER_WA_ID));
     assert_eq!(parsed.phone_number_id.as_deref(), Some(PHONE_NUMBER_ID));
     assert_eq!(parsed.timestamp, at(timestamp));
-    assert_eq!(parsed.raw, fixture_json(name, FIRST_STATUS));
+    assert_eq!(parsed.raw.to_value(), fixture_json(name, FIRST_STATUS));
     parsed
 }
 
@@ -260,7 +260,11 @@ fn text_and_media_messages() {
     for (name, wamid, kind, timestamp, part) in cases {
         let message = assert_inbound_from_sheena(name, wamid, kind, timestamp);
         if let Some((pointer, expected)) = part {
-            assert_eq!(message.raw.pointer(pointer), Some(&expected), "{name}");
+            assert_eq!(
+                message.raw.to_value().pointer(pointer),
+                Some(&expected),
+                "{name}"
+            );
         }
     }
 }
@@ -276,7 +280,7 @@ fn contacts_message_does_not_mistake_the_shared_card_for_the_sender() {
         1_749_416_644,
     );
     assert_eq!(
-        message.raw["contacts"][0]["phones"][0]["wa_id"],
+        message.raw.to_value()["contacts"][0]["phones"][0]["wa_id"],
         "14155550123"
     );
 }
@@ -289,8 +293,11 @@ fn interactive_button_reply_message() {
         "interactive",
         1_749_416_701,
     );
-    assert_eq!(message.raw["interactive"]["type"], "button_reply");
-    assert_eq!(message.raw["context"]["id"], OUTBOUND_1);
+    assert_eq!(
+        message.raw.to_value()["interactive"]["type"],
+        "button_reply"
+    );
+    assert_eq!(message.raw.to_value()["context"]["id"], OUTBOUND_1);
 }
 
 #[test]
@@ -301,7 +308,7 @@ fn interactive_list_reply_message() {
         "interactive",
         1_749_416_733,
     );
-    assert_eq!(message.raw["interactive"]["type"], "list_reply");
+    assert_eq!(message.raw.to_value()["interactive"]["type"], "list_reply");
 }
 
 #[test]
@@ -312,9 +319,10 @@ fn interactive_flow_nfm_reply_message() {
         "interactive",
         1_749_416_790,
     );
-    assert_eq!(message.raw["interactive"]["type"], "nfm_reply");
+    assert_eq!(message.raw.to_value()["interactive"]["type"], "nfm_reply");
     // `response_json` is a string holding JSON; it is kept as that string.
-    let response = message.raw["interactive"]["nfm_reply"]["response_json"]
+    let raw = message.raw.to_value();
+    let response = raw["interactive"]["nfm_reply"]["response_json"]
         .as_str()
         .expect("response_json is a string");
     let response: Value = serde_json::from_str(response).expect("response_json holds JSON");
@@ -329,7 +337,10 @@ fn template_quick_reply_button_message() {
         "button",
         1_749_416_822,
     );
-    assert_eq!(message.raw["button"]["payload"], "STOP_PROMOTIONS");
+    assert_eq!(
+        message.raw.to_value()["button"]["payload"],
+        "STOP_PROMOTIONS"
+    );
 }
 
 #[test]
@@ -340,7 +351,7 @@ fn reaction_message() {
         "reaction",
         1_749_416_860,
     );
-    assert_eq!(message.raw["reaction"]["emoji"], "\u{1f44d}");
+    assert_eq!(message.raw.to_value()["reaction"]["emoji"], "\u{1f44d}");
 }
 
 #[test]
@@ -351,9 +362,9 @@ fn reaction_removal_with_empty_emoji_is_still_a_reaction_message() {
         "reaction",
         1_749_416_903,
     );
-    assert_eq!(message.raw["reaction"]["emoji"], "");
+    assert_eq!(message.raw.to_value()["reaction"]["emoji"], "");
     assert_eq!(
-        message.raw["reaction"]["message_id"],
+        message.raw.to_value()["reaction"]["message_id"],
         "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBQ3RjA0NkY2OTk5MEE4NTA2RjIyQQA="
     );
 }
@@ -366,7 +377,8 @@ fn order_message() {
         "order",
         1_749_416_950,
     );
-    let items = message.raw["order"]["product_items"]
+    let raw = message.raw.to_value();
+    let items = raw["order"]["product_items"]
         .as_array()
         .expect("product_items");
     assert_eq!(items.len(), 2);
@@ -386,9 +398,12 @@ fn system_user_changed_number_message_without_contacts() {
     assert_eq!(message.contact.key(), Some(USER_WA_ID));
     assert_eq!(message.phone_number_id.as_deref(), Some(PHONE_NUMBER_ID));
     assert_eq!(message.timestamp, at(1_749_417_002));
-    assert_eq!(message.raw, fixture_json(name, FIRST_MESSAGE));
-    assert_eq!(message.raw["system"]["type"], "user_changed_number");
-    assert_eq!(message.raw["system"]["wa_id"], "16505559876");
+    assert_eq!(message.raw.to_value(), fixture_json(name, FIRST_MESSAGE));
+    assert_eq!(
+        message.raw.to_value()["system"]["type"],
+        "user_changed_number"
+    );
+    assert_eq!(message.raw.to_value()["system"]["wa_id"], "16505559876");
 }
 
 #[test]
@@ -409,8 +424,11 @@ fn unsupported_message_keeps_its_errors_in_raw() {
         "unsupported",
         1_749_417_088,
     );
-    assert_eq!(message.raw["errors"][0]["code"], 131051);
-    assert_eq!(message.raw["unsupported"]["type"], "poll_creation");
+    assert_eq!(message.raw.to_value()["errors"][0]["code"], 131051);
+    assert_eq!(
+        message.raw.to_value()["unsupported"]["type"],
+        "poll_creation"
+    );
 }
 
 #[test]
@@ -421,7 +439,7 @@ fn unknown_future_message_type_is_kept_as_a_message() {
         "hologram",
         1_749_417_120,
     );
-    assert_eq!(message.raw["hologram"]["id"], "1553023378402117");
+    assert_eq!(message.raw.to_value()["hologram"]["id"], "1553023378402117");
 }
 
 #[test]
@@ -440,35 +458,48 @@ fn message_id_without_wamid_prefix_is_accepted() {
     assert_eq!(message.phone_number_id.as_deref(), Some("123456123"));
     assert_eq!(message.display_phone_number.as_deref(), Some("16505551111"));
     assert_eq!(message.timestamp, at(1_504_902_988));
-    assert_eq!(message.raw, fixture_json(name, FIRST_MESSAGE));
+    assert_eq!(message.raw.to_value(), fixture_json(name, FIRST_MESSAGE));
 }
 
 // ---------------------------------------------------------------------------
 // Statuses
 // ---------------------------------------------------------------------------
 
+/// A field of a status's item, when present and not null.
+fn item_field(status: &StatusEvent, key: &str) -> Option<Value> {
+    status
+        .raw
+        .to_value()
+        .get(key)
+        .filter(|v| !v.is_null())
+        .cloned()
+}
+
 #[test]
 fn sent_status_carries_conversation_and_pricing() {
     let status = assert_status_to_sheena("status_sent.json", OUTBOUND_1, "sent", 1_749_417_201);
-    assert_eq!(status.errors(), None);
+    assert_eq!(item_field(&status, "errors"), None);
     assert_eq!(
-        status.conversation(),
-        Some(&json!({
+        item_field(&status, "conversation"),
+        Some(json!({
             "id": "a75d17ad06104c51166f948319b03c6a",
             "expiration_timestamp": "1749503601",
             "origin": { "type": "utility" }
         }))
     );
     assert_eq!(
-        status.pricing(),
-        Some(&json!({
+        item_field(&status, "pricing"),
+        Some(json!({
             "billable": true,
             "pricing_model": "PMP",
             "category": "utility",
             "type": "regular"
         }))
     );
-    assert_eq!(status.raw["biz_opaque_callback_data"], "order-88213");
+    assert_eq!(
+        status.raw.to_value()["biz_opaque_callback_data"],
+        "order-88213"
+    );
 }
 
 #[test]
@@ -479,10 +510,10 @@ fn delivered_status() {
         "delivered",
         1_749_417_203,
     );
-    assert_eq!(status.errors(), None);
-    let conversation = status.conversation().expect("conversation");
+    assert_eq!(item_field(&status, "errors"), None);
+    let conversation = item_field(&status, "conversation").expect("conversation");
     assert_eq!(conversation["id"], "a75d17ad06104c51166f948319b03c6a");
-    let pricing = status.pricing().expect("pricing");
+    let pricing = item_field(&status, "pricing").expect("pricing");
     assert_eq!(pricing["category"], "utility");
 }
 
@@ -493,22 +524,22 @@ fn read_and_played_statuses_carry_no_conversation_or_pricing() {
         ("status_played.json", OUTBOUND_2, "played", 1_749_417_333),
     ] {
         let status = assert_status_to_sheena(name, wamid, kind, timestamp);
-        assert_eq!(status.errors(), None);
-        assert_eq!(status.conversation(), None);
-        assert_eq!(status.pricing(), None);
+        assert_eq!(item_field(&status, "errors"), None);
+        assert_eq!(item_field(&status, "conversation"), None);
+        assert_eq!(item_field(&status, "pricing"), None);
     }
 }
 
 #[test]
 fn failed_status_carries_its_errors() {
     let status = assert_status_to_sheena("status_failed.json", OUTBOUND_3, "failed", 1_749_417_402);
-    let errors = status.errors().expect("errors");
+    let errors = item_field(&status, "errors").expect("errors");
     let errors = errors.as_array().expect("errors is an array");
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0]["code"], 131047);
     assert_eq!(errors[0]["title"], "Re-engagement message");
-    assert_eq!(status.conversation(), None);
-    assert_eq!(status.pricing(), None);
+    assert_eq!(item_field(&status, "conversation"), None);
+    assert_eq!(item_field(&status, "pricing"), None);
 }
 
 /// Meta's group receipts: `recipient_id` is the group, the participant is in
@@ -545,14 +576,14 @@ fn group_status_receipts_are_all_returned_each_keyed_by_its_participant() {
         );
         assert_eq!(status.phone_number_id.as_deref(), Some(PHONE_NUMBER_ID));
         assert_eq!(
-            status.raw,
+            status.raw.to_value(),
             fixture_json(
                 GROUP_FIXTURE,
                 &format!("/entry/0/changes/0/value/statuses/{i}")
             )
         );
-        assert_eq!(status.raw["recipient_id"], GROUP_ID);
-        assert_eq!(status.raw["recipient_participant_id"], wa_id);
+        assert_eq!(status.raw.to_value()["recipient_id"], GROUP_ID);
+        assert_eq!(status.raw.to_value()["recipient_participant_id"], wa_id);
     }
 }
 
@@ -641,7 +672,7 @@ fn group_message_carries_its_group_and_its_sender() {
             "@sheena.nelson"
         )
     );
-    assert_eq!(message.raw, fixture_json(name, FIRST_MESSAGE));
+    assert_eq!(message.raw.to_value(), fixture_json(name, FIRST_MESSAGE));
 }
 
 #[test]
@@ -670,8 +701,14 @@ fn unknown_status_values_and_future_identity_fields_are_kept() {
     );
     let receipt = as_status(&events[0]);
     assert_eq!(status_rank(&receipt.status), 0);
-    assert_eq!(receipt.raw["recipient_participant_lid"], "LID.42");
-    assert_eq!(as_status(&events[1]).raw["recipient_handle_id"], "@sheena");
+    assert_eq!(
+        receipt.raw.to_value()["recipient_participant_lid"],
+        "LID.42"
+    );
+    assert_eq!(
+        as_status(&events[1]).raw.to_value()["recipient_handle_id"],
+        "@sheena"
+    );
 }
 
 #[test]
@@ -903,7 +940,7 @@ fn every_group_fixture_is_one_group_event_keyed_by_meta_ids() {
         assert!(group.timestamp.is_some(), "{name}");
         assert_eq!(participant_changes(&group), participants, "{name}");
         assert_eq!(
-            group.raw,
+            group.raw.to_value(),
             fixture_json(name, "/entry/0/changes/0/value/groups/0"),
             "{name}"
         );
@@ -934,7 +971,7 @@ fn a_group_field_wa_ingest_does_not_know_is_kept_as_a_group_event() {
         group_key("group_message_pinned", "at:1749424000")
     );
     assert_eq!(
-        group.raw["pinned_message_id"],
+        group.raw.to_value()["pinned_message_id"],
         "wamid.HBgLMTY1MDU1NTEyMzQVAgARGBRGRUE1MjY2MEE2NzJBMDA0MzNBNgA="
     );
 }
@@ -1039,13 +1076,13 @@ fn smb_message_echoes_are_echo_messages_about_the_recipient() {
         );
         assert_eq!(echo.timestamp, at(timestamp));
         assert_eq!(
-            echo.raw,
+            echo.raw.to_value(),
             fixture_json(
                 name,
                 &format!("/entry/0/changes/0/value/message_echoes/{i}")
             )
         );
-        assert_eq!(echo.raw["from"], DISPLAY_PHONE_NUMBER);
+        assert_eq!(echo.raw.to_value()["from"], DISPLAY_PHONE_NUMBER);
     }
 }
 
@@ -1066,13 +1103,16 @@ fn value_level_errors_give_one_other_event_per_error() {
         assert_eq!(other.account_id.as_deref(), Some(WABA_ID));
         assert_content_key(&other.key);
         assert_eq!(
-            other.raw["error"],
+            other.raw.to_value()["error"],
             fixture_json(name, &format!("/entry/0/changes/0/value/errors/{i}"))
         );
-        assert_eq!(other.raw["metadata"]["phone_number_id"], PHONE_NUMBER_ID);
+        assert_eq!(
+            other.raw.to_value()["metadata"]["phone_number_id"],
+            PHONE_NUMBER_ID
+        );
     }
-    assert_eq!(as_other(&events[0]).raw["error"]["code"], 130429);
-    assert_eq!(as_other(&events[1]).raw["error"]["code"], 131000);
+    assert_eq!(as_other(&events[0]).raw.to_value()["error"]["code"], 130429);
+    assert_eq!(as_other(&events[1]).raw.to_value()["error"]["code"], 131000);
     assert_ne!(events[0].key(), events[1].key());
 }
 
@@ -1105,8 +1145,11 @@ fn account_level_updates_are_one_other_event_holding_the_value() {
         assert_eq!(other.field, field);
         assert_eq!(other.account_id.as_deref(), Some(WABA_ID));
         assert_content_key(&other.key);
-        assert_eq!(other.raw, fixture_json(name, "/entry/0/changes/0/value"));
-        assert_eq!(other.raw[part], expected, "{name}");
+        assert_eq!(
+            other.raw.to_value(),
+            fixture_json(name, "/entry/0/changes/0/value")
+        );
+        assert_eq!(other.raw.to_value()[part], expected, "{name}");
     }
 }
 
@@ -1243,8 +1286,8 @@ fn batch_items_take_business_number_and_user_from_their_own_change() {
         recipients,
         [Some(USER_WA_ID), Some(USER_WA_ID), Some("14155550199")]
     );
-    assert!(as_status(&events[2]).pricing().is_some());
-    assert!(as_status(&events[3]).pricing().is_none());
+    assert!(item_field(as_status(&events[2]), "pricing").is_some());
+    assert!(item_field(as_status(&events[3]), "pricing").is_none());
 
     // Entry 2: another business number and another user.
     for event in &events[5..7] {
@@ -1299,7 +1342,7 @@ fn message_from_user_id_without_wa_id_is_keyed_by_user_id() {
     assert_eq!(message.contact.key(), Some(USER_BSUID));
     assert_eq!(message.phone_number_id.as_deref(), Some(PHONE_NUMBER_ID));
     assert_eq!(message.timestamp, at(1_749_418_200));
-    assert_eq!(message.raw, fixture_json(name, FIRST_MESSAGE));
+    assert_eq!(message.raw.to_value(), fixture_json(name, FIRST_MESSAGE));
 }
 
 #[test]
@@ -1318,8 +1361,8 @@ fn status_with_recipient_user_id_without_recipient_id_is_keyed_by_user_id() {
     );
     assert_eq!(status.contact.key(), Some(USER_BSUID));
     assert_eq!(status.timestamp, at(1_749_418_260));
-    assert!(status.pricing().is_some());
-    assert_eq!(status.raw, fixture_json(name, FIRST_STATUS));
+    assert!(item_field(&status, "pricing").is_some());
+    assert_eq!(status.raw.to_value(), fixture_json(name, FIRST_STATUS));
 }
 
 #[test]
@@ -1341,8 +1384,11 @@ fn status_contacts_add_user_id_and_name_to_the_recipient_number() {
     // The business-scoped id wins over the phone number as the user's key.
     assert_eq!(status.contact.key(), Some(USER_BSUID));
     assert_eq!(status.timestamp, at(1_749_418_290));
-    assert_eq!(status.pricing().expect("pricing")["category"], "marketing");
-    assert_eq!(status.raw, fixture_json(name, FIRST_STATUS));
+    assert_eq!(
+        item_field(&status, "pricing").expect("pricing")["category"],
+        "marketing"
+    );
+    assert_eq!(status.raw.to_value(), fixture_json(name, FIRST_STATUS));
 }
 
 // ---------------------------------------------------------------------------
@@ -1363,7 +1409,7 @@ fn string_timestamp_is_unix_seconds() {
 #[test]
 fn integer_timestamp_is_unix_seconds() {
     let message = &timestamp_messages()[1];
-    assert_eq!(message.raw["timestamp"], 1_749_418_360);
+    assert_eq!(message.raw.to_value()["timestamp"], 1_749_418_360);
     assert_eq!(message.timestamp, at(1_749_418_360));
 }
 
@@ -1376,9 +1422,9 @@ fn junk_timestamp_is_none_but_the_message_is_kept() {
         "msg:wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzNzlBQkNDNDk0NzE1RjQ5NEVFQwA="
     );
     assert_eq!(message.contact, sheena());
-    assert_eq!(message.raw["timestamp"], "yesterday");
+    assert_eq!(message.raw.to_value()["timestamp"], "yesterday");
     assert_eq!(
-        message.raw,
+        message.raw.to_value(),
         fixture_json("timestamps.json", "/entry/0/changes/0/value/messages/2")
     );
 }

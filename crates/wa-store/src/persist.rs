@@ -2,12 +2,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt, HashSet};
+use serde_json::json;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, PgConnection, PgPool, Postgres};
 use wa_payload::{
-    Event, GroupEvent, MessageEvent, OtherEvent, ParticipantChange, StatusEvent, status_rank,
+    Event, GroupEvent, MessageEvent, OtherEvent, ParticipantChange, RawItem, StatusEvent,
+    status_rank,
 };
 
 use crate::StoreError;
@@ -133,9 +134,9 @@ async fn write<'a>(
     persisted.contacts = changes;
     // Each item is written as JSON once: its row and its downstream event
     // take the same text.
-    let message_items = items_json(&messages, |m| &m.raw)?;
-    let status_items = items_json(&statuses, |s| &s.raw)?;
-    let group_items = items_json(&groups, |g| &g.raw)?;
+    let message_items = items_json(&messages, |m| &m.raw);
+    let status_items = items_json(&statuses, |s| &s.raw);
+    let group_items = items_json(&groups, |g| &g.raw);
     if !messages.is_empty() {
         let new = insert_messages(tx, &messages, &message_items, &contacts).await?;
         for (message, item) in messages.iter().zip(&message_items) {
@@ -276,15 +277,8 @@ fn probe_events() -> Vec<Event> {
 }
 
 /// Every item as JSON text, in the order of `events`.
-fn items_json<E>(
-    events: &[&E],
-    item: impl Fn(&E) -> &Value,
-) -> Result<Vec<Box<RawValue>>, sqlx::Error> {
-    events
-        .iter()
-        .map(|event| serde_json::value::to_raw_value(item(event)))
-        .collect::<Result<_, _>>()
-        .map_err(|error| sqlx::Error::Encode(Box::new(error)))
+fn items_json<'a, E>(events: &[&'a E], item: impl Fn(&'a E) -> &'a RawItem) -> Vec<&'a RawValue> {
+    events.iter().map(|event| item(event).as_raw()).collect()
 }
 
 /// The unique identity of a status row.
@@ -333,7 +327,7 @@ fn sightings<'a>(
 async fn insert_messages(
     tx: &mut PgConnection,
     messages: &[&MessageEvent],
-    items: &[Box<RawValue>],
+    items: &[&RawValue],
     contacts: &Directory,
 ) -> Result<HashSet<String>, sqlx::Error> {
     let text = |f: fn(&MessageEvent) -> Option<&str>| -> Vec<Option<&str>> {
@@ -382,7 +376,7 @@ async fn insert_messages(
 async fn insert_statuses(
     tx: &mut PgConnection,
     statuses: &[&StatusEvent],
-    items: &[Box<RawValue>],
+    items: &[&RawValue],
     contacts: &Directory,
 ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
     let text = |f: fn(&StatusEvent) -> Option<&str>| -> Vec<Option<&str>> {
@@ -547,7 +541,7 @@ async fn advance_participant_status(
 async fn insert_groups(
     tx: &mut PgConnection,
     groups: &[&GroupEvent],
-    items: &[Box<RawValue>],
+    items: &[&RawValue],
 ) -> Result<HashSet<String>, sqlx::Error> {
     let text = |f: fn(&GroupEvent) -> Option<&str>| -> Vec<Option<&str>> {
         groups.iter().map(|g| f(g)).collect()
@@ -671,7 +665,7 @@ async fn insert_others(
     let fields: Vec<&str> = others.iter().map(|o| o.field.as_str()).collect();
     let accounts: Vec<Option<&str>> = others.iter().map(|o| o.account_id.as_deref()).collect();
     let timestamps: Vec<Option<DateTime<Utc>>> = others.iter().map(|o| o.timestamp).collect();
-    let raws: Vec<&Value> = others.iter().map(|o| &o.raw).collect();
+    let raws: Vec<&RawValue> = others.iter().map(|o| o.raw.as_raw()).collect();
     let rows: Vec<(String,)> = sqlx::query_as(
         "INSERT INTO webhook_events (event_key, field, account_id, meta_timestamp, raw)
          SELECT t.key, t.field, t.account_id, t.ts, $5::jsonb -> (t.ord - 1)::int

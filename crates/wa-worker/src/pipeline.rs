@@ -729,7 +729,7 @@ mod tests {
             field: "account_update".to_owned(),
             account_id: None,
             timestamp: None,
-            raw: Default::default(),
+            raw: wa_payload::RawItem::default(),
         })
     }
 
