@@ -14,7 +14,11 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
         .expect("fixtures")
         .map(|entry| {
             let path = entry.expect("fixture").path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .expect("a file name")
+                .to_string_lossy()
+                .into_owned();
             (name, std::fs::read(&path).expect("fixture"))
         })
         .collect();
@@ -31,7 +35,7 @@ fn assert_same(name: &str, body: &[u8]) -> bool {
         panic!("{name}: the fast path read a body the tree refuses: {error}")
     });
     assert_eq!(fast, tree, "{name}");
-    assert_eq!(parse_payload(body).unwrap(), tree, "{name}");
+    assert_eq!(parse_payload(body).expect("parses"), tree, "{name}");
     true
 }
 
