@@ -375,3 +375,80 @@ async fn a_status_row_holds_its_items_errors_conversation_and_pricing() {
     assert_eq!(events_with_their_item, 3, "each event carries its item");
     worker.stop().await;
 }
+
+/// A batch acks its plain acks with one multiple ack, once every earlier
+/// delivery on its channel is settled (`crates/wa-worker/src/ack.rs`). A
+/// worker process SIGKILLed again and again while batches are in flight,
+/// with poison payloads and copies among the good ones, must still lose
+/// nothing: an ack that ran ahead of a store would leave rows missing for
+/// good, since the broker would not deliver those messages again.
+#[tokio::test]
+async fn a_worker_sigkilled_again_and_again_with_batches_in_flight_loses_nothing() {
+    let env = TestEnv::new().await;
+    let good = payloads::mixed_each("killed", 1500);
+    let mut bodies = Vec::new();
+    let mut poison = 0u32;
+    for (i, body) in good.iter().enumerate() {
+        bodies.push(body.clone());
+        if i % 10 == 0 {
+            bodies.push(body.clone());
+        }
+        if i % 50 == 0 {
+            bodies.push(b"not json".to_vec());
+            poison += 1;
+        }
+    }
+    env.publish_inbound_all(&bodies).await;
+    let spawn = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
+            .arg("worker")
+            .env("WA_NAMESPACE", env.namespace.as_str())
+            .env("AMQP_URL", &env.amqp_url)
+            .env("REDIS_URL", &env.redis_url)
+            .env("DATABASE_URL", &env.database_url)
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("WA_BATCH_SIZE", "8")
+            .env("WA_PREFETCH", "64")
+            .env("WA_CONCURRENCY", "4")
+            .env("WA_RETRY_TIERS", wa_e2e::env::TEST_RETRY_TIERS)
+            // A killed worker's claims stay pending this long.
+            .env("WA_CLAIM_LEASE", "2s")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn wa-ingest worker")
+    };
+    let started = std::time::Instant::now();
+    let mut child = spawn();
+    let mut kills = 0;
+    while env.stored_rows().await != (1500, 4500) || env.queued_for_workers().await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "not stored in 180 s: rows {:?}, queued {}",
+            env.stored_rows().await,
+            env.queued_for_workers().await
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if kills < 6 {
+            child.start_kill().expect("SIGKILL");
+            let _ = child.wait().await;
+            kills += 1;
+            child = spawn();
+        }
+    }
+    child.start_kill().expect("SIGKILL");
+    let _ = child.wait().await;
+    assert_eq!(env.stored_rows().await, (1500, 4500));
+    assert_eq!(env.queued_for_workers().await, 0);
+    // A move to the DLQ confirmed just before a kill is moved again.
+    assert!(env.queue_depth("dlq").await >= poison);
+    assert!(kills >= 2, "the worker was killed {kills} times");
+    println!(
+        "{} deliveries stored in {:.1} s, worker SIGKILLed {kills} times",
+        bodies.len(),
+        started.elapsed().as_secs_f64()
+    );
+}

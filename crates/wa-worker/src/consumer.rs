@@ -2,16 +2,15 @@
 //! prefetch, gather deliveries into batches, hand each batch to the
 //! [`Processor`] in its own task, and carry out its decisions: ack only after
 //! the commit, and move a delivery to a retry tier or the DLQ with a
-//! confirmed publish before acking it, never the other way round.
+//! confirmed publish before acking it, never the other way round. A batch's
+//! plain acks go out as one multiple ack when that is safe (see [`crate::ack`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -21,6 +20,7 @@ use wa_broker::{Broker, Outgoing, headers};
 use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
 
+use crate::ack::{self, AckChain, AckTurn};
 use crate::pipeline::{Disposition, Processor};
 use crate::retry::{Hop, Origin, RetryPolicy};
 use crate::stored_body::BodyDigest;
@@ -98,6 +98,7 @@ pub(crate) async fn consume(
             }
         };
         tracing::info!(queue = %broker.topology().inbound(), "consuming");
+        let mut acks = AckChain::new();
         let mut batch: Vec<Delivery> = Vec::with_capacity(settings.batch_size);
         let mut since = Instant::now();
         loop {
@@ -112,7 +113,7 @@ pub(crate) async fn consume(
                 () = session.broken() => break,
                 () = tokio::time::sleep_until(since + settings.batch_linger), if !batch.is_empty() => {
                     let deliveries = std::mem::take(&mut batch);
-                    dispatch(&shared, &slots, &tasks, Batch { deliveries, since }).await;
+                    dispatch(&shared, &slots, &tasks, Batch { deliveries, since }, acks.next_turn()).await;
                 }
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
@@ -122,7 +123,7 @@ pub(crate) async fn consume(
                         batch.push(delivery);
                         if batch.len() >= settings.batch_size {
                             let deliveries = std::mem::take(&mut batch);
-                            dispatch(&shared, &slots, &tasks, Batch { deliveries, since }).await;
+                            dispatch(&shared, &slots, &tasks, Batch { deliveries, since }, acks.next_turn()).await;
                         }
                     }
                     Some(Err(error)) => {
@@ -149,6 +150,7 @@ pub(crate) async fn consume(
                     deliveries: batch,
                     since,
                 },
+                acks.next_turn(),
             )
             .await;
         }
@@ -187,7 +189,13 @@ async fn open(
 /// the batch does not wait here: its task dead-letters what does not parse
 /// at once and waits for a slot itself, so the consumer keeps sorting out
 /// poison payloads among the deliveries the prefetch lets in.
-async fn dispatch(shared: &Arc<Shared>, slots: &Arc<Semaphore>, tasks: &TaskTracker, batch: Batch) {
+async fn dispatch(
+    shared: &Arc<Shared>,
+    slots: &Arc<Semaphore>,
+    tasks: &TaskTracker,
+    batch: Batch,
+    turn: AckTurn,
+) {
     let slot = tokio::select! {
         slot = slots.clone().acquire_owned() => slot.ok(),
         () = shared.processor.paused() => None,
@@ -197,7 +205,7 @@ async fn dispatch(shared: &Arc<Shared>, slots: &Arc<Semaphore>, tasks: &TaskTrac
     metrics::gauge!("wa_deliveries_in_flight").increment(batch.deliveries.len() as f64);
     tasks.spawn(async move {
         let size = batch.deliveries.len();
-        handle(&shared, batch, slot, &slots).await;
+        handle(&shared, batch, slot, &slots, turn).await;
         metrics::gauge!("wa_deliveries_in_flight").decrement(size as f64);
     });
 }
@@ -218,6 +226,7 @@ async fn handle(
     batch: Batch,
     slot: Option<OwnedSemaphorePermit>,
     slots: &Arc<Semaphore>,
+    turn: AckTurn,
 ) {
     let digests: Vec<BodyDigest> = batch
         .deliveries
@@ -225,8 +234,7 @@ async fn handle(
         .map(|d| BodyDigest::of(&d.data))
         .collect();
     let stored_before = shared.processor.stored_before(&digests).await;
-    // Copies of bodies stored whole before are acked now, unparsed, even
-    // while the store waits out an outage: they need nothing from it.
+    // Copies of bodies stored whole before need nothing parsed or stored.
     let mut repeated = Vec::new();
     let mut deliveries = Vec::with_capacity(batch.deliveries.len());
     let mut bodies = Vec::with_capacity(batch.deliveries.len());
@@ -238,11 +246,24 @@ async fn handle(
             bodies.push((delivery.data.as_slice(), digest));
         }
     }
-    let acking_repeated = futures_util::future::join_all(
+    // Copies that need nothing stored wait for the batch's one ack when the
+    // batch has nothing to store either; otherwise they are acked at once,
+    // even while the store waits out an outage.
+    let mut pending: Vec<&Delivery> = Vec::with_capacity(batch.deliveries.len());
+    let acked_at_once = if deliveries.is_empty() {
+        for delivery in &repeated {
+            count_acked(shared, delivery);
+        }
+        pending.append(&mut repeated);
+        Vec::new()
+    } else {
         repeated
-            .into_iter()
-            .map(|delivery| settle(shared, delivery, Disposition::Ack)),
-    );
+    };
+    let acking_repeated =
+        futures_util::future::join_all(acked_at_once.iter().map(|delivery| async {
+            count_acked(shared, delivery);
+            ack::ack(delivery, false).await
+        }));
     let parsed = shared.processor.parse(&bodies);
     // A payload that is not a webhook leaves at once, even while the store
     // waits out an outage: a poison message is dead-lettered, not held.
@@ -264,32 +285,60 @@ async fn handle(
         };
         (slot, shared.processor.store(&parsed, batch.since).await)
     };
-    let (_, _, (_slot, decisions)) = tokio::join!(
+    let (repeated_acked, rejected_settled, (slot, decisions)) = tokio::join!(
         acking_repeated,
         futures_util::future::join_all(rejected),
         storing
     );
+    // What is left is the broker's part: the next batch may be stored meanwhile.
+    drop(slot);
     let started = std::time::Instant::now();
-    // Acks and moves go out together: waiting for each in turn would make
-    // the batch pay one trip through the connection per delivery.
-    let settling = deliveries
-        .iter()
-        .zip(decisions)
-        .filter_map(|(delivery, decision)| Some(settle(shared, delivery, decision?)));
-    futures_util::future::join_all(settling).await;
+    let mut accounted = acked_at_once.len() + pending.len() + rejected_settled.len();
+    let mut moving = Vec::new();
+    for (delivery, decision) in deliveries.iter().zip(decisions) {
+        match decision {
+            Some(Disposition::Ack) => {
+                count_acked(shared, delivery);
+                pending.push(delivery);
+            }
+            Some(decision) => moving.push(settle(shared, delivery, decision)),
+            None => continue,
+        }
+        accounted += 1;
+    }
+    // Moves go out together: waiting for each in turn would make the batch
+    // pay one trip through the connection per delivery.
+    let moved = futures_util::future::join_all(moving).await;
+    // Every delivery of the batch is acked, moved or requeued by now, or the
+    // multiple ack would take one that is none of these with it.
+    let rest_settled = accounted == batch.deliveries.len()
+        && repeated_acked
+            .iter()
+            .chain(&rejected_settled)
+            .chain(&moved)
+            .all(|settled| *settled);
+    turn.finish(&mut pending, rest_settled).await;
     crate::pipeline::record_stage("settle", started);
 }
 
-/// Its span is at debug level: one per delivery, it cost an already-stored
-/// delivery a tenth of its CPU at the default level, and the warnings below
-/// name the message themselves.
+/// Counts a delivery that is about to be acked, and how long it took from
+/// the receiver's answer.
+fn count_acked(shared: &Shared, delivery: &Delivery) {
+    shared.metrics.acked.increment(1);
+    record_ingest_delay(&shared.metrics.ingest_delay, delivery);
+}
+
+/// Carries out `decision` for one delivery: true once the broker has it
+/// settled (moved and acked, or requeued). Its span is at debug level: one
+/// per delivery, it cost an already-stored delivery a tenth of its CPU at
+/// the default level, and the warnings below name the message themselves.
 #[tracing::instrument(
     name = "settle",
     level = "debug",
     skip_all,
     fields(delivery_tag = delivery.delivery_tag, decision = decision.name())
 )]
-async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
+async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) -> bool {
     let origin = Origin {
         exchange: delivery.exchange.as_str(),
         routing_key: delivery.routing_key.as_str(),
@@ -316,15 +365,18 @@ async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
                 requeue: true,
                 ..BasicNackOptions::default()
             };
-            if let Err(error) = delivery.nack(requeue).await {
-                tracing::debug!(error = %error_chain(&error), "could not requeue; the broker will redeliver");
-            }
-            return;
+            return match delivery.nack(requeue).await {
+                Ok(sent) => sent,
+                Err(error) => {
+                    tracing::debug!(error = %error_chain(&error), "could not requeue; the broker will redeliver");
+                    false
+                }
+            };
         }
     };
     if let Some((label, hop)) = hop {
         if !forward(shared, delivery, &hop).await {
-            return;
+            return false;
         }
         metrics::counter!("wa_deliveries_total", "outcome" => label).increment(1);
         if let Disposition::Retry(failure) | Disposition::DeadLetter(failure) = &decision {
@@ -337,13 +389,9 @@ async fn settle(shared: &Shared, delivery: &Delivery, decision: Disposition) {
             );
         }
     } else {
-        shared.metrics.acked.increment(1);
-        record_ingest_delay(&shared.metrics.ingest_delay, delivery);
+        count_acked(shared, delivery);
     }
-    if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
-        // The broker redelivers it; the claims and the database absorb that.
-        tracing::debug!(error = %error_chain(&error), "ack failed");
-    }
+    ack::ack(delivery, false).await
 }
 
 /// The same message, back to `{ns}.inbound` as the receiver published it:

@@ -2,6 +2,7 @@
 //! event in them exactly once, however often and however concurrently Meta
 //! delivered them.
 
+mod ack;
 mod breaker;
 pub mod claim;
 mod config;
