@@ -1,7 +1,6 @@
 //! What operators rely on: counters that match what happened, and a worker
 //! that stops cleanly on SIGTERM.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use wa_e2e::payloads::{self, post_signed};
@@ -115,20 +114,11 @@ async fn sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period() {
         env.publish_inbound(&payloads::mixed(&format!("term{i}"), 1))
             .await;
     }
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
-        .arg("worker")
-        .env("WA_NAMESPACE", env.namespace.as_str())
-        .env("AMQP_URL", &env.amqp_url)
-        .env("REDIS_URL", &env.redis_url)
-        .env("DATABASE_URL", &env.database_url)
-        .env("METRICS_ADDR", "127.0.0.1:0")
-        .env("WA_RETRY_TIERS", wa_e2e::env::TEST_RETRY_TIERS)
+    let mut child = env
+        .worker_process(env!("CARGO_BIN_EXE_wa-ingest"))
         .env("WA_BATCH_SIZE", "4")
         .env("WA_SHUTDOWN_GRACE", "10s")
         .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the wa-ingest binary");
 

@@ -400,24 +400,13 @@ async fn a_worker_sigkilled_again_and_again_with_batches_in_flight_loses_nothing
     }
     env.publish_inbound_all(&bodies).await;
     let spawn = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
-            .arg("worker")
-            .env("WA_NAMESPACE", env.namespace.as_str())
-            .env("AMQP_URL", &env.amqp_url)
-            .env("REDIS_URL", &env.redis_url)
-            .env("DATABASE_URL", &env.database_url)
-            .env("METRICS_ADDR", "127.0.0.1:0")
+        env.worker_process(env!("CARGO_BIN_EXE_wa-ingest"))
             .env("WA_BATCH_SIZE", "8")
             .env("WA_PREFETCH", "64")
             .env("WA_CONCURRENCY", "4")
-            .env("WA_RETRY_TIERS", wa_e2e::env::TEST_RETRY_TIERS)
             // A killed worker's claims stay pending this long.
             .env("WA_CLAIM_LEASE", "2s")
             .env("RUST_LOG", "warn")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn wa-ingest worker")
     };

@@ -180,6 +180,26 @@ impl TestEnv {
 
     /// Publishes many bodies to `{ns}.inbound` on one channel, confirms
     /// awaited together.
+    /// `wa-ingest worker` as a process of its own on this test's servers
+    /// and namespace, for tests that signal or kill it; `binary` is the
+    /// test's `env!("CARGO_BIN_EXE_wa-ingest")`. Output goes nowhere.
+    pub fn worker_process(&self, binary: &str) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(binary);
+        command
+            .arg("worker")
+            .env("WA_NAMESPACE", self.namespace.as_str())
+            .env("AMQP_URL", &self.amqp_url)
+            .env("REDIS_URL", &self.redis_url)
+            .env("DATABASE_URL", &self.database_url)
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("WA_RETRY_TIERS", TEST_RETRY_TIERS)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
     pub async fn publish_inbound_all(&self, bodies: &[Vec<u8>]) {
         self.publish_all_with(
             &self.queue("inbound"),
