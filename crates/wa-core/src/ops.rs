@@ -125,14 +125,19 @@ mod tests {
     #[test]
     fn the_recorder_drains_histograms_without_a_scrape() {
         let _handle = metrics_handle();
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .expect("/proc/self/task")
-            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim().to_owned())
-            .collect();
-        assert!(
-            threads.iter().any(|name| name == "metrics-upkeep"),
-            "{threads:?}"
-        );
+        // A new thread takes its name once it runs: look until it has.
+        let mut threads = Vec::new();
+        for _ in 0..200 {
+            threads = std::fs::read_dir("/proc/self/task")
+                .expect("/proc/self/task")
+                .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect();
+            if threads.iter().any(|name| name == "metrics-upkeep") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("no metrics-upkeep thread among {threads:?}");
     }
 }
