@@ -251,19 +251,16 @@ async fn handle(
     // even while the store waits out an outage.
     let mut pending: Vec<&Delivery> = Vec::with_capacity(batch.deliveries.len());
     let acked_at_once = if deliveries.is_empty() {
-        for delivery in &repeated {
-            count_acked(shared, delivery);
-        }
         pending.append(&mut repeated);
         Vec::new()
     } else {
         repeated
     };
-    let acking_repeated =
-        futures_util::future::join_all(acked_at_once.iter().map(|delivery| async {
-            count_acked(shared, delivery);
-            ack::ack(delivery, false).await
-        }));
+    let acking_repeated = futures_util::future::join_all(
+        acked_at_once
+            .iter()
+            .map(|delivery| settle(shared, delivery, Disposition::Ack)),
+    );
     let parsed = shared.processor.parse(&bodies);
     // A payload that is not a webhook leaves at once, even while the store
     // waits out an outage: a poison message is dead-lettered, not held.
@@ -293,30 +290,29 @@ async fn handle(
     // What is left is the broker's part: the next batch may be stored meanwhile.
     drop(slot);
     let started = std::time::Instant::now();
-    let mut accounted = acked_at_once.len() + pending.len() + rejected_settled.len();
     let mut moving = Vec::new();
     for (delivery, decision) in deliveries.iter().zip(decisions) {
         match decision {
-            Some(Disposition::Ack) => {
-                count_acked(shared, delivery);
-                pending.push(delivery);
-            }
+            Some(Disposition::Ack) => pending.push(delivery),
             Some(decision) => moving.push(settle(shared, delivery, decision)),
-            None => continue,
+            None => {}
         }
-        accounted += 1;
     }
     // Moves go out together: waiting for each in turn would make the batch
     // pay one trip through the connection per delivery.
     let moved = futures_util::future::join_all(moving).await;
     // Every delivery of the batch is acked, moved or requeued by now, or the
     // multiple ack would take one that is none of these with it.
+    let accounted = acked_at_once.len() + rejected_settled.len() + moved.len() + pending.len();
     let rest_settled = accounted == batch.deliveries.len()
         && repeated_acked
             .iter()
             .chain(&rejected_settled)
             .chain(&moved)
             .all(|settled| *settled);
+    for delivery in &pending {
+        count_acked(shared, delivery);
+    }
     turn.finish(&mut pending, rest_settled).await;
     crate::pipeline::record_stage("settle", started);
 }
