@@ -108,13 +108,17 @@ async fn only_correctly_signed_bodies_are_accepted() {
 }
 
 #[tokio::test]
-async fn signed_non_json_is_400_and_oversized_is_413() {
+async fn signed_non_json_or_non_utf8_is_400_and_oversized_is_413() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start(&env, &env.amqp_url, &[]).await;
 
     let not_json = b"entry=1&object=whatsapp".to_vec();
     let signature = wa_receiver::sign(APP_SECRET, &not_json);
     assert_eq!(post(&receiver, &not_json, Some(signature)).await, 400);
+    // JSON is UTF-8 throughout, inside strings too.
+    let not_utf8 = b"{\"object\":\"whatsapp_business_account\",\"entry\":[\"\xff\"]}".to_vec();
+    let signature = wa_receiver::sign(APP_SECRET, &not_utf8);
+    assert_eq!(post(&receiver, &not_utf8, Some(signature)).await, 400);
 
     // The default limit (4 MiB) takes Meta's largest (3 MB) payloads...
     let padding = "x".repeat(3_000_000);
