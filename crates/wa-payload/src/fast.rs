@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
+use crate::contact::{self, ContactsEntry, IdField, Ids, ProfileField};
 use crate::event::{Contact, Direction, Event, MessageEvent, RawItem, StatusEvent};
 use crate::key;
 use crate::parse::MAX_ID_LEN;
@@ -264,14 +265,6 @@ fn id(field: &Text<'_>) -> Option<String> {
     text(field).filter(|id| id.len() <= MAX_ID_LEN)
 }
 
-/// A user's ids as an item gives them.
-struct Ids {
-    wa_id: Option<String>,
-    user_id: Option<String>,
-    parent_user_id: Option<String>,
-    username: Option<String>,
-}
-
 /// What the items of one change share.
 struct Context<'a> {
     phone_number_id: Option<String>,
@@ -280,38 +273,29 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// The item's ids completed from its `contacts` entry: the one with the
-    /// same `wa_id` or `user_id`, else the only one unless an id differs.
     fn contact(&self, ids: Ids) -> Contact {
-        let same = |theirs: &Text<'_>, ours: &Option<String>| {
-            ours.as_deref()
-                .is_some_and(|ours| present(theirs) == Some(ours))
+        // Group receipts are left to the tolerant parser, so the only entry
+        // may always name the user.
+        contact::complete(&self.contacts, ids, true)
+    }
+}
+
+impl ContactsEntry for ContactEntry<'_> {
+    fn id(&self, field: IdField) -> Option<Cow<'_, str>> {
+        let id = match field {
+            IdField::Wa => &self.wa_id,
+            IdField::User => &self.user_id,
+            IdField::ParentUser => &self.parent_user_id,
         };
-        let differs = |theirs: &Text<'_>, ours: &Option<String>| matches!((present(theirs), ours.as_deref()), (Some(theirs), Some(ours)) if theirs != ours);
-        let entry = self
-            .contacts
-            .iter()
-            .find(|c| same(&c.wa_id, &ids.wa_id) || same(&c.user_id, &ids.user_id))
-            .or_else(|| match self.contacts.as_slice() {
-                [only]
-                    if !differs(&only.wa_id, &ids.wa_id)
-                        && !differs(&only.user_id, &ids.user_id) =>
-                {
-                    Some(only)
-                }
-                _ => None,
-            });
-        let profile = entry.and_then(|c| c.profile.as_ref());
-        Contact {
-            wa_id: ids.wa_id.or_else(|| entry.and_then(|c| text(&c.wa_id))),
-            user_id: ids.user_id.or_else(|| entry.and_then(|c| text(&c.user_id))),
-            parent_user_id: ids
-                .parent_user_id
-                .or_else(|| entry.and_then(|c| text(&c.parent_user_id))),
-            username: ids
-                .username
-                .or_else(|| profile.and_then(|p| text(&p.username))),
-            profile_name: profile.and_then(|p| text(&p.name)),
-        }
+        present(id).map(Cow::Borrowed)
+    }
+
+    fn profile(&self, field: ProfileField) -> Option<Cow<'_, str>> {
+        let profile = self.profile.as_ref()?;
+        let text = match field {
+            ProfileField::Name => &profile.name,
+            ProfileField::Username => &profile.username,
+        };
+        present(text).map(Cow::Borrowed)
     }
 }

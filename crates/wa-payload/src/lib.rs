@@ -6,6 +6,7 @@
 //! is an error.
 
 mod canonical;
+mod contact;
 mod event;
 mod fast;
 mod key;

@@ -3,6 +3,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 use crate::canonical::{content_hash, identity_hash};
+use crate::contact::{self, ContactsEntry, IdField, Ids, ProfileField};
 use crate::event::{
     Contact, Direction, Event, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
     ParticipantChange, RawItem, StatusEvent,
@@ -262,40 +263,18 @@ impl<'a> ChangeContext<'a> {
     /// `contacts` (by `wa_id` or `user_id`; the only entry when there is one
     /// and `only_entry_names_it`).
     fn contact(&self, ids: Ids, only_entry_names_it: bool) -> Contact {
-        let matches = |c: &&&Map<String, Value>| {
-            let same = |key: &str, ours: &Option<String>| {
-                ours.as_deref()
-                    .is_some_and(|ours| field_text(c, key).as_deref() == Some(ours))
-            };
-            same("wa_id", &ids.wa_id) || same("user_id", &ids.user_id)
-        };
-        let entry = self
-            .contacts
-            .iter()
-            .find(matches)
-            .or_else(|| match self.contacts.as_slice() {
-                [only]
-                    if only_entry_names_it
-                        && !conflicts(only, ids.wa_id.as_deref(), ids.user_id.as_deref()) =>
-                {
-                    Some(only)
-                }
-                _ => None,
-            })
-            .copied();
-        let profile = entry
-            .and_then(|c| c.get("profile"))
-            .and_then(Value::as_object);
-        let from_entry = |key: &str| entry.and_then(|c| string_field(c, key));
-        Contact {
-            wa_id: ids.wa_id.or_else(|| from_entry("wa_id")),
-            user_id: ids.user_id.or_else(|| from_entry("user_id")),
-            parent_user_id: ids.parent_user_id.or_else(|| from_entry("parent_user_id")),
-            username: ids
-                .username
-                .or_else(|| profile.and_then(|p| string_field(p, "username"))),
-            profile_name: profile.and_then(|p| string_field(p, "name")),
-        }
+        contact::complete(&self.contacts, ids, only_entry_names_it)
+    }
+}
+
+impl ContactsEntry for &Map<String, Value> {
+    fn id(&self, field: IdField) -> Option<Cow<'_, str>> {
+        field_text(self, field.key())
+    }
+
+    fn profile(&self, field: ProfileField) -> Option<Cow<'_, str>> {
+        let profile = self.get("profile").and_then(Value::as_object)?;
+        field_text(profile, field.key())
     }
 }
 
@@ -304,15 +283,6 @@ struct IdFields {
     wa_id: &'static [&'static str],
     user_id: &'static [&'static str],
     parent_user_id: &'static [&'static str],
-}
-
-/// A user's ids as an item gives them.
-#[derive(Default)]
-struct Ids {
-    wa_id: Option<String>,
-    user_id: Option<String>,
-    parent_user_id: Option<String>,
-    username: Option<String>,
 }
 
 impl Ids {
@@ -328,16 +298,6 @@ impl Ids {
     fn is_empty(&self) -> bool {
         self.wa_id.is_none() && self.user_id.is_none() && self.parent_user_id.is_none()
     }
-}
-
-/// The only `contacts` entry names the item's user unless one of its ids
-/// says otherwise.
-fn conflicts(contact: &Map<String, Value>, wa_id: Option<&str>, user_id: Option<&str>) -> bool {
-    let differs = |key: &str, ours: Option<&str>| match (field_text(contact, key), ours) {
-        (Some(theirs), Some(ours)) => theirs != ours,
-        _ => false,
-    };
-    differs("wa_id", wa_id) || differs("user_id", user_id)
 }
 
 fn message(
