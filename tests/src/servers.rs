@@ -168,9 +168,11 @@ struct RabbitNode {
 }
 
 /// A RabbitMQ cluster of nodes `waclusterN_{id}@localhost` on one machine,
-/// with its own ports, data, logs and Erlang cookie.
+/// with its own ports, data, logs, Erlang cookie and port mapper (`epmd`,
+/// stopped with the cluster; the machine's own broker keeps the default one).
 pub struct RabbitCluster {
     nodes: Vec<RabbitNode>,
+    epmd_port: u16,
     dir: ServerDir,
 }
 
@@ -195,7 +197,11 @@ impl RabbitCluster {
                 }
             })
             .collect();
-        let mut cluster = Self { nodes, dir };
+        let mut cluster = Self {
+            nodes,
+            epmd_port: free_port_below(29000, 0),
+            dir,
+        };
         for index in 0..size {
             cluster.spawn(index);
         }
@@ -229,6 +235,8 @@ impl RabbitCluster {
         std::fs::write(&env_file, "").expect("env file");
         let mut command = Command::new(format!("{RABBITMQ_BIN}/rabbitmq-server"));
         command
+            // A node writes crash dumps (MnesiaCore.*, erl_crash.dump) here.
+            .current_dir(&node.dir)
             .env("HOME", &self.dir.path)
             .env("RABBITMQ_CONF_ENV_FILE", &env_file)
             .env("RABBITMQ_CONFIG_FILE", &config)
@@ -242,7 +250,8 @@ impl RabbitCluster {
             .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1");
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string());
         let process = Process::spawn(&mut command, &node.dir.join("server.out"));
         self.nodes[index].process = Some(process);
     }
@@ -265,6 +274,7 @@ impl RabbitCluster {
         command
             .env("HOME", &self.dir.path)
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
             .args(args);
         command
     }
@@ -359,7 +369,28 @@ impl Drop for RabbitCluster {
                 process.kill();
             }
         }
+        stop_epmd(self.epmd_port);
     }
+}
+
+/// Stops the port mapper on `port`. It refuses while a node is registered,
+/// and a killed node leaves it only once the kernel has closed its socket:
+/// asks again for up to 5 s.
+fn stop_epmd(port: u16) {
+    for _ in 0..50 {
+        let stopped = Command::new("epmd")
+            .arg("-kill")
+            .env("ERL_EPMD_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if stopped {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("the test cluster's epmd on port {port} would not stop");
 }
 
 // ------------------------------------------------------------------- Redis
