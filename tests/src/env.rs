@@ -178,8 +178,6 @@ impl TestEnv {
         .await;
     }
 
-    /// Publishes many bodies to `{ns}.inbound` on one channel, confirms
-    /// awaited together.
     /// `wa-ingest worker` as a process of its own on this test's servers
     /// and namespace, for tests that signal or kill it; `binary` is the
     /// test's `env!("CARGO_BIN_EXE_wa-ingest")`. Output goes nowhere.
@@ -200,6 +198,8 @@ impl TestEnv {
         command
     }
 
+    /// Publishes many bodies to `{ns}.inbound` on one channel, confirms
+    /// awaited together.
     pub async fn publish_inbound_all(&self, bodies: &[Vec<u8>]) {
         self.publish_all_with(
             &self.queue("inbound"),

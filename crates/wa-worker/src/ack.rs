@@ -50,12 +50,11 @@ impl AckTurn {
     /// and `rest_settled` says this batch's other deliveries are: with one
     /// multiple ack on the highest tag when it may, else one by one. Then
     /// hands the turn on, saying whether everything up to here is settled.
-    pub(crate) async fn finish(self, pending: &mut [&Delivery], rest_settled: bool) {
+    pub(crate) async fn finish(self, pending: &[&Delivery], rest_settled: bool) {
         let clean = self.before.await.unwrap_or(false) && rest_settled;
-        pending.sort_unstable_by_key(|delivery| delivery.delivery_tag);
-        let settled = match pending.last() {
+        let settled = match pending.iter().max_by_key(|delivery| delivery.delivery_tag) {
             None => clean,
-            Some(last) if clean => ack(last, true).await,
+            Some(highest) if clean => ack(highest, true).await,
             Some(_) => {
                 futures_util::future::join_all(pending.iter().map(|d| ack(d, false))).await;
                 false
@@ -109,7 +108,7 @@ mod tests {
         let third = chain.next_turn();
         says(first, false).await;
         // The second batch has nothing pending: it passes on what it heard.
-        second.finish(&mut [], true).await;
+        second.finish(&[], true).await;
         assert!(!third.before.await.unwrap_or(false));
     }
 

@@ -313,7 +313,7 @@ async fn handle(
     for delivery in &pending {
         count_acked(shared, delivery);
     }
-    turn.finish(&mut pending, rest_settled).await;
+    turn.finish(&pending, rest_settled).await;
     crate::pipeline::record_stage("settle", started);
 }
 
