@@ -29,9 +29,10 @@ pub struct RelayConfig {
     #[arg(long, env = "WA_RELAY_BATCH_CONTACTS", value_name = "WA_RELAY_BATCH_CONTACTS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_contacts: u32,
     /// Events one release reads. A release has a fixed cost (locking,
-    /// reading, one commit): 8000 releases a backlog 1.3-1.6x faster than
-    /// the worker stores it; 4000 fell to 0.8-1.1x once the worker got
-    /// faster, 1000 never kept up (`wa-ingest bench`, README "Performance").
+    /// reading, one commit): 8000 released a backlog at 0.8-1.6x the rate
+    /// the worker stored it (near 1.0 once the worker stored 28,000 events/s,
+    /// the machine's ceiling for confirmed publishes); 4000 fell to 0.8-1.1x
+    /// earlier, 1000 never kept up (`wa-ingest bench`, README "Performance").
     #[arg(long, env = "WA_RELAY_BATCH_EVENTS", value_name = "WA_RELAY_BATCH_EVENTS", default_value_t = 8000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_events: u32,
     /// Releases in progress at once, each holding its own contacts (and a
