@@ -106,6 +106,60 @@ async fn metrics_count_exactly_what_happened() {
     worker.stop().await;
 }
 
+/// `SCHED_OTHER` and `SCHED_BATCH` in Linux's numbering.
+const SCHED_OTHER: u32 = 0;
+const SCHED_BATCH: u32 = 3;
+
+#[tokio::test]
+async fn every_thread_of_a_role_runs_under_wa_sched_policy() {
+    let env = TestEnv::new().await;
+    for (setting, expected) in [(None, SCHED_BATCH), (Some("normal"), SCHED_OTHER)] {
+        let mut command = env.worker_process(env!("CARGO_BIN_EXE_wa-ingest"));
+        if let Some(setting) = setting {
+            command.env("WA_SCHED_POLICY", setting);
+        }
+        let mut child = command.spawn().expect("start the wa-ingest binary");
+        let pid = child.id().expect("running").to_string();
+        // Once it consumes, lapin's I/O thread has joined the runtime's.
+        let policies = eventually(
+            "the worker's threads to start",
+            Duration::from_secs(30),
+            || async {
+                match env.queue_consumers("inbound").await {
+                    0 => Err("not consuming yet".to_owned()),
+                    _ => Ok(thread_policies(&pid)),
+                }
+            },
+        )
+        .await;
+        assert!(
+            policies.iter().all(|&policy| policy == expected),
+            "WA_SCHED_POLICY={setting:?}: every thread runs policy {expected}: {policies:?}"
+        );
+        child.kill().await.expect("kill the worker");
+    }
+}
+
+/// The scheduling policy of each thread of process `pid` (field 41 of
+/// `/proc/{pid}/task/{tid}/stat`, counted after the parenthesised name).
+fn thread_policies(pid: &str) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+    tasks
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.expect("a thread").path().join("stat"))
+                .expect("the thread's stat");
+            let (_, fields) = stat
+                .rsplit_once(')')
+                .expect("stat names the thread in parentheses");
+            fields
+                .split_whitespace()
+                .nth(41 - 3)
+                .and_then(|policy| policy.parse().ok())
+                .expect("a policy field")
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period() {
     let env = TestEnv::new().await;

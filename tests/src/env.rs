@@ -122,24 +122,35 @@ impl TestEnv {
 
     /// Messages ready in a queue (not counting those delivered and unacked).
     pub async fn queue_depth(&self, suffix: &str) -> u32 {
+        self.queue_counts(suffix)
+            .await
+            .map_or(0, |queue| queue.message_count())
+    }
+
+    /// Consumers of a queue.
+    pub async fn queue_consumers(&self, suffix: &str) -> u32 {
+        self.queue_counts(suffix)
+            .await
+            .map_or(0, |queue| queue.consumer_count())
+    }
+
+    /// A passive declare: the queue's counts, or `None` when it does not exist.
+    async fn queue_counts(&self, suffix: &str) -> Option<lapin::Queue> {
         let channel = self.amqp.create_channel().await.expect("channel");
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        let depth = match channel
+        let queue = channel
             .queue_declare(
                 self.queue(suffix).as_str().into(),
                 passive,
                 FieldTable::default(),
             )
             .await
-        {
-            Ok(queue) => queue.message_count(),
-            Err(_) => 0,
-        };
+            .ok();
         let _ = channel.close(200, "".into()).await;
-        depth
+        queue
     }
 
     /// Waits until a queue holds `depth` ready messages: quorum queues count

@@ -24,17 +24,24 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
-/// The command line of a wa-ingest binary: the log options, global to every
-/// command, then one subcommand.
+/// The command line of a wa-ingest binary: the log options and the
+/// binary's own process options `P`, global to every command, then one
+/// subcommand.
 #[derive(Debug, clap::Parser)]
-pub struct CommandLine<C: clap::Subcommand> {
+pub struct CommandLine<C: clap::Subcommand, P: clap::Args = NoProcessArgs> {
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub process: P,
     #[command(subcommand)]
     pub command: C,
 }
 
-impl<C: clap::Subcommand> CommandLine<C> {
+/// A binary without process options.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct NoProcessArgs {}
+
+impl<C: clap::Subcommand, P: clap::Args> CommandLine<C, P> {
     /// Parses the process's arguments once `describe` has named the binary
     /// (name, version, about); a bad command line is reported as clap does.
     pub fn parse_as(describe: impl FnOnce(clap::Command) -> clap::Command) -> Self {

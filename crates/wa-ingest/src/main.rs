@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use tokio::net::TcpListener;
+use wa_core::scheduling::{SchedArgs, SchedPolicy};
 use wa_core::telemetry::{CommandLine, LogFormat, exit_code, init_logging};
 
 mod migrate;
@@ -48,7 +49,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = CommandLine::<Command>::parse_as(|command| {
+    let cli = CommandLine::<Command, SchedArgs>::parse_as(|command| {
         command.name("wa-ingest").version(env!("CARGO_PKG_VERSION")).about(
             "WhatsApp Cloud API webhook ingestion: every message and status stored exactly once",
         )
@@ -56,13 +57,26 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Loadgen(args) => tools::run("loadgen", args, cli.log.log_format),
         Command::Bench(args) => tools::run("bench", args, cli.log.log_format),
-        role => run_role(role, cli.log.log_format),
+        role => {
+            // Before the runtime starts its threads, so that they inherit it.
+            let policy = cli.process.sched_policy;
+            let scheduled = policy.apply_to_current_thread();
+            run_role(role, cli.log.log_format, policy, scheduled)
+        }
     }
 }
 
 #[tokio::main]
-async fn run_role(command: Command, log_format: LogFormat) -> ExitCode {
+async fn run_role(
+    command: Command,
+    log_format: LogFormat,
+    policy: SchedPolicy,
+    scheduled: std::io::Result<()>,
+) -> ExitCode {
     init_logging(log_format);
+    if let Err(error) = scheduled {
+        tracing::warn!(%error, policy = policy.as_str(), "could not set WA_SCHED_POLICY; threads keep the inherited policy");
+    }
     exit_code(run(command).await)
 }
 
