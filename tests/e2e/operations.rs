@@ -137,6 +137,18 @@ async fn every_thread_of_a_role_runs_under_wa_sched_policy() {
             "WA_SCHED_POLICY={setting:?}: every thread runs policy {expected}: {policies:?}"
         );
         child.kill().await.expect("kill the worker");
+        // So that the next round does not count this worker's consumer.
+        eventually(
+            "the killed worker's consumer to go",
+            Duration::from_secs(30),
+            || async {
+                match env.queue_consumers("inbound").await {
+                    0 => Ok(()),
+                    n => Err(format!("{n} consumers")),
+                }
+            },
+        )
+        .await;
     }
 }
 

@@ -22,7 +22,9 @@ pub enum SchedPolicy {
     Normal,
 }
 
-/// The scheduling option of the long-running roles.
+/// The scheduling option of the `wa-ingest` binary's commands. The tools
+/// binary sets none for itself (the load generator stays a normal client);
+/// the roles the bench starts set their own.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct SchedArgs {
     /// Linux CPU scheduling policy of the process's threads.
