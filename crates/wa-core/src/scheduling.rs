@@ -12,11 +12,10 @@
 //! is needed.
 
 /// `--sched-policy` / `WA_SCHED_POLICY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SchedPolicy {
     /// `SCHED_BATCH`: throughput first; woken threads wait for the tick
     /// instead of preempting.
-    #[default]
     Batch,
     /// `SCHED_OTHER`, the kernel's default.
     Normal,

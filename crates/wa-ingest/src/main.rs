@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use tokio::net::TcpListener;
-use wa_core::scheduling::{SchedArgs, SchedPolicy};
-use wa_core::telemetry::{CommandLine, LogFormat, exit_code, init_logging};
+use wa_core::scheduling::SchedArgs;
+use wa_core::telemetry::{CommandLine, exit_code, init_logging};
 
 mod migrate;
 mod tools;
@@ -58,25 +58,19 @@ fn main() -> ExitCode {
         Command::Loadgen(args) => tools::run("loadgen", args, cli.log.log_format),
         Command::Bench(args) => tools::run("bench", args, cli.log.log_format),
         role => {
+            init_logging(cli.log.log_format);
             // Before the runtime starts its threads, so that they inherit it.
             let policy = cli.process.sched_policy;
-            let scheduled = policy.apply_to_current_thread();
-            run_role(role, cli.log.log_format, policy, scheduled)
+            if let Err(error) = policy.apply_to_current_thread() {
+                tracing::warn!(%error, policy = policy.as_str(), "could not set WA_SCHED_POLICY; threads keep the inherited policy");
+            }
+            run_role(role)
         }
     }
 }
 
 #[tokio::main]
-async fn run_role(
-    command: Command,
-    log_format: LogFormat,
-    policy: SchedPolicy,
-    scheduled: std::io::Result<()>,
-) -> ExitCode {
-    init_logging(log_format);
-    if let Err(error) = scheduled {
-        tracing::warn!(%error, policy = policy.as_str(), "could not set WA_SCHED_POLICY; threads keep the inherited policy");
-    }
+async fn run_role(command: Command) -> ExitCode {
     exit_code(run(command).await)
 }
 
