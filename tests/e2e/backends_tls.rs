@@ -1,14 +1,16 @@
-//! Redis and PostgreSQL over TLS, each a server of the test's own with a
-//! certificate from a CA made for the test.
+//! RabbitMQ, Redis and PostgreSQL over TLS, each a server of the test's own
+//! with a certificate from a CA made for the test.
 
 use std::time::Duration;
 
-use wa_e2e::payloads::{mixed, mixed_each};
+use tokio_util::sync::CancellationToken;
+use wa_broker::BrokerArgs;
+use wa_e2e::payloads::{mixed, mixed_each, post_signed};
 use wa_e2e::roles::{WorkerServers, parse};
-use wa_e2e::servers::{PostgresTls, RedisTls};
+use wa_e2e::servers::{PostgresTls, RabbitCluster, RedisTls};
 use wa_e2e::sockets::nodelay_of_connections_to;
 use wa_e2e::tls::{Ca, PemDir};
-use wa_e2e::{TestEnv, Worker, eventually};
+use wa_e2e::{Receiver, TestEnv, Worker, eventually};
 use wa_store::DatabaseArgs;
 use wa_worker::RedisArgs;
 use wa_worker::claim::{Claim, ClaimConfig, Claims, FailMode};
@@ -98,6 +100,117 @@ async fn claims_work_over_redis_tls_and_an_unknown_ca_is_refused_naming_the_vari
         message.contains("WA_REDIS_CA_FILE /nonexistent/ca.pem"),
         "{message}"
     );
+}
+
+/// Why a broker link with these options cannot connect (it must not).
+async fn amqp_refusal(url: &str, options: &[&str]) -> String {
+    let mut args = vec!["--amqp-url".to_owned(), url.to_owned()];
+    args.extend(options.iter().map(|a| (*a).to_owned()));
+    let args = parse::<BrokerArgs>(args);
+    let stop = CancellationToken::new();
+    let broker = args
+        .start("wa test refused", args.topology(), stop.clone())
+        .expect("broker settings");
+    let refused = broker
+        .connected_within(Duration::from_secs(3), &stop)
+        .await
+        .err()
+        .expect("the broker refuses this connection");
+    stop.cancel();
+    format!("{refused:#}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_go_through_a_tls_only_rabbitmq_with_a_client_certificate_and_bad_tls_is_named() {
+    let env = TestEnv::new().await;
+    let ca = Ca::new("wa test RabbitMQ CA");
+    let broker = tokio::task::block_in_place(|| RabbitCluster::start_tls(&ca));
+    let url = broker.url(0);
+    let pem = PemDir::new();
+    let ca_file = pem.write("rabbitmq-ca.pem", &ca.pem());
+    let client = ca.client("wa-ingest");
+    let cert_file = pem.write("client.crt", &client.cert_pem);
+    let key_file = pem.write("client.key", &client.key_pem);
+    let tls = [
+        "--amqp-ca-file",
+        ca_file.as_str(),
+        "--amqp-client-cert",
+        cert_file.as_str(),
+        "--amqp-client-key",
+        key_file.as_str(),
+    ];
+
+    // The node has no plain listener, so every byte below went over TLS.
+    let receiver = Receiver::start(&env, &url, &tls).await;
+    let worker = Worker::start_with(
+        &env,
+        WorkerServers {
+            amqp_url: &url,
+            ..WorkerServers::of(&env)
+        },
+        &tls,
+    )
+    .await;
+    worker.wait_ready().await;
+    let http = reqwest::Client::new();
+    let webhooks = receiver.url("/webhooks/whatsapp");
+    for i in 0..20 {
+        let body = mixed(&format!("tlsamqp{i}"), 1);
+        for _ in 0..2 {
+            assert_eq!(post_signed(&http, &webhooks, body.clone()).await, 200);
+        }
+    }
+    eventually(
+        "20 payloads stored once each",
+        Duration::from_secs(60),
+        || async {
+            let rows = env.stored_rows().await;
+            if rows == (20, 60) {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        },
+    )
+    .await;
+    let connections =
+        tokio::task::block_in_place(|| broker.connections(&["ssl", "peer_cert_subject", "name"]));
+    eprintln!("connections: {connections:#?}");
+    assert!(
+        connections.len() >= 2,
+        "the receiver's and the worker's: {connections:?}"
+    );
+    for connection in &connections {
+        assert!(
+            connection.starts_with("true\t") && connection.contains("CN=wa-ingest"),
+            "TLS with the client certificate: {connection}"
+        );
+    }
+    receiver.stop().await;
+    worker.stop().await;
+
+    // What an operator gets wrong, each named in the error.
+    let other_ca = pem.write("other-ca.pem", &Ca::new("some other CA").pem());
+    let client_only = [
+        "--amqp-client-cert",
+        cert_file.as_str(),
+        "--amqp-client-key",
+        key_file.as_str(),
+    ];
+    let wrong_ca = [&["--amqp-ca-file", other_ca.as_str()][..], &client_only].concat();
+    for (case, options) in [
+        ("the system's roots", &client_only[..]),
+        ("another CA", &wrong_ca[..]),
+    ] {
+        let error = amqp_refusal(&url, options).await;
+        eprintln!("{case}: {error}");
+        assert!(error.contains("WA_AMQP_CA_FILE"), "{case}: {error}");
+        assert!(error.contains("AMQP_URL amqps://"), "{case}: {error}");
+        assert!(!error.contains("guest:guest"), "password hidden: {error}");
+    }
+    let error = amqp_refusal(&url, &["--amqp-ca-file", ca_file.as_str()]).await;
+    eprintln!("no client certificate: {error}");
+    assert!(error.contains("WA_AMQP_CLIENT_CERT"), "{error}");
 }
 
 #[tokio::test]

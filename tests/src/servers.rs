@@ -1,7 +1,7 @@
 //! Servers a test starts for itself, from the programs installed on the
 //! machine (Debian's `rabbitmq-server`, `redis-server`, `postgresql`): a
 //! 3-node RabbitMQ cluster, a Redis Cluster of 3 masters and 3 replicas, and
-//! TLS listeners of Redis and PostgreSQL with a CA made for the test.
+//! TLS-only RabbitMQ, Redis and PostgreSQL with a CA made for the test.
 //!
 //! Each runs on free ports with its data in a temporary folder, in a process
 //! group of its own, and is killed with its whole group (and the folder
@@ -167,18 +167,50 @@ struct RabbitNode {
     process: Option<Process>,
 }
 
+/// What a node listens on.
+enum RabbitListener {
+    Tcp,
+    /// TLS only: no plain listener at all, and a client must present a
+    /// certificate from the same CA as the server's.
+    Tls {
+        cert: String,
+        key: String,
+        ca: String,
+    },
+}
+
 /// A RabbitMQ cluster of nodes `waclusterN_{id}@localhost` on one machine,
 /// with its own ports, data, logs, Erlang cookie and port mapper (`epmd`,
-/// stopped with the cluster; the machine's own broker keeps the default one).
+/// stopped with the cluster; the machine's own broker keeps the default one);
+/// or one such node on TLS only ([`RabbitCluster::start_tls`]).
 pub struct RabbitCluster {
     nodes: Vec<RabbitNode>,
     epmd_port: u16,
+    listener: RabbitListener,
     dir: ServerDir,
 }
 
 impl RabbitCluster {
     /// Starts `size` nodes at once and joins them to the first.
     pub fn start(size: usize) -> Self {
+        Self::start_listening(size, |_| RabbitListener::Tcp)
+    }
+
+    /// One node that speaks AMQP over TLS only (as managed brokers do), with
+    /// a certificate from `ca`, and that demands a client certificate from
+    /// `ca` too.
+    pub fn start_tls(ca: &Ca) -> Self {
+        Self::start_listening(1, |dir| {
+            let Identity { cert_pem, key_pem } = ca.server();
+            RabbitListener::Tls {
+                cert: dir.write("server.crt", &cert_pem),
+                key: dir.write("server.key", &key_pem),
+                ca: dir.write("ca.crt", &ca.pem()),
+            }
+        })
+    }
+
+    fn start_listening(size: usize, listener: impl FnOnce(&ServerDir) -> RabbitListener) -> Self {
         let dir = ServerDir::new("rabbitmq");
         let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let cookie = dir.write(".erlang.cookie", &format!("WACLUSTER{id}"));
@@ -200,6 +232,7 @@ impl RabbitCluster {
         let mut cluster = Self {
             nodes,
             epmd_port: free_port_below(29000, 0),
+            listener: listener(&dir),
             dir,
         };
         for index in 0..size {
@@ -221,14 +254,21 @@ impl RabbitCluster {
     fn spawn(&mut self, index: usize) {
         let node = &self.nodes[index];
         let config = node.dir.join("rabbitmq.conf");
-        std::fs::write(
-            &config,
-            format!(
-                "listeners.tcp.local = 127.0.0.1:{}\nloopback_users = none\n",
-                node.amqp_port
+        let port = node.amqp_port;
+        let listeners = match &self.listener {
+            RabbitListener::Tcp => format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+            RabbitListener::Tls { cert, key, ca } => format!(
+                "listeners.tcp = none\n\
+                 listeners.ssl.local = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_peer\n\
+                 ssl_options.fail_if_no_peer_cert = true\n"
             ),
-        )
-        .expect("node config");
+        };
+        std::fs::write(&config, format!("{listeners}loopback_users = none\n"))
+            .expect("node config");
         let plugins = node.dir.join("enabled_plugins");
         std::fs::write(&plugins, "[].\n").expect("plugins file");
         let env_file = node.dir.join("rabbitmq-env.conf");
@@ -246,12 +286,14 @@ impl RabbitCluster {
             )
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", &plugins)
             .env("RABBITMQ_NODENAME", &node.name)
-            .env("RABBITMQ_NODE_PORT", node.amqp_port.to_string())
             .env("RABBITMQ_DIST_PORT", node.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", node.dir.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", node.dir.join("log"))
             .env("ERL_EPMD_ADDRESS", "127.0.0.1")
             .env("ERL_EPMD_PORT", self.epmd_port.to_string());
+        if let RabbitListener::Tcp = self.listener {
+            command.env("RABBITMQ_NODE_PORT", node.amqp_port.to_string());
+        }
         let process = Process::spawn(&mut command, &node.dir.join("server.out"));
         self.nodes[index].process = Some(process);
     }
@@ -287,12 +329,30 @@ impl RabbitCluster {
         self.nodes.len()
     }
 
-    /// `amqp://` URL of node `index` (0-based).
+    /// `amqp://` (`amqps://` for TLS) URL of node `index` (0-based).
     pub fn url(&self, index: usize) -> String {
+        let scheme = match self.listener {
+            RabbitListener::Tcp => "amqp",
+            RabbitListener::Tls { .. } => "amqps",
+        };
         format!(
-            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            "{scheme}://guest:guest@127.0.0.1:{}/%2f",
             self.nodes[index].amqp_port
         )
+    }
+
+    /// `rabbitmqctl list_connections <items>` on the first node: one line
+    /// per client connection, its items tab-separated.
+    pub fn connections(&self, items: &[&str]) -> Vec<String> {
+        let mut args = vec![
+            "-n",
+            &self.nodes[0].name,
+            "list_connections",
+            "-q",
+            "--no-table-headers",
+        ];
+        args.extend_from_slice(items);
+        self.ctl(&args).lines().map(str::to_owned).collect()
     }
 
     /// Every node's URL, comma-separated, starting with node `first`.

@@ -2,8 +2,8 @@
 //! that reconnects with backoff and re-declares the topology, a small set of
 //! confirm-mode channels for publishing, and consumers opened on request.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) config: BrokerConfig,
     topology: Topology,
     session: watch::Sender<Option<Arc<Session>>>,
+    /// Why the last attempt to connect failed, until one succeeds.
+    last_failure: Mutex<Option<String>>,
 }
 
 /// One live connection. When it breaks, the supervisor drops it and builds a
@@ -104,6 +106,7 @@ impl Broker {
                 config,
                 topology,
                 session,
+                last_failure: Mutex::new(None),
             }),
         };
         tokio::spawn(broker.clone().supervise(shutdown));
@@ -128,7 +131,7 @@ impl Broker {
     }
 
     /// For command-line tools: a live session within `limit`, or an error
-    /// that names the (redacted) URL.
+    /// that names the (redacted) URL and why the last attempt failed.
     pub async fn connected_within(
         &self,
         limit: Duration,
@@ -139,11 +142,30 @@ impl Broker {
             .ok()
             .flatten()
             .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "cannot connect to RabbitMQ at AMQP_URL {}",
-                    self.inner.config.nodes
-                )
+                let nodes = &self.inner.config.nodes;
+                match self.last_failure() {
+                    Some(reason) => anyhow::anyhow!(
+                        "cannot connect to RabbitMQ at AMQP_URL {nodes}; the last attempt, to {reason}"
+                    ),
+                    None => anyhow::anyhow!("cannot connect to RabbitMQ at AMQP_URL {nodes}"),
+                }
             })
+    }
+
+    fn last_failure(&self) -> Option<String> {
+        self.inner
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_last_failure(&self, reason: Option<String>) {
+        *self
+            .inner
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
     }
 
     /// The live session, if there is one now.
@@ -189,6 +211,7 @@ impl Broker {
                 Ok(Ok(session)) => {
                     delays = reconnect_backoff();
                     failed_in_a_row = 0;
+                    self.set_last_failure(None);
                     tracing::info!(
                         connection = %self.inner.config.connection_name,
                         node = %url,
@@ -214,9 +237,15 @@ impl Broker {
                     continue;
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(node = %url, error = %error_chain(&error), "cannot connect to RabbitMQ");
+                    let reason = connect_failure(url, &error);
+                    tracing::warn!(node = %url, error = %reason, "cannot connect to RabbitMQ");
+                    self.set_last_failure(Some(format!("{url}: {reason}")));
                 }
-                Err(_) => tracing::warn!(node = %url, "connecting to RabbitMQ timed out"),
+                Err(_) => {
+                    tracing::warn!(node = %url, "connecting to RabbitMQ timed out");
+                    let limit = self.inner.config.connect_timeout;
+                    self.set_last_failure(Some(format!("{url}: timed out after {limit:?}")));
+                }
             }
             node += 1;
             failed_in_a_row += 1;
@@ -265,6 +294,23 @@ impl Broker {
             broken,
         })
     }
+}
+
+/// Why connecting to `url` failed; for TLS, with the setting that most
+/// likely needs a look (a TLS alert alone does not say what to change).
+fn connect_failure(url: &SecretUrl, error: &lapin::Error) -> String {
+    let chain = error_chain(error);
+    if url.url().scheme() != "amqps" {
+        return chain;
+    }
+    let hint = if chain.contains("UnknownIssuer") || chain.contains("invalid peer certificate") {
+        "the broker's certificate does not chain to WA_AMQP_CA_FILE, or to the system's roots when that is unset"
+    } else if chain.contains("CertificateRequired") || chain.contains("HandshakeFailure") {
+        "the broker refused the TLS handshake: does it want a client certificate (WA_AMQP_CLIENT_CERT, WA_AMQP_CLIENT_KEY) from a CA it trusts?"
+    } else {
+        return chain;
+    };
+    format!("{chain} ({hint})")
 }
 
 /// Marks the session broken on the first connection error, and polls the
