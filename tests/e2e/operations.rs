@@ -172,8 +172,24 @@ fn thread_policies(pid: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Everything `child` writes to stdout and stderr, read as it comes (a full
+/// pipe would stall it), once it has exited.
+fn collect_output(child: &mut tokio::process::Child) -> tokio::task::JoinHandle<String> {
+    use tokio::io::AsyncReadExt;
+    let mut stdout = child.stdout.take().expect("stdout piped");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    tokio::spawn(async move {
+        let (mut out, mut err) = (String::new(), String::new());
+        let _ = tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        );
+        out + &err
+    })
+}
+
 #[tokio::test]
-async fn sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period() {
+async fn sigterm_mid_stream_loses_nothing_acks_what_it_stored_and_exits_within_the_grace_period() {
     let env = TestEnv::new().await;
     let total = 600;
     for i in 0..total {
@@ -185,8 +201,11 @@ async fn sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period() {
         .env("WA_BATCH_SIZE", "4")
         .env("WA_SHUTDOWN_GRACE", "10s")
         .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start the wa-ingest binary");
+    let output = collect_output(&mut child);
 
     eventually(
         "the worker to be mid-stream",
@@ -218,11 +237,29 @@ async fn sigterm_mid_stream_loses_nothing_and_exits_within_the_grace_period() {
         total * 3
     );
 
-    // Whatever it had not finished is still in the queue for the next worker.
+    let output = output.await.expect("the worker's output");
+    let errors: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(errors.is_empty(), "a clean stop logs no error: {errors:#?}");
+
+    // Whatever it had not finished is still in the queue for the next worker,
+    // and nothing it stored: every batch it finished was acked before its
+    // channel closed, so the successor meets no event twice.
     let successor = Worker::start(&env, &[]).await;
     wait_rows(&env, (total, total * 3)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stored_rows(&env).await, (total, total * 3));
     assert_eq!(env.queue_depth("dlq").await, 0);
+    let metrics = successor.metrics().await;
+    let again: f64 = ["duplicate_claim", "duplicate_delivery"]
+        .iter()
+        .map(|outcome| metric_sum(&metrics, "wa_events_total", &[("outcome", outcome)]))
+        .sum();
+    assert_eq!(
+        again, 0.0,
+        "events the stopped worker stored came back to its successor"
+    );
     successor.stop().await;
 }

@@ -87,6 +87,10 @@ pub(crate) async fn consume(
     });
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let tasks = TaskTracker::new();
+    // The channel consumed on when shutdown came. lapin closes a channel
+    // once its last handle is dropped, and deliveries hold none: it is kept
+    // until the batches in flight have acked on it, then closed.
+    let mut last_channel = None;
     while let Some(session) = broker.connected(&shutdown).await {
         let opened = open(session.connection(), &broker, &settings).await;
         let (channel, mut consumer) = match opened {
@@ -155,11 +159,17 @@ pub(crate) async fn consume(
             .await;
         }
         if shutdown.is_cancelled() {
+            last_channel = Some(channel);
             break;
         }
     }
     tasks.close();
     tasks.wait().await;
+    if let Some(channel) = last_channel {
+        // Closed before the broker link closes the connection, so the
+        // close is not cut short (lapin logs that as a connection error).
+        let _ = channel.close(200, "worker stopped".into()).await;
+    }
 }
 
 async fn open(
