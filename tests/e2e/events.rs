@@ -143,3 +143,69 @@ async fn statuses_arriving_read_sent_delivered_give_one_status_event() {
     relay.stop().await;
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn events_tail_prints_each_event_once_acks_it_and_stops_without_an_error() {
+    let env = TestEnv::new().await;
+    let worker = Worker::start(&env, &[]).await;
+    let relay = Relay::start(&env, &["--reorder-window", "200ms"]).await;
+    let count = 12;
+    let bodies: Vec<Vec<u8>> = (0..count)
+        .map(|i| {
+            let message = text_message(
+                &format!("wamid.tail.{i:02}"),
+                &format!("4916{i:08}"),
+                1_700_000_000,
+            );
+            envelope(&[message], &[])
+        })
+        .collect();
+    env.publish_inbound_all(&bodies).await;
+
+    let shards = TEST_EVENT_SHARDS.to_string();
+    let limit = count.to_string();
+    let tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
+        .args([
+            "events",
+            "tail",
+            "--event-shards",
+            &shards,
+            "--limit",
+            &limit,
+        ])
+        .env("WA_NAMESPACE", env.namespace.as_str())
+        .env("AMQP_URL", &env.amqp_url)
+        .env("LOG_FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), tail)
+        .await
+        .expect("the tail stopped at its limit")
+        .expect("run wa-ingest events tail");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{}: {stderr}", output.status);
+    let ids: HashSet<String> = stdout
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            event["id"].as_str().expect("an event id").to_owned()
+        })
+        .collect();
+    assert_eq!(stdout.lines().count(), count, "{stdout}");
+    assert_eq!(ids.len(), count, "each event once: {stdout}");
+    assert!(ids.iter().all(|id| id.starts_with("msg:wamid.tail.")));
+    assert!(
+        !stderr.contains(r#""level":"ERROR""#),
+        "a clean stop logs no error: {stderr}"
+    );
+    // What it printed it acked: nothing is left for the next consumer.
+    for shard in 0..TEST_EVENT_SHARDS {
+        assert_eq!(env.queue_depth(&format!("events.{shard}")).await, 0);
+    }
+    relay.stop().await;
+    worker.stop().await;
+}

@@ -99,5 +99,9 @@ async fn tail(
         delivery.ack(BasicAckOptions::default()).await?;
         printed += 1;
     }
+    // Closed here, before the connection: left to lapin's close on drop, it
+    // races the connection's close (in the worker, lapin logged the loser
+    // as a connection error).
+    let _ = channel.close(200, "tail done".into()).await;
     Ok(())
 }
