@@ -208,6 +208,16 @@ impl fmt::Display for Report {
             "{:<52} {:>12.1} µs/event",
             "  relay CPU", self.relay_cpu_us_per_event
         )?;
+        if self.broker_publish_per_second > 0.0 && self.relay_events_per_second > 0.0 {
+            // One confirmed publish per event: this share says whether the
+            // relay or the broker is the limit on this machine.
+            writeln!(
+                f,
+                "{:<52} {:>12.0} % of the broker's confirmed publishes/s",
+                "  relay share of the broker ceiling",
+                100.0 * self.relay_events_per_second / self.broker_publish_per_second
+            )?;
+        }
         let d = &self.deliver;
         writeln!(
             f,
