@@ -303,8 +303,10 @@ fn connect_failure(url: &SecretUrl, error: &lapin::Error) -> String {
     if url.url().scheme() != "amqps" {
         return chain;
     }
-    let hint = if chain.contains("UnknownIssuer") || chain.contains("invalid peer certificate") {
+    let hint = if chain.contains("UnknownIssuer") {
         "the broker's certificate does not chain to WA_AMQP_CA_FILE, or to the system's roots when that is unset"
+    } else if chain.contains("NotValidForName") {
+        "the broker's certificate is not for the host named in AMQP_URL"
     } else if chain.contains("CertificateRequired") || chain.contains("HandshakeFailure") {
         "the broker refused the TLS handshake: does it want a client certificate (WA_AMQP_CLIENT_CERT, WA_AMQP_CLIENT_KEY) from a CA it trusts?"
     } else {
@@ -354,4 +356,38 @@ fn with_heartbeat(url: &SecretUrl) -> String {
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     full_jitter(Duration::from_millis(100), Duration::from_secs(5), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connect_failure;
+
+    fn failure(url: &str, cause: &str) -> String {
+        let error = lapin::Error::from(std::io::Error::other(cause.to_owned()));
+        connect_failure(&url.parse().expect("a URL"), &error)
+    }
+
+    #[test]
+    fn a_tls_failure_names_the_setting_to_look_at() {
+        let tls = "amqps://u:p@rabbit:5671/%2f";
+        let unknown = failure(tls, "invalid peer certificate: UnknownIssuer");
+        assert!(unknown.contains("UnknownIssuer ("), "{unknown}");
+        assert!(unknown.contains("WA_AMQP_CA_FILE"), "{unknown}");
+        let name = failure(tls, "invalid peer certificate: NotValidForName");
+        assert!(name.contains("the host named in AMQP_URL"), "{name}");
+        assert!(!name.contains("WA_AMQP_CA_FILE"), "{name}");
+        let client = failure(tls, "received fatal alert: CertificateRequired");
+        assert!(client.contains("WA_AMQP_CLIENT_CERT"), "{client}");
+        let expired = failure(tls, "invalid peer certificate: Expired");
+        assert!(
+            !expired.contains('('),
+            "no guess beyond the cause: {expired}"
+        );
+    }
+
+    #[test]
+    fn a_plain_failure_is_its_cause_alone() {
+        let plain = failure("amqp://u:p@rabbit:5672/%2f", "UnknownIssuer");
+        assert!(!plain.contains("WA_AMQP"), "{plain}");
+    }
 }
