@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use wa_e2e::logs::error_lines;
 use wa_e2e::payloads::{self, post_signed};
 use wa_e2e::{Receiver, TestEnv, Worker, eventually, metric_sum};
 
@@ -238,10 +239,7 @@ async fn sigterm_mid_stream_loses_nothing_acks_what_it_stored_and_exits_within_t
     );
 
     let output = output.await.expect("the worker's output");
-    let errors: Vec<&str> = output
-        .lines()
-        .filter(|line| line.contains(r#""level":"ERROR""#))
-        .collect();
+    let errors = error_lines(&output);
     assert!(errors.is_empty(), "a clean stop logs no error: {errors:#?}");
 
     // Whatever it had not finished is still in the queue for the next worker,

@@ -50,3 +50,33 @@ pub fn capture() -> Captured {
         .expect("no other log subscriber in this test process");
     captured
 }
+
+/// The lines at level ERROR in a `wa-ingest` process's JSON log output
+/// (`LOG_FORMAT=json`), for tests that run the binary and read its output.
+pub fn error_lines(output: &str) -> Vec<&str> {
+    output
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|entry| entry["level"] == "ERROR")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_lines_are_the_json_lines_at_level_error() {
+        let output = concat!(
+            r#"{"level":"INFO","message":"worker drained"}"#,
+            "\n",
+            r#"{"timestamp":"t","level":"ERROR","message":"Connection error"}"#,
+            "\n",
+            "not JSON: ERROR\n",
+        );
+        assert_eq!(
+            super::error_lines(output),
+            [r#"{"timestamp":"t","level":"ERROR","message":"Connection error"}"#]
+        );
+    }
+}
