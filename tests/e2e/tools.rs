@@ -128,3 +128,71 @@ fn the_production_binary_links_no_tool_and_wa_core_no_backend_client() {
         );
     }
 }
+
+/// `wa-ingest loadgen <args>` with the test's database, as a user runs it
+/// (the tools binary beside `wa-ingest`, as the workspace builds it).
+async fn loadgen(env: &wa_e2e::TestEnv, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
+        .arg("loadgen")
+        .args(args)
+        .env("DATABASE_URL", &env.database_url)
+        .env("WA_APP_SECRET", wa_e2e::roles::APP_SECRET)
+        .env("LOG_FORMAT", "json")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run wa-ingest loadgen")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_check_waits_for_the_workers_when_asked_and_not_otherwise() {
+    use std::time::Duration;
+    use wa_e2e::{Receiver, TestEnv, Worker};
+
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start(&env, &env.amqp_url, &[]).await;
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("check-{}", env.namespace));
+    std::fs::create_dir_all(&dir).expect("events folder");
+    let events = dir.join("events.txt");
+    let events = events.to_str().expect("a UTF-8 path");
+    let url = receiver.url("/webhooks/whatsapp");
+    let sent = loadgen(
+        &env,
+        &[
+            "send",
+            "--url",
+            &url,
+            "--payloads",
+            "40",
+            "--duplicates",
+            "2",
+            "--events-out",
+            events,
+        ],
+    )
+    .await;
+    assert!(sent.status.success(), "{sent:?}");
+
+    // No worker yet: without --wait the check counts once and fails.
+    let at_once = loadgen(&env, &["check", "--events", events]).await;
+    assert!(!at_once.status.success(), "{at_once:?}");
+    assert!(
+        String::from_utf8_lossy(&at_once.stdout).contains(" 0 stored, "),
+        "{at_once:?}"
+    );
+
+    // With --wait it looks again until a worker, started later, has stored all.
+    let check_waiting = ["check", "--events", events, "--wait", "60s"];
+    let waiting = loadgen(&env, &check_waiting);
+    let late_worker = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Worker::start(&env, &[]).await
+    };
+    let (waited, worker) = tokio::join!(waiting, late_worker);
+    let stdout = String::from_utf8_lossy(&waited.stdout);
+    assert!(waited.status.success(), "{waited:?}");
+    assert!(stdout.contains(" stored, 0 missing"), "{stdout}");
+    worker.stop().await;
+    receiver.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

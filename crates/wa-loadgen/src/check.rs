@@ -1,7 +1,10 @@
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio::time::Instant;
+use wa_core::config::parse_duration;
 use wa_payload::EventKey;
 use wa_store::DatabaseArgs;
 
@@ -10,6 +13,10 @@ pub struct CheckArgs {
     /// The file `loadgen send --events-out` wrote.
     #[arg(long)]
     pub events: PathBuf,
+    /// While events are missing, look again every second for up to this
+    /// long: the workers may still be draining what `send` enqueued.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub wait: Duration,
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -31,7 +38,8 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// Looks every event key up in the table that holds its kind.
+/// Looks every event key up in the table that holds its kind, again until
+/// all are there or `--wait` is over.
 pub async fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
     let text = std::fs::read_to_string(&args.events)
         .with_context(|| format!("cannot read {}", args.events.display()))?;
@@ -42,9 +50,17 @@ pub async fn check(args: &CheckArgs) -> anyhow::Result<CheckReport> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
     let pool = args.database.pool()?;
-    let found = wa_store::lookup::count_stored(&pool, &keys)
-        .await
-        .context("cannot query the database")?;
+    let deadline = Instant::now() + args.wait;
+    let found = loop {
+        let found = wa_store::lookup::count_stored(&pool, &keys)
+            .await
+            .context("cannot query the database")?;
+        let now = Instant::now();
+        if found >= keys.len() || now >= deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_secs(1).min(deadline - now)).await;
+    };
     pool.close().await;
     Ok(CheckReport {
         expected: keys.len(),
