@@ -3,12 +3,13 @@
 //! stored and emitted once, and the membership they describe.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use wa_broker::event_shard;
 use wa_e2e::env::TEST_EVENT_SHARDS;
-use wa_e2e::payloads::{Participant, envelope, group_receipt, group_text_message, groups_envelope};
+use wa_e2e::payloads::{
+    Participant, envelope, fixture, group_receipt, group_text_message, groups_envelope,
+};
 use wa_e2e::sink::Received;
 use wa_e2e::{Relay, Sink, TestEnv, Worker, eventually};
 use wa_payload::status_rank;
@@ -253,13 +254,6 @@ async fn forty_group_messages_to_four_groups_reversed_and_doubled_arrive_in_meta
     for worker in workers {
         worker.stop().await;
     }
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../wa-payload/tests/fixtures")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 /// The group fixtures, built from Meta's "Webhooks for Groups API" page (the

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use wa_broker::INBOUND_DELIVERY_LIMIT;
 use wa_e2e::env::execute;
 use wa_e2e::payloads::{self, envelope, text_message};
@@ -367,19 +366,25 @@ async fn a_long_pause_hands_deliveries_back_without_using_up_the_delivery_limit(
     worker.stop().await;
 }
 
-/// A text with `\u0000`, which PostgreSQL refuses in JSONB (22P05): a
-/// permanent error of this payload alone.
-fn nul_payload(wamid: &str) -> Vec<u8> {
-    let mut message = text_message(wamid, "15550008", 1_700_000_000);
-    message["text"] = json!({ "body": "nul \u{0000} inside" });
-    envelope(&[message], &[])
+/// A payload the database refuses for good: a CHECK constraint on this
+/// test's own database turns `wamid` away (23514, a permanent error of this
+/// payload alone).
+async fn refused_payload(env: &TestEnv, wamid: &str) -> Vec<u8> {
+    let mut connection = env.db.acquire().await.expect("a connection");
+    execute(
+        &mut connection,
+        format!("ALTER TABLE messages ADD CONSTRAINT refused CHECK (wamid <> '{wamid}')"),
+    )
+    .await;
+    envelope(&[text_message(wamid, "15550008", 1_700_000_000)], &[])
 }
 
 #[tokio::test]
 async fn a_database_error_is_logged_with_its_message_once() {
     let logs = wa_e2e::logs::capture();
     let env = TestEnv::new().await;
-    env.publish_inbound(&nul_payload("wamid.nul")).await;
+    env.publish_inbound(&refused_payload(&env, "wamid.refused").await)
+        .await;
     let worker = Worker::start(&env, &[]).await;
     eventually("the payload dead-lettered", LIMIT, || async {
         match env.queue_depth("dlq").await {
@@ -390,8 +395,8 @@ async fn a_database_error_is_logged_with_its_message_once() {
     .await;
     worker.stop().await;
 
-    // PostgreSQL's text for 22P05, as the server sends it.
-    let server_text = "unsupported Unicode escape sequence";
+    // PostgreSQL's text for 23514, as the server sends it.
+    let server_text = r#"violates check constraint "refused""#;
     let lines = logs.lines();
     for message in ["could not store batch", "delivery moved"] {
         let line = lines
@@ -442,7 +447,8 @@ async fn a_batch_retried_one_by_one_counts_each_event_once() {
     let good = payloads::mixed("dup", 1);
     env.publish_inbound(&good).await;
     env.publish_inbound(&good).await;
-    env.publish_inbound(&nul_payload("wamid.refused")).await;
+    env.publish_inbound(&refused_payload(&env, "wamid.refused").await)
+        .await;
     let worker = Worker::start(&env, &["--batch-linger", "200ms"]).await;
     env.settled((1, 3)).await;
     eventually("the refused payload dead-lettered", LIMIT, || async {

@@ -201,6 +201,62 @@ async fn bad_payloads_go_to_the_dlq_at_once_and_spare_the_good_ones() {
     worker.stop().await;
 }
 
+/// What a user typed can hold U+0000 or half an emoji (a client that cut a
+/// surrogate pair), which PostgreSQL refuses in `jsonb` and `text`. The
+/// webhook is stored whole, with U+FFFD in their place, and not one of its
+/// events goes to the DLQ: until the parser read them so, all of it went
+/// there as permanent, the good message beside them included.
+#[tokio::test]
+async fn a_text_with_nul_or_half_an_emoji_is_stored_with_the_rest_of_its_webhook() {
+    let env = TestEnv::new().await;
+    let user = "15550009";
+    let mut nul = text_message("wamid.odd.nul", user, 1_700_000_000);
+    nul["text"] = serde_json::json!({ "body": "nul \u{0000} inside" });
+    let mut half = text_message("wamid.odd.half", user, 1_700_000_001);
+    half["text"] = serde_json::json!({ "body": "half an emoji HALF" });
+    let good = text_message("wamid.odd.good", user, 1_700_000_002);
+    let read = status("wamid.odd.out", "read", user, 1_700_000_003);
+    // A Rust string cannot hold a lone surrogate; its JSON escape can.
+    let body = String::from_utf8(envelope(&[nul, half, good], &[read]))
+        .expect("JSON is UTF-8")
+        .replace("HALF", r"\ud83d")
+        .replace(
+            &format!("\"User {user}\""),
+            &format!(r#""User\u0000 {user}""#),
+        );
+    assert!(body.contains(r"\u0000 inside") && body.contains(r"User\u0000"));
+    env.publish_inbound(body.as_bytes()).await;
+    env.publish_inbound(body.as_bytes()).await;
+    let worker = Worker::start(&env, &[]).await;
+    env.settled((3, 1)).await;
+    assert_eq!(env.queue_depth("dlq").await, 0);
+
+    let texts: Vec<(String, String)> =
+        sqlx::query_as("SELECT wamid, raw->'text'->>'body' FROM messages ORDER BY wamid")
+            .fetch_all(&env.db)
+            .await
+            .expect("the messages");
+    let texts: Vec<(&str, &str)> = texts
+        .iter()
+        .map(|(w, t)| (w.as_str(), t.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            ("wamid.odd.good", "message wamid.odd.good"),
+            ("wamid.odd.half", "half an emoji \u{fffd}"),
+            ("wamid.odd.nul", "nul \u{fffd} inside"),
+        ]
+    );
+    let name: String = sqlx::query_scalar("SELECT profile_name FROM contacts WHERE wa_id = $1")
+        .bind(user)
+        .fetch_one(&env.db)
+        .await
+        .expect("the contact");
+    assert_eq!(name, format!("User\u{fffd} {user}"));
+    worker.stop().await;
+}
+
 /// The marker a worker leaves once every event of `body` is stored.
 async fn stored_body_marker(env: &TestEnv, body: &[u8]) -> Option<String> {
     let key = format!(

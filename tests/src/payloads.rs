@@ -1,10 +1,43 @@
-//! WhatsApp payloads shaped like Meta's, built for a test, and signed POSTs.
+//! WhatsApp payloads shaped like Meta's, built for a test or read from the
+//! parser's fixtures, and signed POSTs.
+
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
 use crate::roles::APP_SECRET;
 
 pub const PHONE_NUMBER_ID: &str = "106540352242922";
+
+/// The parser's fixture corpus, `crates/wa-payload/tests/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crates/wa-payload/tests/fixtures")
+}
+
+/// One body of the corpus, by file name.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = fixtures_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// Every body of the corpus with its file name, sorted by name.
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let dir = fixtures_dir();
+    let mut bodies: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| {
+            let name = entry
+                .expect("a fixture")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            let body = fixture(&name);
+            (name, body)
+        })
+        .collect();
+    bodies.sort();
+    bodies
+}
 
 pub fn text_message(wamid: &str, from: &str, timestamp: i64) -> Value {
     json!({

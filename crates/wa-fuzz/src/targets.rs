@@ -71,6 +71,10 @@ fn check_payload(body: &[u8]) -> Result<(), String> {
         if key.len() > MAX_KEY_LEN {
             return Err(format!("key of {} bytes", key.len()));
         }
+        if key.contains('\0') {
+            return Err(format!("key with U+0000: {key:?}"));
+        }
+        storable_by_postgresql(event)?;
         match event {
             Event::Message(message) => {
                 let _ = message.contact.key();
@@ -102,6 +106,60 @@ fn check_payload(body: &[u8]) -> Result<(), String> {
     let again = parse_payload(body).map_err(|e| format!("second parse failed: {e}"))?;
     if again != events {
         return Err("two parses of the same bytes differ".to_owned());
+    }
+    Ok(())
+}
+
+/// PostgreSQL refuses U+0000 and lone surrogates in `jsonb`; the parser
+/// makes both U+FFFD, so no event's raw item may hold either.
+fn storable_by_postgresql(event: &Event) -> Result<(), String> {
+    let raw = match event {
+        Event::Message(message) => &message.raw,
+        Event::Status(status) => &status.raw,
+        Event::Group(group) => &group.raw,
+        Event::Other(other) => &other.raw,
+    };
+    storable_escapes(raw.as_raw().get())
+        .map_err(|refused| format!("a raw item PostgreSQL would refuse: {refused}"))
+}
+
+/// Decodes every run of `\uXXXX` escapes in `json` with the standard
+/// library's UTF-16 decoder: written apart from the parser's rewrite
+/// (`wa-payload/src/escapes.rs`), so that it can judge it.
+fn storable_escapes(json: &str) -> Result<(), String> {
+    let mut run: Vec<u16> = Vec::new();
+    let mut chars = json.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            decode_run(&mut run)?;
+            continue;
+        }
+        match chars.next() {
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let unit = u16::from_str_radix(&hex, 16)
+                    .map_err(|_| format!("a broken escape \\u{hex}"))?;
+                run.push(unit);
+            }
+            // `\\`, `\"`, `\n`, ...: one character, and the end of a run.
+            _ => decode_run(&mut run)?,
+        }
+    }
+    decode_run(&mut run)
+}
+
+fn decode_run(run: &mut Vec<u16>) -> Result<(), String> {
+    for decoded in char::decode_utf16(run.drain(..)) {
+        match decoded {
+            Ok('\0') => return Err("U+0000".to_owned()),
+            Ok(_) => {}
+            Err(lone) => {
+                return Err(format!(
+                    "a lone surrogate {:04x}",
+                    lone.unpaired_surrogate()
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -229,4 +287,27 @@ fn check_signature(input: &[u8]) -> Result<(), String> {
         return Err("malformed is reported exactly for malformed headers".to_owned());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::storable_escapes;
+
+    #[test]
+    fn the_oracle_refuses_nul_and_lone_surrogates_only() {
+        for json in [
+            r#"["plain","\ud83d\ude00","\u00e9\n\"","\\u0000","\\\\ud83d","\ufffd"]"#,
+            "",
+        ] {
+            assert_eq!(storable_escapes(json), Ok(()), "{json}");
+        }
+        for json in [
+            r#"["\u0000"]"#,
+            r#"["\ud83d"]"#,
+            r#"["\ude00\ud83d"]"#,
+            r#"["\\\ud83dx"]"#,
+        ] {
+            assert!(storable_escapes(json).is_err(), "{json}");
+        }
+    }
 }

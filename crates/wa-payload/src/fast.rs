@@ -5,11 +5,12 @@
 //!
 //! Anything else (echoes, groups, errors, an unknown key in a change's
 //! `value`, a number where Meta writes a string, an id too long, a group
-//! receipt, a change nothing is read from) makes [`parse`] give up, and the
-//! tolerant parser in `parse.rs` reads the body instead. So this module only
-//! ever returns what that parser would, which a test checks on every
-//! fixture and on the load generator's payloads. Building the tree cost the
-//! worker about a fifth of its CPU per stored event (README, "Performance").
+//! receipt, a change nothing is read from, a `calls` change) makes [`parse`]
+//! give up, and the tolerant parser in `parse.rs` reads the body instead.
+//! So this module only ever returns what that parser would, which a test
+//! checks on every fixture and on the load generator's payloads. Building
+//! the tree cost the worker about a fifth of its CPU per stored event
+//! (README, "Performance").
 
 use std::borrow::Cow;
 
@@ -20,7 +21,7 @@ use serde_json::value::RawValue;
 use crate::contact::{self, ContactsEntry, IdField, Ids, ProfileField};
 use crate::event::{Contact, Direction, Event, MessageEvent, RawItem, StatusEvent};
 use crate::key;
-use crate::parse::MAX_ID_LEN;
+use crate::parse::{CALLS_FIELD, MAX_ID_LEN};
 use crate::timestamp::timestamp_text;
 
 /// Text borrowed from the body where it has no escapes.
@@ -41,9 +42,11 @@ struct Entry<'a> {
     changes: Option<Vec<Change<'a>>>,
 }
 
-/// `field` only names the events of items this module gives up on.
+/// `field` otherwise only names the events of items this module gives up on.
 #[derive(Deserialize)]
 struct Change<'a> {
+    #[serde(borrow)]
+    field: Text<'a>,
     #[serde(borrow)]
     value: ChangeValue<'a>,
 }
@@ -183,6 +186,9 @@ pub(crate) fn parse(body: &[u8]) -> Option<Vec<Event>> {
 }
 
 fn read_change(change: Change<'_>, events: &mut Vec<Event>) -> Option<()> {
+    if change.field.as_deref() == Some(CALLS_FIELD) {
+        return None;
+    }
     let value = change.value;
     let metadata = value.metadata.as_ref();
     let context = Context {

@@ -7,6 +7,7 @@
 
 mod canonical;
 mod contact;
+mod escapes;
 mod event;
 mod fast;
 mod key;

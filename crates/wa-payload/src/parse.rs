@@ -4,6 +4,7 @@ use serde_json::{Map, Value};
 
 use crate::canonical::{content_hash, identity_hash};
 use crate::contact::{self, ContactsEntry, IdField, Ids, ProfileField};
+use crate::escapes::storable;
 use crate::event::{
     Contact, Direction, Event, GroupEvent, GroupParticipant, MessageEvent, OtherEvent,
     ParticipantChange, RawItem, StatusEvent,
@@ -13,6 +14,12 @@ use crate::timestamp::meta_timestamp;
 
 /// Longer ids are not ids: such an item is kept as an [`OtherEvent`].
 pub(crate) const MAX_ID_LEN: usize = 512;
+
+/// The Calling API's change. Its `statuses` are a call's (`wacid.` ids,
+/// `RINGING`, `ACCEPTED`, ...), not a message's: the change is kept whole
+/// as an event of its field, like its `calls` items, so that no call shows
+/// up as a message's status downstream.
+pub(crate) const CALLS_FIELD: &str = "calls";
 
 /// A group key names the participants of its item up to this length; a
 /// longer list is named by its hash, so keys stay short.
@@ -71,12 +78,16 @@ pub enum PayloadError {
 /// `change` x every item. Items repeated inside one payload are returned as
 /// often as they occur; deduplication is the caller's job.
 ///
-/// The usual notification is read without a JSON tree ([`parse_payload_fast`]);
-/// every other body goes through the tolerant parser ([`parse_payload_tree`]).
+/// The body is read with `\u0000` and lone surrogates made U+FFFD first
+/// (`escapes.rs`), so no event carries what PostgreSQL cannot store. The
+/// usual notification is then read without a JSON tree
+/// ([`parse_payload_fast`]); every other body goes through the tolerant
+/// parser ([`parse_payload_tree`]).
 pub fn parse_payload(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
-    match parse_payload_fast(body) {
+    let body = storable(body);
+    match crate::fast::parse(&body) {
         Some(events) => Ok(events),
-        None => parse_payload_tree(body),
+        None => parse_tree(&body),
     }
 }
 
@@ -85,13 +96,17 @@ pub fn parse_payload(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
 /// [`parse_payload_tree`].
 #[doc(hidden)]
 pub fn parse_payload_fast(body: &[u8]) -> Option<Vec<Event>> {
-    crate::fast::parse(body)
+    crate::fast::parse(&storable(body))
 }
 
 /// [`parse_payload`] through the tolerant parser alone, which reads any
 /// body into a JSON tree first.
 #[doc(hidden)]
 pub fn parse_payload_tree(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
+    parse_tree(&storable(body))
+}
+
+fn parse_tree(body: &[u8]) -> Result<Vec<Event>, PayloadError> {
     let envelope: Value = serde_json::from_slice(body)?;
     let Value::Object(envelope) = envelope else {
         return Err(PayloadError::NotWhatsApp("the body is not a JSON object"));
@@ -158,7 +173,11 @@ fn parse_change(mut change: Value, entry: &EntryContext, events: &mut Vec<Event>
     // a change nothing is taken from is still whole for the fallback below.
     let messages = take_items(value, "messages");
     let echoes = take_items(value, "message_echoes");
-    let statuses = take_items(value, "statuses");
+    let statuses = if field == CALLS_FIELD {
+        Vec::new()
+    } else {
+        take_items(value, "statuses")
+    };
     let groups = if field.starts_with("group_") {
         take_items(value, "groups")
     } else {

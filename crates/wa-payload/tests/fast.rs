@@ -95,7 +95,11 @@ fn every_value_the_fast_path_does_not_expect_gives_the_tolerant_parsers_events()
         if parse_payload_fast(&body).is_none() {
             continue;
         }
-        let original: Value = serde_json::from_slice(&body).unwrap();
+        // A fixture with a lone surrogate is no tree to vary (the parsers
+        // read it only once it is made U+FFFD); the test above covers it.
+        let Ok(original) = serde_json::from_slice::<Value>(&body) else {
+            continue;
+        };
         let mut paths = Vec::new();
         leaves(&original, String::new(), &mut paths);
         for path in paths.iter().filter(|p| p.contains("/value/")) {

@@ -214,6 +214,28 @@ fn text_and_media_messages() {
                 json!("Hi, is the blue jacket still available in medium?"),
             )),
         ),
+        // An edit and a revoke have ids of their own: each is a message
+        // that names the one it changes, never a copy of that one.
+        (
+            "message_edit.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ0RTFBRDIwOUI3QjJEMUQ2RDVGMwA=",
+            "edit",
+            1_749_416_500,
+            Some((
+                "/edit/original_message_id",
+                json!("wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzNzJFQTA4Q0FCMzNFNzFDMDJDNgA="),
+            )),
+        ),
+        (
+            "message_revoke.json",
+            "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQ5QjNGMjE3MEE0OEE4QjE5QzBENQA=",
+            "revoke",
+            1_749_416_560,
+            Some((
+                "/revoke/original_message_id",
+                json!("wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQzNzJFQTA4Q0FCMzNFNzFDMDJDNgA="),
+            )),
+        ),
         (
             "message_image.json",
             "wamid.HBgLMTY1MDU1NTEyMzQVAgASGBQwRTc2MjkyNzk0ODg4RDRGMUZBNwA=",
@@ -267,6 +289,40 @@ fn text_and_media_messages() {
             );
         }
     }
+}
+
+/// What a user typed can hold U+0000 or half an emoji (a client that cut a
+/// text between the two halves of a surrogate pair). PostgreSQL stores
+/// neither, and the other messages of the webhook must not go to the DLQ
+/// with it: each such escape is read as U+FFFD, everything else as sent.
+#[test]
+fn nul_and_half_emoji_are_read_as_the_replacement_character() {
+    let name = "message_text_unstorable_escapes.json";
+    let events = parse_fixture(name);
+    let bodies: Vec<String> = events
+        .iter()
+        .map(|event| {
+            let message = as_message(event);
+            assert_eq!(message.message_type, "text");
+            assert_eq!(message.contact.key(), Some(USER_WA_ID));
+            message.raw.to_value()["text"]["body"]
+                .as_str()
+                .expect("a text body")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "Is it still available?\u{fffd}",
+            "In blue \u{fffd}",
+            "Thanks \u{1f600} \\u0000 stays text",
+        ]
+    );
+    assert_eq!(
+        as_message(&events[0]).contact.profile_name.as_deref(),
+        Some("Sheena\u{fffd} Nelson")
+    );
 }
 
 #[test]
@@ -1138,6 +1194,38 @@ fn account_level_updates_are_one_other_event_holding_the_value() {
             "phone_number_quality_update",
             "current_limit",
             json!("TIER_10K"),
+        ),
+        (
+            "user_preferences.json",
+            "user_preferences",
+            "user_preferences",
+            json!([{
+                "wa_id": USER_WA_ID,
+                "detail": "User requested to stop marketing messages",
+                "category": "marketing_messages",
+                "value": "stop",
+                "timestamp": 1_749_416_700
+            }]),
+        ),
+        // The Calling API: a call's statuses are not a message's (`wacid.`
+        // ids), so they are kept with their change, as its `calls` are.
+        (
+            "calls_status_ringing.json",
+            "calls",
+            "statuses",
+            json!([{
+                "id": "wacid.HBgLMTY1MDU1NTEyMzQVAgASGCA2RjBDMkI0QTlFNUM3RDhFMEYxQTJCM0M0RDVFNkY3AA==",
+                "timestamp": "1749416600",
+                "type": "call",
+                "status": "RINGING",
+                "recipient_id": USER_WA_ID
+            }]),
+        ),
+        (
+            "calls_connect.json",
+            "calls",
+            "calls",
+            fixture_json("calls_connect.json", "/entry/0/changes/0/value/calls"),
         ),
     ];
     for (name, field, part, expected) in cases {

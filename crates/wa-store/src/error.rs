@@ -97,7 +97,7 @@ pub fn sqlstate_class(code: &str) -> ErrorClass {
         "20" => Transient,
         // Cardinality violation: this payload's rows conflict with each other.
         "21" => Permanent,
-        // Data exception: a value of this payload (out of range, \u0000 in text, bad JSON).
+        // Data exception: a value of this payload (out of range, bad JSON).
         "22" => Permanent,
         // Integrity constraint violation: a check, not-null or key refused these rows.
         "23" => Permanent,
