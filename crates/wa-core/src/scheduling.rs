@@ -7,9 +7,9 @@
 //! do not preempt on wake-up (the scheduler's tick or the waker's next block
 //! lets them run), so the I/O thread finds many frames at once. In the bench
 //! this took about 30 % off the relay's CPU per event, 10 % off the
-//! receiver's per webhook and 7 % off the worker's per stored event (README,
-//! "Performance"). Priorities and nice values are unchanged, and no privilege
-//! is needed.
+//! receiver's per webhook and 7 % off the worker's per stored event
+//! (docs/performance.md). Priorities and nice values are unchanged, and no
+//! privilege is needed.
 
 /// `--sched-policy` / `WA_SCHED_POLICY`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -14,7 +14,7 @@ mod tools;
 
 /// mimalloc instead of glibc's malloc: the hot paths allocate small, short
 /// lived buffers from many tokio threads, where glibc spent a quarter of the
-/// worker's CPU and a fifth of the receiver's (README, "Performance").
+/// worker's CPU and a fifth of the receiver's (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -10,7 +10,7 @@
 //! So this module only ever returns what that parser would, which a test
 //! checks on every fixture and on the load generator's payloads. Building
 //! the tree cost the worker about a fifth of its CPU per stored event
-//! (README, "Performance").
+//! (docs/performance.md).
 
 use std::borrow::Cow;
 

@@ -32,7 +32,7 @@ pub struct RelayConfig {
     /// reading, one commit): 8000 released a backlog at 0.8-1.6x the rate
     /// the worker stored it (near 1.0 once the worker stored 28,000 events/s,
     /// the machine's ceiling for confirmed publishes); 4000 fell to 0.8-1.1x
-    /// earlier, 1000 never kept up (`wa-ingest bench`, README "Performance").
+    /// earlier, 1000 never kept up (`wa-ingest bench`, docs/performance.md).
     #[arg(long, env = "WA_RELAY_BATCH_EVENTS", value_name = "WA_RELAY_BATCH_EVENTS", default_value_t = 8000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_events: u32,
     /// Releases in progress at once, each holding its own contacts (and a
