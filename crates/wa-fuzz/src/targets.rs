@@ -137,8 +137,10 @@ fn storable_escapes(json: &str) -> Result<(), String> {
         match chars.next() {
             Some('u') => {
                 let hex: String = chars.by_ref().take(4).collect();
-                let unit = u16::from_str_radix(&hex, 16)
-                    .map_err(|_| format!("a broken escape \\u{hex}"))?;
+                let unit = Some(&hex)
+                    .filter(|hex| hex.len() == 4 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+                    .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                    .ok_or_else(|| format!("a broken escape \\u{hex}"))?;
                 run.push(unit);
             }
             // `\\`, `\"`, `\n`, ...: one character, and the end of a run.

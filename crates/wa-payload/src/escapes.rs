@@ -50,11 +50,12 @@ pub(crate) fn storable(body: &[u8]) -> Cow<'_, [u8]> {
 /// The code unit of a `\uXXXX` escape starting at `at`, if one does.
 fn code_unit(body: &[u8], at: usize) -> Option<u16> {
     let escape = body.get(at..at + 6)?;
-    if !escape.starts_with(b"\\u") {
+    let hex = escape.strip_prefix(b"\\u")?;
+    // Digits only: `from_str_radix` would also take a sign (`\u+000`).
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
-    let hex = std::str::from_utf8(&escape[2..]).ok()?;
-    u16::from_str_radix(hex, 16).ok()
+    u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
 }
 
 #[cfg(test)]
@@ -93,7 +94,7 @@ mod tests {
             r#"["\ud83d\ude00","\uD83D\uDE00","\u00e9\u0001\/\n\"\\"]"#,
             r#"["\\u0000","\\\\u0000","\\ud83d"]"#,
             r#"["\u000"]"#,
-            r#"["\u00zz","\"#,
+            r#"["\u00zz","\u+000","\u-000","\"#,
             "",
         ] {
             assert_eq!(rewritten(json), None, "{json}");
