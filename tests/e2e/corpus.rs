@@ -24,7 +24,7 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 /// The rows the corpus must leave: distinct wamids of messages and echoes
 /// (one `messages` row each), and distinct keys of statuses, group items
 /// and everything else.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, PartialEq)]
 struct Rows {
     messages: i64,
     statuses: i64,

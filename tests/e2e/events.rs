@@ -165,20 +165,19 @@ async fn events_tail_prints_each_event_once_acks_it_and_stops_without_an_error()
 
     let shards = TEST_EVENT_SHARDS.to_string();
     let limit = count.to_string();
-    let tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
-        .args([
-            "events",
-            "tail",
-            "--event-shards",
-            &shards,
-            "--limit",
-            &limit,
-        ])
-        .env("WA_NAMESPACE", env.namespace.as_str())
-        .env("AMQP_URL", &env.amqp_url)
+    let tail = env
+        .process(
+            env!("CARGO_BIN_EXE_wa-ingest"),
+            &[
+                "events",
+                "tail",
+                "--event-shards",
+                &shards,
+                "--limit",
+                &limit,
+            ],
+        )
         .env("LOG_FORMAT", "json")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(60), tail)
         .await

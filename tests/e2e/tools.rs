@@ -132,13 +132,10 @@ fn the_production_binary_links_no_tool_and_wa_core_no_backend_client() {
 /// `wa-ingest loadgen <args>` with the test's database, as a user runs it
 /// (the tools binary beside `wa-ingest`, as the workspace builds it).
 async fn loadgen(env: &wa_e2e::TestEnv, args: &[&str]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
-        .arg("loadgen")
+    env.process(env!("CARGO_BIN_EXE_wa-ingest"), &["loadgen"])
         .args(args)
-        .env("DATABASE_URL", &env.database_url)
         .env("WA_APP_SECRET", wa_e2e::roles::APP_SECRET)
         .env("LOG_FORMAT", "json")
-        .kill_on_drop(true)
         .output()
         .await
         .expect("run wa-ingest loadgen")

@@ -189,23 +189,31 @@ impl TestEnv {
         .await;
     }
 
-    /// `wa-ingest worker` as a process of its own on this test's servers
-    /// and namespace, for tests that signal or kill it; `binary` is the
-    /// test's `env!("CARGO_BIN_EXE_wa-ingest")`. Output goes nowhere.
-    pub fn worker_process(&self, binary: &str) -> tokio::process::Command {
+    /// `wa-ingest <args>` as a process of its own on this test's servers
+    /// and namespace, as a user runs the binary; `binary` is the test's
+    /// `env!("CARGO_BIN_EXE_wa-ingest")`. Killed when dropped.
+    pub fn process(&self, binary: &str, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(binary);
         command
-            .arg("worker")
+            .args(args)
             .env("WA_NAMESPACE", self.namespace.as_str())
             .env("AMQP_URL", &self.amqp_url)
             .env("REDIS_URL", &self.redis_url)
             .env("DATABASE_URL", &self.database_url)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// `wa-ingest worker` as a process of its own, for tests that signal or
+    /// kill it. Output goes nowhere.
+    pub fn worker_process(&self, binary: &str) -> tokio::process::Command {
+        let mut command = self.process(binary, &["worker"]);
+        command
             .env("METRICS_ADDR", "127.0.0.1:0")
             .env("WA_RETRY_TIERS", TEST_RETRY_TIERS)
-            .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .stderr(std::process::Stdio::null());
         command
     }
 
