@@ -309,6 +309,11 @@ fn connect_failure(url: &SecretUrl, error: &lapin::Error) -> String {
         "the broker's certificate is not for the host named in AMQP_URL"
     } else if chain.contains("CertificateRequired") || chain.contains("HandshakeFailure") {
         "the broker refused the TLS handshake: does it want a client certificate (WA_AMQP_CLIENT_CERT, WA_AMQP_CLIENT_KEY) from a CA it trusts?"
+    } else if chain.contains("Connection reset by peer") {
+        // Under TLS 1.3 a broker that wants a client certificate refuses it
+        // after the client's side of the handshake is done: the client may
+        // meet the reset that follows the alert before the alert itself.
+        "the broker dropped the connection at the TLS handshake: does it want a client certificate (WA_AMQP_CLIENT_CERT, WA_AMQP_CLIENT_KEY) from a CA it trusts?"
     } else {
         return chain;
     };
@@ -378,6 +383,8 @@ mod tests {
         assert!(!name.contains("WA_AMQP_CA_FILE"), "{name}");
         let client = failure(tls, "received fatal alert: CertificateRequired");
         assert!(client.contains("WA_AMQP_CLIENT_CERT"), "{client}");
+        let reset = failure(tls, "Connection reset by peer (os error 104)");
+        assert!(reset.contains("WA_AMQP_CLIENT_CERT"), "{reset}");
         let expired = failure(tls, "invalid peer certificate: Expired");
         assert!(
             !expired.contains('('),
