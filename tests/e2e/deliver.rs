@@ -787,3 +787,87 @@ async fn an_endpoint_failing_longer_than_the_limit_is_disabled_and_keeps_its_eve
     );
     deliverer.stop().await;
 }
+
+/// The deliverer's hot path is one statement: recording a success hands over
+/// the conversation's next delivery, none after the last (the deliverer then
+/// asks again), and none once another deliverer holds the lease, while the
+/// success itself is still recorded once.
+#[tokio::test]
+async fn recording_a_success_hands_over_the_next_delivery_while_the_lease_is_held() {
+    use wa_deliver::store::{self, AttemptRecord, Recorded};
+
+    let env = TestEnv::new().await;
+    let endpoint = add_endpoint(&env, "http://127.0.0.1:9/hook", &[], &[]).await;
+    let first_three = events("handover", 1, 1, 3);
+    release(&env.db, &first_three).await;
+    let conversation = first_three[0].conversation.clone();
+    let owner = uuid::Uuid::new_v4();
+    let lease = Duration::from_secs(60);
+    let claimed = store::claim_lanes(&env.db, endpoint.id, owner, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed, vec![conversation.clone()]);
+    let success = AttemptRecord {
+        status_code: Some(200),
+        latency: Duration::from_millis(1),
+        error: None,
+    };
+
+    let mut head = store::head(&env.db, endpoint.id, &conversation)
+        .await
+        .expect("head")
+        .expect("a pending delivery");
+    let mut handed_over = vec![head.event_id.clone()];
+    let last = loop {
+        match store::record_success(&env.db, &head, &success, owner, lease)
+            .await
+            .expect("record a success")
+        {
+            Recorded::Held(Some(next)) => {
+                handed_over.push(next.event_id.clone());
+                head = next;
+            }
+            last => break last,
+        }
+    };
+    assert!(matches!(last, Recorded::Held(None)), "{last:?}");
+    let expected: Vec<String> = first_three.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(
+        handed_over, expected,
+        "each delivery once, in sequence order"
+    );
+
+    release(&env.db, &events("handover", 1, 4, 2)).await;
+    let fourth = store::head(&env.db, endpoint.id, &conversation)
+        .await
+        .expect("head")
+        .expect("the fourth");
+    sqlx::query(
+        "UPDATE delivery_lanes SET lease_owner = 'another deliverer' WHERE endpoint_id = $1",
+    )
+    .bind(endpoint.id)
+    .execute(&env.db)
+    .await
+    .expect("another deliverer takes the lease");
+    let after_loss = store::record_success(&env.db, &fourth, &success, owner, lease)
+        .await
+        .expect("record a success");
+    assert!(matches!(after_loss, Recorded::LeaseLost), "{after_loss:?}");
+    let fifth = store::head(&env.db, endpoint.id, &conversation)
+        .await
+        .expect("head")
+        .expect("the fifth");
+    assert_eq!(
+        fifth.event_id, "msg:handover.c0.s5",
+        "the fourth is recorded as delivered"
+    );
+    let (pending, delivered): (i32, i64) = sqlx::query_as(
+        "SELECT l.pending, (SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND state = 'delivered')
+         FROM delivery_lanes l WHERE l.endpoint_id = $1",
+    )
+    .bind(endpoint.id)
+    .fetch_one(&env.db)
+    .await
+    .expect("counts");
+    assert_eq!((pending, delivered), (1, 4));
+}

@@ -21,7 +21,9 @@ use wa_core::telemetry::error_chain;
 use crate::http::{Outcome, Sender, Signed};
 use crate::schedule::RetrySchedule;
 use crate::sign::{SigningSecret, signature_header};
-use crate::store::{self, ActiveEndpoint, AttemptRecord, EndpointEffect, EndpointState, Head};
+use crate::store::{
+    self, ActiveEndpoint, AttemptRecord, EndpointEffect, EndpointState, Head, Recorded,
+};
 
 /// What every conversation task shares.
 pub struct Deliverer {
@@ -196,11 +198,17 @@ async fn drive_conversation(
     // After a full round (or at shutdown) it may be claimed again at once,
     // behind the conversations that waited longer.
     let mut wait_before_next = Duration::ZERO;
+    // The next delivery, when recording the last success read it already.
+    let mut known_next: Option<Head> = None;
     for sent in 0.. {
         if shutdown.is_cancelled() || sent == ROUND {
             break;
         }
-        let head = match store::head(&deliverer.pool, endpoint.id, &conversation).await {
+        let next = match known_next.take() {
+            Some(head) => Ok(Some(head)),
+            None => store::head(&deliverer.pool, endpoint.id, &conversation).await,
+        };
+        let head = match next {
             Ok(Some(head)) => head,
             Ok(None) => {
                 // Nothing pending, or the endpoint was paused or disabled
@@ -233,8 +241,11 @@ async fn drive_conversation(
             )
             .await
             {
-                Ok(true) => continue,
-                Ok(false) => return endpoint.id,
+                Ok(Recorded::Held(next)) => {
+                    known_next = next;
+                    continue;
+                }
+                Ok(Recorded::LeaseLost) => return endpoint.id,
                 Err(error) => {
                     // Sent but not recorded: it goes again (same webhook-id)
                     // once the lease runs out.

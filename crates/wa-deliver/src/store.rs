@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
 
 /// An endpoint as stored. Its secrets are never serialized.
@@ -352,22 +352,37 @@ pub struct Head {
     pub failing_since: Option<DateTime<Utc>>,
 }
 
+/// What a recorded success leaves the conversation with.
+#[derive(Debug)]
+pub enum Recorded {
+    /// Another deliverer leased the conversation meanwhile.
+    LeaseLost,
+    /// The lease is renewed; with the next pending delivery as the same
+    /// statement saw it. `None` says only that it saw none: one may have been
+    /// released since, so ask [`head`] before letting the conversation go.
+    Held(Option<Head>),
+}
+
+/// The columns of a [`Head`], from `deliveries d` and `delivery_endpoints e`.
+const HEAD_COLUMNS: &str = "d.id, d.endpoint_id, d.conversation, d.event_id, d.event_type,
+    d.payload, d.attempts, e.url, e.secrets, e.failing_since";
+
+/// Pending deliveries of conversation `$2` of endpoint `$1` while the
+/// endpoint is enabled and not paused, in the order they go.
+const PENDING_OF_CONVERSATION: &str = "FROM deliveries d
+    JOIN delivery_endpoints e ON e.id = d.endpoint_id
+    WHERE d.endpoint_id = $1 AND d.conversation = $2 AND d.state = 'pending'
+      AND e.enabled AND (e.paused_until IS NULL OR e.paused_until <= now())";
+
 /// `None` when nothing waits, or the endpoint was disabled or paused since.
 pub async fn head(
     pool: &PgPool,
     endpoint: i64,
     conversation: &str,
 ) -> Result<Option<Head>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT d.id, d.endpoint_id, d.conversation, d.event_id, d.event_type, d.payload,
-                d.attempts, e.url, e.secrets, e.failing_since
-         FROM deliveries d
-         JOIN delivery_endpoints e ON e.id = d.endpoint_id
-         WHERE d.endpoint_id = $1 AND d.conversation = $2 AND d.state = 'pending'
-           AND e.enabled AND (e.paused_until IS NULL OR e.paused_until <= now())
-         ORDER BY d.sequence, d.id
-         LIMIT 1",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {HEAD_COLUMNS} {PENDING_OF_CONVERSATION} ORDER BY d.sequence, d.id LIMIT 1"
+    )))
     .bind(endpoint)
     .bind(conversation)
     .fetch_optional(pool)
@@ -381,48 +396,67 @@ pub struct AttemptRecord<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Records a 2xx: the delivery is done, the conversation moves on, and the
-/// lease is renewed; returns whether this deliverer still holds it. One
-/// statement (one round trip, atomic): this is the deliverer's hot path.
+/// Records a 2xx: the delivery is done, the conversation moves on, the
+/// lease is renewed, and the next delivery is read. One statement (one
+/// round trip and one pooled connection, atomic): this is the deliverer's
+/// hot path.
 pub async fn record_success(
     pool: &PgPool,
     head: &Head,
     attempt: &AttemptRecord<'_>,
     owner: Uuid,
     lease: Duration,
-) -> Result<bool, sqlx::Error> {
-    let held: Option<bool> = sqlx::query_scalar(
+) -> Result<Recorded, sqlx::Error> {
+    // Every part of one statement reads the same snapshot, in which the
+    // delivery just done is still pending: the next one is the first other.
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "WITH done AS (
              UPDATE deliveries SET state = 'delivered', attempts = attempts + 1,
                  last_attempt_at = now(), delivered_at = now()
-             WHERE id = $1 AND state = 'pending'
+             WHERE id = $3 AND state = 'pending'
              RETURNING id
          ), attempt AS (
              INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms)
-             VALUES ($1, $2, $3, $4, $5)
+             VALUES ($3, $1, $4, $5, $6)
          ), recovered AS (
              UPDATE delivery_endpoints SET failing_since = NULL
-             WHERE $8 AND id = $2 AND failing_since IS NOT NULL
+             WHERE $8 AND id = $1 AND failing_since IS NOT NULL
+         ), lane AS (
+             UPDATE delivery_lanes
+             SET pending = pending - (SELECT count(*) FROM done)::int,
+                 leased_until = CASE WHEN lease_owner = $7 THEN now() + make_interval(secs => $9)
+                                     ELSE leased_until END
+             WHERE endpoint_id = $1 AND conversation = $2
+             RETURNING COALESCE(lease_owner = $7, false) AS held
          )
-         UPDATE delivery_lanes
-         SET pending = pending - (SELECT count(*) FROM done)::int,
-             leased_until = CASE WHEN lease_owner = $7 THEN now() + make_interval(secs => $9)
-                                 ELSE leased_until END
-         WHERE endpoint_id = $2 AND conversation = $6
-         RETURNING COALESCE(lease_owner = $7, false)",
-    )
-    .bind(head.id)
+         SELECT lane.held, next.* FROM lane
+         LEFT JOIN LATERAL (
+             SELECT {HEAD_COLUMNS} {PENDING_OF_CONVERSATION} AND lane.held AND d.id <> $3
+             ORDER BY d.sequence, d.id LIMIT 1
+         ) next ON true"
+    )))
     .bind(head.endpoint_id)
+    .bind(&head.conversation)
+    .bind(head.id)
     .bind(&head.event_id)
     .bind(attempt.status_code.map(i32::from))
     .bind(attempt.latency.as_secs_f64() * 1000.0)
-    .bind(&head.conversation)
     .bind(owner.to_string())
     .bind(head.failing_since.is_some())
     .bind(lease.as_secs_f64())
     .fetch_optional(pool)
     .await?;
-    Ok(held.unwrap_or(false))
+    let Some(row) = row else {
+        return Ok(Recorded::LeaseLost);
+    };
+    if !row.try_get::<bool, _>("held")? {
+        return Ok(Recorded::LeaseLost);
+    }
+    let next = match row.try_get::<Option<i64>, _>("id")? {
+        Some(_) => Some(Head::from_row(&row)?),
+        None => None,
+    };
+    Ok(Recorded::Held(next))
 }
 
 /// What a failure does to the endpoint besides delaying the conversation.
