@@ -283,3 +283,44 @@ async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
     worker.assert_nothing_dead_lettered(&env).await;
     worker.stop().await;
 }
+
+/// What a restart or failover does to a pool: every connection to the
+/// database closed at once, three times while webhooks flow, each time
+/// with connections that had just been used. Each event is stored once
+/// and nothing goes to the DLQ.
+#[tokio::test]
+async fn every_database_connection_dropped_mid_stream_loses_and_dead_letters_nothing() {
+    let env = TestEnv::new().await;
+    let worker = Worker::start(&env, &[]).await;
+    let total = 60;
+    let mut dropped = 0;
+    for i in 0..total {
+        env.publish_inbound(&payloads::mixed(&format!("drop{i}"), 1))
+            .await;
+        if i % 20 == 10 {
+            dropped += env
+                .count(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dropped > 0, "the worker's connections were dropped");
+    eventually("everything stored", Duration::from_secs(60), || async {
+        match messages(&env).await {
+            n if n == total => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(messages(&env).await, total);
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_statuses").await,
+        total * 3
+    );
+    worker.assert_nothing_dead_lettered(&env).await;
+    worker.stop().await;
+}

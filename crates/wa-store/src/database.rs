@@ -7,6 +7,10 @@ use std::time::Duration;
 use wa_core::SecretUrl;
 use wa_core::config::parse_duration;
 
+/// How long after sqlx's check on release a pooled connection is taken
+/// as alive without another.
+const RECENTLY_CHECKED: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
@@ -36,6 +40,20 @@ impl DatabaseArgs {
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)
             .acquire_timeout(self.db_acquire_timeout)
+            // sqlx pings every connection it takes back (a Sync round trip)
+            // and, by default, every one it hands out again: two extra round
+            // trips per statement on a busy path. A connection back within
+            // the last second was fine then; one idle longer (through a
+            // failover, say) is still checked before use.
+            .test_before_acquire(false)
+            .before_acquire(|connection, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > RECENTLY_CHECKED {
+                        sqlx::Connection::ping(connection).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options))
     }
 }
