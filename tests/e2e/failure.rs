@@ -263,24 +263,7 @@ async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
     );
     relay.restore();
 
-    eventually(
-        "everything stored after the outage",
-        Duration::from_secs(60),
-        || async {
-            match messages(&env).await {
-                n if n == total => Ok(()),
-                n => Err(n.to_string()),
-            }
-        },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(messages(&env).await, total);
-    assert_eq!(
-        env.count("SELECT count(*) FROM message_statuses").await,
-        total * 3
-    );
-    worker.assert_nothing_dead_lettered(&env).await;
+    all_stored_once_and_nothing_dead_lettered(&env, &worker, total).await;
     worker.stop().await;
 }
 
@@ -308,19 +291,26 @@ async fn every_database_connection_dropped_mid_stream_loses_and_dead_letters_not
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dropped > 0, "the worker's connections were dropped");
+    all_stored_once_and_nothing_dead_lettered(&env, &worker, total).await;
+    worker.stop().await;
+}
+
+/// Waits for `total` mixed payloads (one message and three statuses each)
+/// to be stored, then checks that none was stored twice and none was
+/// dead-lettered.
+async fn all_stored_once_and_nothing_dead_lettered(env: &TestEnv, worker: &Worker, total: i64) {
     eventually("everything stored", Duration::from_secs(60), || async {
-        match messages(&env).await {
+        match messages(env).await {
             n if n == total => Ok(()),
             n => Err(n.to_string()),
         }
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(messages(&env).await, total);
+    assert_eq!(messages(env).await, total);
     assert_eq!(
         env.count("SELECT count(*) FROM message_statuses").await,
         total * 3
     );
-    worker.assert_nothing_dead_lettered(&env).await;
-    worker.stop().await;
+    worker.assert_nothing_dead_lettered(env).await;
 }
