@@ -181,6 +181,5 @@ impl ReceiverProcess {
 
 /// A port nothing listens on now.
 fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address")
+    SocketAddr::from(([127, 0, 0, 1], crate::servers::free_port()))
 }

@@ -18,12 +18,12 @@ use std::os::unix::process::CommandExt;
 
 use crate::tls::{Ca, Identity};
 
-/// A port nobody listens on now (the kernel's choice).
+/// A port nobody uses now, for a server process to bind. It is chosen
+/// below the kernel's ephemeral range (32768 and up): a port from there can
+/// be taken by any outgoing connection of the tests running alongside before
+/// the server binds it, and the server then fails to start.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
+    free_port_below(32000, 0)
 }
 
 /// A free port whose neighbour `offset` above is free too; RabbitMQ's CLI
@@ -84,6 +84,7 @@ impl Drop for ServerDir {
 /// what a wrapper script started (RabbitMQ's `erl`).
 pub struct Process {
     child: Child,
+    log: PathBuf,
 }
 
 impl Process {
@@ -98,7 +99,32 @@ impl Process {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("{program} is required for this test: {e}"));
-        Self { child }
+        Self {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    /// Waits until the server accepts connections on `port`; panics with its
+    /// log when it exits first or does not listen within `limit`.
+    pub fn wait_listening(&mut self, what: &str, port: u16, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !accepts(port) {
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let state = exited.map_or_else(
+                    || format!("not listening after {limit:?}"),
+                    |status| format!("exited ({status})"),
+                );
+                panic!(
+                    "{what} on port {port}: {state}; the end of its log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// SIGKILL to the whole group: a crash, not a shutdown.
@@ -470,7 +496,7 @@ impl RedisTls {
         let key = dir.write("server.key", &key_pem);
         let ca_file = dir.write("ca.crt", &ca.pem());
         let port = free_port();
-        let process = Process::spawn(
+        let mut process = Process::spawn(
             Command::new("redis-server")
                 .args(["--port", "0", "--tls-port", &port.to_string()])
                 .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
@@ -480,9 +506,7 @@ impl RedisTls {
                 .arg(&dir.path),
             &dir.file("server.log"),
         );
-        wait_until("Redis over TLS to listen", Duration::from_secs(20), || {
-            accepts(port)
-        });
+        process.wait_listening("Redis over TLS", port, Duration::from_secs(20));
         Self {
             port,
             _process: process,
@@ -536,12 +560,10 @@ impl RedisCluster {
                 process: Some(process),
             });
         }
-        for node in &nodes {
-            wait_until(
-                "a Redis Cluster node to listen",
-                Duration::from_secs(20),
-                || accepts(node.port),
-            );
+        for node in &mut nodes {
+            if let Some(process) = node.process.as_mut() {
+                process.wait_listening("a Redis Cluster node", node.port, Duration::from_secs(20));
+            }
         }
         let addresses: Vec<String> = nodes
             .iter()
@@ -694,12 +716,8 @@ impl PostgresTls {
                 "max_connections=100",
             ]);
         as_postgres_user(&mut postgres, &dir.path);
-        let process = Process::spawn(&mut postgres, &dir.file("server.log"));
-        wait_until(
-            "PostgreSQL with TLS to listen",
-            Duration::from_secs(30),
-            || accepts(port),
-        );
+        let mut process = Process::spawn(&mut postgres, &dir.file("server.log"));
+        process.wait_listening("PostgreSQL with TLS", port, Duration::from_secs(30));
         Self {
             port,
             dir,
