@@ -95,15 +95,26 @@ impl Browser {
             .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
-    /// The text of the element with this id.
+    /// The text of the element with this id. Found and read again when the
+    /// page was replaced in between (the overview reloads itself every
+    /// refresh interval), which leaves the element found first stale.
     pub async fn text(&self, id: &str) -> String {
-        self.client
-            .find(Locator::Id(id))
-            .await
-            .unwrap_or_else(|e| panic!("#{id}: {e}"))
-            .text()
-            .await
-            .expect("element text")
+        crate::eventually(
+            &format!("the text of #{id}"),
+            Duration::from_secs(10),
+            || async {
+                let element = self
+                    .client
+                    .find(Locator::Id(id))
+                    .await
+                    .map_err(|e| format!("#{id}: {e}"))?;
+                element
+                    .text()
+                    .await
+                    .map_err(|e| format!("#{id}'s text: {e}"))
+            },
+        )
+        .await
     }
 
     /// True when the page has an element with this id.
