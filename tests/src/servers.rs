@@ -108,23 +108,26 @@ impl Process {
     /// Waits until the server accepts connections on `port`; panics with its
     /// log when it exits first or does not listen within `limit`.
     pub fn wait_listening(&mut self, what: &str, port: u16, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !accepts(port) {
-            let exited = self.child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() >= deadline {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                let state = exited.map_or_else(
-                    || format!("not listening after {limit:?}"),
-                    |status| format!("exited ({status})"),
-                );
-                panic!(
-                    "{what} on port {port}: {state}; the end of its log:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
+        let mut exited = None;
+        let done = poll_until(limit, || {
+            accepts(port) || {
+                exited = self.child.try_wait().ok().flatten();
+                exited.is_some()
             }
-            std::thread::sleep(Duration::from_millis(200));
+        });
+        if done && exited.is_none() {
+            return;
         }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let state = exited.map_or_else(
+            || format!("not listening after {limit:?}"),
+            |status| format!("exited ({status})"),
+        );
+        panic!(
+            "{what} on port {port}: {state}; the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     /// SIGKILL to the whole group: a crash, not a shutdown.
@@ -166,15 +169,23 @@ pub fn run(command: &mut Command) -> String {
 }
 
 /// Polls `ready` every 200 ms until it holds, or panics after `limit`.
-pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, limit: Duration, ready: impl FnMut() -> bool) {
+    assert!(
+        poll_until(limit, ready),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+/// Polls `ready` every 200 ms until it holds (true) or `limit` has passed (false).
+fn poll_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !ready() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
+    true
 }
 
 fn accepts(port: u16) -> bool {
@@ -770,4 +781,20 @@ fn id_of(flag: &str) -> u32 {
         .trim()
         .parse()
         .expect("the postgres user exists (Debian's postgresql package)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "exited (exit status: 3); the end of its log:\nno port for me")]
+    fn a_server_that_exits_before_listening_is_reported_with_its_log() {
+        let dir = ServerDir::new("exits-early");
+        let mut process = Process::spawn(
+            Command::new("sh").args(["-c", "echo 'no port for me'; exit 3"]),
+            &dir.file("server.log"),
+        );
+        process.wait_listening("a server", free_port(), Duration::from_secs(20));
+    }
 }
