@@ -1,11 +1,12 @@
 //! Failure handling: retries with growing delays, the DLQ and its command,
-//! and a database outage that must not put anything in the DLQ.
+//! and database outages that must not put anything in the DLQ (failovers
+//! behind DNS are in `failover.rs`).
 
 use std::time::{Duration, Instant};
 
 use wa_broker::headers;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::{RelayedServer, parse};
+use wa_e2e::roles::{RelayedServer, all_stored_once_and_nothing_dead_lettered, parse};
 use wa_e2e::{TestEnv, Worker, dead_letter, eventually, metric_sum};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -263,7 +264,7 @@ async fn a_twenty_second_database_outage_puts_nothing_in_the_dlq() {
     );
     relay.restore();
 
-    all_stored_once_and_nothing_dead_lettered(&env, &worker, total).await;
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, total).await;
     worker.stop().await;
 }
 
@@ -291,26 +292,6 @@ async fn every_database_connection_dropped_mid_stream_loses_and_dead_letters_not
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(dropped > 0, "the worker's connections were dropped");
-    all_stored_once_and_nothing_dead_lettered(&env, &worker, total).await;
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, total).await;
     worker.stop().await;
-}
-
-/// Waits for `total` mixed payloads (one message and three statuses each)
-/// to be stored, then checks that none was stored twice and none was
-/// dead-lettered.
-async fn all_stored_once_and_nothing_dead_lettered(env: &TestEnv, worker: &Worker, total: i64) {
-    eventually("everything stored", Duration::from_secs(60), || async {
-        match messages(env).await {
-            n if n == total => Ok(()),
-            n => Err(n.to_string()),
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(messages(env).await, total);
-    assert_eq!(
-        env.count("SELECT count(*) FROM message_statuses").await,
-        total * 3
-    );
-    worker.assert_nothing_dead_lettered(env).await;
 }

@@ -11,6 +11,7 @@ mod corpus;
 mod deliver;
 mod edge;
 mod events;
+mod failover;
 mod failure;
 mod groups;
 mod migration;

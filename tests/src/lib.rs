@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod edge;
 pub mod env;
 pub mod logs;
+pub mod network;
 pub mod payloads;
 pub mod relay;
 pub mod roles;

@@ -19,7 +19,15 @@ pub struct TcpRelay {
 impl TcpRelay {
     /// Listens on 127.0.0.1 and forwards every connection to `target`.
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
+        listener.set_nonblocking(true).expect("non-blocking");
+        Self::serving(listener, target)
+    }
+
+    /// Forwards every connection `listener` (non-blocking) accepts to
+    /// `target`.
+    pub fn serving(listener: std::net::TcpListener, target: SocketAddr) -> Self {
+        let listener = TcpListener::from_std(listener).expect("a listener in the runtime");
         let addr = listener.local_addr().expect("relay address");
         let open = Arc::new(AtomicBool::new(true));
         let (generation, _) = watch::channel(0u64);
@@ -35,18 +43,9 @@ impl TcpRelay {
     /// A relay in front of the server `url` names (`scheme://[user@]ip:port/...`),
     /// and `url` rewritten to reach that server through the relay.
     pub async fn in_front_of(url: &str) -> (Self, String) {
-        let host_start = url.find("://").map_or(0, |i| i + 3);
-        let host_end = url[host_start..]
-            .find('/')
-            .map_or(url.len(), |i| host_start + i);
-        let host_start = url[host_start..host_end]
-            .rfind('@')
-            .map_or(host_start, |i| host_start + i + 1);
-        let server = url[host_start..host_end]
-            .parse()
-            .unwrap_or_else(|_| panic!("{url:?} names no ip:port"));
+        let (server, _) = readdress(url, "");
         let relay = Self::start(server).await;
-        let relayed = format!("{}{}{}", &url[..host_start], relay.addr, &url[host_end..]);
+        let (_, relayed) = readdress(url, &relay.addr.to_string());
         (relay, relayed)
     }
 
@@ -63,6 +62,23 @@ impl TcpRelay {
     pub fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
+}
+
+/// The server `url` names (`scheme://[user@]ip:port/...`), and `url` with
+/// `host_and_port` in its place.
+pub fn readdress(url: &str, host_and_port: &str) -> (SocketAddr, String) {
+    let host_start = url.find("://").map_or(0, |i| i + 3);
+    let host_end = url[host_start..]
+        .find('/')
+        .map_or(url.len(), |i| host_start + i);
+    let host_start = url[host_start..host_end]
+        .rfind('@')
+        .map_or(host_start, |i| host_start + i + 1);
+    let server = url[host_start..host_end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{url:?} names no ip:port"));
+    let readdressed = format!("{}{host_and_port}{}", &url[..host_start], &url[host_end..]);
+    (server, readdressed)
 }
 
 impl Drop for TcpRelay {

@@ -280,14 +280,7 @@ impl Worker {
 
     /// The DLQ is empty and this worker dead-lettered nothing.
     pub async fn assert_nothing_dead_lettered(&self, env: &TestEnv) {
-        assert_eq!(env.queue_depth("dlq").await, 0);
-        let metrics = self.metrics().await;
-        let dead_lettered = crate::metric_sum(
-            &metrics,
-            "wa_deliveries_total",
-            &[("outcome", "dead_lettered")],
-        );
-        assert_eq!(dead_lettered, 0.0);
+        assert_nothing_dead_lettered(env, self.ops_addr).await;
     }
 
     pub async fn wait_ready(&self) {
@@ -299,7 +292,46 @@ impl Worker {
     }
 }
 
-async fn wait_ready(addr: SocketAddr) {
+/// The DLQ is empty and the worker whose operations endpoint is at
+/// `ops_addr` dead-lettered nothing.
+pub async fn assert_nothing_dead_lettered(env: &TestEnv, ops_addr: SocketAddr) {
+    assert_eq!(env.queue_depth("dlq").await, 0);
+    let metrics = crate::scrape(ops_addr).await;
+    let dead_lettered = crate::metric_sum(
+        &metrics,
+        "wa_deliveries_total",
+        &[("outcome", "dead_lettered")],
+    );
+    assert_eq!(dead_lettered, 0.0);
+}
+
+/// Waits for `total` mixed payloads ([`crate::payloads::mixed`]: one
+/// message and three statuses each) to be stored, then checks that none
+/// was stored twice and none was dead-lettered by the worker at `ops_addr`.
+pub async fn all_stored_once_and_nothing_dead_lettered(
+    env: &TestEnv,
+    ops_addr: SocketAddr,
+    total: i64,
+) {
+    let messages = || env.count("SELECT count(*) FROM messages");
+    crate::eventually("everything stored", Duration::from_secs(90), || async {
+        match messages().await {
+            n if n == total => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(messages().await, total, "messages stored once");
+    assert_eq!(
+        env.count("SELECT count(*) FROM message_statuses").await,
+        total * 3,
+        "statuses stored once"
+    );
+    assert_nothing_dead_lettered(env, ops_addr).await;
+}
+
+pub async fn wait_ready(addr: SocketAddr) {
     let url = format!("http://{addr}/readyz");
     wait_success("/readyz to answer 200", url, Duration::from_secs(15)).await;
 }

@@ -97,13 +97,12 @@ impl RedisTarget {
     }
 
     async fn connect_single(&self) -> Result<RedisLink, RedisError> {
-        // Nagle's algorithm would hold back the small writes of a pipeline.
         let info = self
             .urls
             .first()
             .expose()
             .into_connection_info()?
-            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+            .set_tcp_settings(tcp_settings());
         let client = match &self.certificates {
             Some(certificates) => Client::build_with_tls(info, certificates.clone())?,
             None => Client::open(info)?,
@@ -126,7 +125,7 @@ impl RedisTarget {
             // quick retries the claims fail open (or the worker pauses).
             .retries(2)
             .max_retry_wait(500)
-            .tcp_settings(TcpSettings::default().set_nodelay(true));
+            .tcp_settings(tcp_settings());
         if let Some(certificates) = &self.certificates {
             builder = builder.certs(certificates.clone());
         }
@@ -157,6 +156,30 @@ impl RedisTarget {
         };
         RedisError::from((error.kind(), "cannot connect to Redis", detail))
     }
+}
+
+/// Every TCP connection to Redis: Nagle's algorithm off (it would hold back
+/// the small writes of a pipeline), and a bound on a silent server.
+///
+/// A response timeout fails the request but keeps its connection. So when
+/// a server's host vanishes (a failover that moves its name elsewhere),
+/// every request would go to the same dead connection until the kernel
+/// stopped retransmitting, about 15 minutes. Keepalive probes and
+/// `TCP_USER_TIMEOUT` end that connection within 30 s; the link then
+/// reconnects, by name. A live server's kernel acknowledges at once, so a
+/// slow command is not cut short.
+fn tcp_settings() -> TcpSettings {
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(10));
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive
+        .with_interval(Duration::from_secs(5))
+        .with_retries(4);
+    let settings = TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive);
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(Duration::from_secs(30));
+    settings
 }
 
 /// A live connection to one server or to a cluster; cheap to clone.

@@ -192,6 +192,7 @@ pub async fn connect_tcp<Ws: WithSocket>(
         // wa-ingest patch (upstream sqlx PR 4336): 0.9.0 left Nagle's
         // algorithm on, so every small write waited for a delayed ACK.
         stream.set_nodelay(true)?;
+        give_up_on_a_silent_server(socket2::SockRef::from(&stream))?;
         return Ok(with_socket.with_socket(stream).await);
     }
 
@@ -202,6 +203,35 @@ pub async fn connect_tcp<Ws: WithSocket>(
             crate::rt::missing_rt((host, port, with_socket))
         }
     }
+}
+
+/// wa-ingest patch: how long a server may stay silent before the
+/// connection is given up.
+///
+/// A server whose host vanishes (a failover that moves the database's name
+/// elsewhere, a dropped route) answers nothing, not even a reset. Without
+/// a bound, a statement in flight on such a connection, and the ping sqlx
+/// sends when the connection goes back to the pool, wait until the kernel
+/// stops retransmitting: about 15 minutes with Linux's defaults, with the
+/// pool's slot held all that time.
+///
+/// Keepalive probes find a dead server on an idle connection; the user
+/// timeout ends one whose sent data stays unacknowledged. A live server's
+/// kernel acknowledges both at once, so a slow statement is not cut short.
+#[cfg(feature = "_rt-tokio")]
+fn give_up_on_a_silent_server(socket: socket2::SockRef<'_>) -> io::Result<()> {
+    use std::time::Duration;
+
+    const IDLE_BEFORE_PROBING: Duration = Duration::from_secs(10);
+    let keepalive = socket2::TcpKeepalive::new().with_time(IDLE_BEFORE_PROBING);
+    #[cfg(target_os = "linux")]
+    let keepalive = keepalive
+        .with_interval(Duration::from_secs(5))
+        .with_retries(4);
+    socket.set_tcp_keepalive(&keepalive)?;
+    #[cfg(target_os = "linux")]
+    socket.set_tcp_user_timeout(Some(Duration::from_secs(30)))?;
+    Ok(())
 }
 
 /// Open a TCP socket to `host` and `port`.

@@ -1,0 +1,186 @@
+//! Failovers behind DNS, as managed PostgreSQL and Redis services do them:
+//! the server's host vanishes mid-stream (its link pulled, so nothing
+//! answers, not even a reset) and the server's name moves to a new host.
+//!
+//! Connections to the vanished host are given up within 30 s (TCP
+//! keepalive and `TCP_USER_TIMEOUT`: vendor/sqlx-core for PostgreSQL, the
+//! worker's Redis link for Redis; AMQP heartbeats for RabbitMQ), and the
+//! worker reconnects by name. Without that bound, a request sent just
+//! before the link went waits for the kernel to stop retransmitting, about
+//! 15 minutes, and its webhook with it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wa_e2e::env::TEST_RETRY_TIERS;
+use wa_e2e::network::{HostsFile, RemoteHost};
+use wa_e2e::payloads;
+use wa_e2e::relay::readdress;
+use wa_e2e::roles::{all_stored_once_and_nothing_dead_lettered, wait_ready};
+use wa_e2e::servers::{Process, ServerDir, free_port};
+use wa_e2e::{TcpRelay, TestEnv, eventually, metric_sum};
+
+/// The name the worker is given for the server that fails over.
+const NAME: &str = "primary.wa-test";
+
+#[tokio::test]
+async fn a_postgresql_primary_that_vanishes_as_its_name_moves_is_given_up_and_nothing_is_lost() {
+    let env = TestEnv::new().await;
+    let (server, url) = readdress(&env.database_url, &format!("{NAME}:5432"));
+    let failover = Failover::in_front_of(server, 5432);
+    let worker = failover.worker(&env, &[("DATABASE_URL", &url)]);
+    stream_through(&env, &failover, &worker, Met::Pause("postgresql")).await;
+}
+
+/// Claims fail closed here, so that the worker stores nothing while Redis
+/// is away: failing open would store everything without it.
+#[tokio::test]
+async fn a_redis_primary_that_vanishes_as_its_name_moves_is_given_up_and_nothing_is_lost() {
+    let env = TestEnv::new().await;
+    let (server, url) = readdress(&env.redis_url, &format!("{NAME}:6379"));
+    let failover = Failover::in_front_of(server, 6379);
+    let worker = failover.worker(
+        &env,
+        &[
+            ("REDIS_URL", &url),
+            ("WA_CLAIM_FAIL_MODE", "closed"),
+            ("WA_REDIS_TIMEOUT", "500ms"),
+        ],
+    );
+    stream_through(&env, &failover, &worker, Met::Pause("redis")).await;
+}
+
+/// What the worker had not acked on the dead connection is delivered again
+/// once the broker notices it is dead, and the claims absorb it.
+#[tokio::test]
+async fn a_rabbitmq_node_that_vanishes_as_its_name_moves_is_given_up_and_nothing_is_lost() {
+    let env = TestEnv::new().await;
+    let (server, url) = readdress(&env.amqp_url, &format!("{NAME}:5672"));
+    let failover = Failover::in_front_of(server, 5672);
+    let worker = failover.worker(&env, &[("AMQP_URL", &url)]);
+    let reconnected = Met::Logged("lost the RabbitMQ connection; reconnecting");
+    stream_through(&env, &failover, &worker, reconnected).await;
+}
+
+/// Two hosts of the test's own, each forwarding to the same server (a new
+/// primary serves the same data), and a hosts file in which [`NAME`]
+/// points at the first.
+struct Failover {
+    old: RemoteHost,
+    new: RemoteHost,
+    hosts: HostsFile,
+    _relays: [TcpRelay; 2],
+    dir: ServerDir,
+}
+
+impl Failover {
+    fn in_front_of(server: SocketAddr, port: u16) -> Self {
+        let (old, new) = (RemoteHost::create(), RemoteHost::create());
+        let relays = [
+            TcpRelay::serving(old.listen(port), server),
+            TcpRelay::serving(new.listen(port), server),
+        ];
+        let hosts = HostsFile::new();
+        hosts.point(NAME, old.address);
+        Self {
+            old,
+            new,
+            hosts,
+            _relays: relays,
+            dir: ServerDir::new("failover"),
+        }
+    }
+
+    /// `wa-ingest worker` as a process that resolves names through the
+    /// test's hosts file, with `settings` over the test's servers; ready
+    /// when this returns.
+    fn worker(&self, env: &TestEnv, settings: &[(&str, &str)]) -> Worker {
+        let ops_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut command = self
+            .hosts
+            .command(env, env!("CARGO_BIN_EXE_wa-ingest"), &["worker"]);
+        command
+            .env("METRICS_ADDR", ops_addr.to_string())
+            .env("WA_RETRY_TIERS", TEST_RETRY_TIERS)
+            .env("WA_DB_ACQUIRE_TIMEOUT", "1s")
+            .envs(settings.iter().copied());
+        let log = self.dir.file("worker.log");
+        let process = Process::spawn(command.as_std_mut(), &log);
+        Worker {
+            ops_addr,
+            log,
+            _process: process,
+        }
+    }
+
+    /// The old host vanishes and the name moves to the new one.
+    fn happen(&self) {
+        self.old.pull_link();
+        self.hosts.point(NAME, self.new.address);
+    }
+}
+
+struct Worker {
+    ops_addr: SocketAddr,
+    log: PathBuf,
+    _process: Process,
+}
+
+/// How a test knows the worker met the vanished host.
+enum Met {
+    /// It paused for this dependency.
+    Pause(&'static str),
+    /// It logged this.
+    Logged(&'static str),
+}
+
+/// Sixty webhooks while the failover happens a third of the way in (so
+/// requests are in flight on the link when it goes): each stored once,
+/// nothing dead-lettered, and the worker met the vanished host (`met`).
+async fn stream_through(env: &TestEnv, failover: &Failover, worker: &Worker, met: Met) {
+    wait_ready(worker.ops_addr).await;
+    let total = 60;
+    let publisher = async {
+        for i in 0..total {
+            env.publish_inbound(&payloads::mixed(&format!("failover{i}"), 1))
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let failing_over = async {
+        eventually(
+            "a third stored through the old host",
+            Duration::from_secs(30),
+            || async {
+                match env.count("SELECT count(*) FROM messages").await {
+                    n if n >= total / 3 => Ok(()),
+                    n => Err(n.to_string()),
+                }
+            },
+        )
+        .await;
+        failover.happen();
+    };
+    tokio::join!(publisher, failing_over);
+
+    all_stored_once_and_nothing_dead_lettered(env, worker.ops_addr, total).await;
+    match met {
+        Met::Pause(dependency) => {
+            let metrics = wa_e2e::scrape(worker.ops_addr).await;
+            let pauses = metric_sum(
+                &metrics,
+                "wa_worker_pauses_total",
+                &[("dependency", dependency)],
+            );
+            assert!(
+                pauses >= 1.0,
+                "the worker paused for {dependency}: {metrics}"
+            );
+        }
+        Met::Logged(line) => {
+            let log = std::fs::read_to_string(&worker.log).expect("the worker's log");
+            assert!(log.contains(line), "the worker logged {line:?}: {log}");
+        }
+    }
+}
