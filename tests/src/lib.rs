@@ -1,6 +1,8 @@
 //! Support for the end-to-end tests: a private namespace, database and Redis
 //! prefix per test, the roles started in-process on port 0, a TCP relay that
-//! can cut a connection, signed requests and WhatsApp payloads.
+//! can cut a connection, hosts of the test's own whose link can be pulled
+//! (network namespaces) and names it can move (a hosts file), signed
+//! requests and WhatsApp payloads.
 //!
 //! Tests need the three servers. A missing server fails the test with a
 //! message that says which one: a skipped test would hide a regression.
