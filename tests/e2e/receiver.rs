@@ -205,7 +205,7 @@ async fn every_200_is_a_message_in_the_queue_under_load() {
 #[tokio::test]
 async fn a_broker_outage_gives_503_never_200_and_heals_by_itself() {
     let env = TestEnv::new().await;
-    let (relay, relayed) = TcpRelay::in_front_of(&env.amqp_url).await;
+    let (relay, relayed) = TcpRelay::in_front_of(&env.amqp_url);
     let receiver = Receiver::start(&env, &relayed, &[]).await;
     let client = reqwest::Client::new();
     let url = receiver.url("/webhooks/whatsapp");

@@ -417,7 +417,7 @@ async fn a_database_error_is_logged_with_its_message_once() {
 #[tokio::test]
 async fn the_worker_is_ready_only_once_it_has_reached_postgresql() {
     let env = TestEnv::new().await;
-    let (relay, database_url) = TcpRelay::in_front_of(&env.database_url).await;
+    let (relay, database_url) = TcpRelay::in_front_of(&env.database_url);
     relay.cut();
     let servers = WorkerServers {
         database_url: &database_url,

@@ -18,7 +18,7 @@ pub struct TcpRelay {
 
 impl TcpRelay {
     /// Listens on 127.0.0.1 and forwards every connection to `target`.
-    pub async fn start(target: SocketAddr) -> Self {
+    pub fn start(target: SocketAddr) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
         listener.set_nonblocking(true).expect("non-blocking");
         Self::serving(listener, target)
@@ -42,9 +42,9 @@ impl TcpRelay {
 
     /// A relay in front of the server `url` names (`scheme://[user@]ip:port/...`),
     /// and `url` rewritten to reach that server through the relay.
-    pub async fn in_front_of(url: &str) -> (Self, String) {
+    pub fn in_front_of(url: &str) -> (Self, String) {
         let (server, _) = readdress(url, "");
-        let relay = Self::start(server).await;
+        let relay = Self::start(server);
         let (_, relayed) = readdress(url, &relay.addr.to_string());
         (relay, relayed)
     }

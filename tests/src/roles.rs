@@ -241,7 +241,7 @@ impl Worker {
             RelayedServer::Redis => &env.redis_url,
             RelayedServer::PostgreSql => &env.database_url,
         };
-        let (relay, relayed) = TcpRelay::in_front_of(url).await;
+        let (relay, relayed) = TcpRelay::in_front_of(url);
         let mut servers = WorkerServers::of(env);
         match server {
             RelayedServer::RabbitMq => servers.amqp_url = &relayed,
