@@ -11,11 +11,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use wa_e2e::edge::ReceiverProcess;
 use wa_e2e::env::TEST_RETRY_TIERS;
 use wa_e2e::network::{HostsFile, RemoteHost};
-use wa_e2e::payloads;
+use wa_e2e::payloads::{self, post_signed};
 use wa_e2e::relay::readdress;
 use wa_e2e::roles::{all_stored_once_and_nothing_dead_lettered, wait_ready};
 use wa_e2e::servers::{Process, ServerDir, free_port};
@@ -61,6 +62,51 @@ async fn a_rabbitmq_node_that_vanishes_as_its_name_moves_is_given_up_and_nothing
     let worker = failover.worker(&env, &[("AMQP_URL", &url)]);
     let reconnected = Met::Logged("lost the RabbitMQ connection; reconnecting");
     stream_through(&env, &failover, &worker, reconnected).await;
+}
+
+/// The edge answers Meta 200 only after the broker's confirm: while the
+/// node is silent it answers 503 (the confirm never comes), and once the
+/// heartbeats have ended the dead connection it publishes through the
+/// new host, by name. Every 200 is in the queue.
+#[tokio::test]
+async fn the_receiver_answers_503_while_its_rabbitmq_node_is_silent_and_200_once_the_name_moved() {
+    let env = TestEnv::new().await;
+    let (server, url) = readdress(&env.amqp_url, &format!("{NAME}:5672"));
+    let failover = Failover::in_front_of(server, 5672);
+    let command = failover
+        .hosts
+        .command(&env, env!("CARGO_BIN_EXE_wa-ingest"), &["receiver"]);
+    let receiver = ReceiverProcess::spawn(command, &env, &[("AMQP_URL", &url)]).await;
+    let client = reqwest::Client::new();
+    let webhooks = receiver.url("/webhooks/whatsapp");
+    let post = |i: usize| post_signed(&client, &webhooks, payloads::mixed(&format!("edge{i}"), 1));
+    assert_eq!(post(0).await, 200);
+
+    failover.happen();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut answers = Vec::new();
+    while !answers.ends_with(&[200, 200]) {
+        assert!(
+            Instant::now() < deadline,
+            "no two 200s in a row through the new host within 90 s: {answers:?}"
+        );
+        answers.push(post(answers.len() + 1).await);
+    }
+    assert!(
+        answers.iter().all(|&status| status == 200 || status == 503),
+        "only 200 or 503: {answers:?}"
+    );
+    assert!(
+        answers.contains(&503),
+        "the silent node was felt: {answers:?}"
+    );
+    let accepted = 1 + answers.iter().filter(|&&status| status == 200).count();
+    let queued = env.queue_depth("inbound").await as usize;
+    assert!(
+        queued >= accepted,
+        "every 200 was confirmed: {queued} queued, {accepted} answered 200"
+    );
+    receiver.stop().await;
 }
 
 /// Two hosts of the test's own, each forwarding to the same server (a new
@@ -135,34 +181,35 @@ enum Met {
     Logged(&'static str),
 }
 
-/// Sixty webhooks while the failover happens a third of the way in (so
-/// requests are in flight on the link when it goes): each stored once,
-/// nothing dead-lettered, and the worker met the vanished host (`met`).
+/// Sixty webhooks, with the failover a third of the way in: once the first
+/// twenty are stored, so that the worker's next requests go out on
+/// connections it has just used (not checked again before use) to the
+/// vanished host. Each is stored once, nothing is dead-lettered, and the
+/// worker met the vanished host (`met`).
 async fn stream_through(env: &TestEnv, failover: &Failover, worker: &Worker, met: Met) {
     wait_ready(worker.ops_addr).await;
-    let total = 60;
-    let publisher = async {
-        for i in 0..total {
+    let (total, before) = (60, 20);
+    let publish = |range: std::ops::Range<i64>| async move {
+        for i in range {
             env.publish_inbound(&payloads::mixed(&format!("failover{i}"), 1))
                 .await;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    let failing_over = async {
-        eventually(
-            "a third stored through the old host",
-            Duration::from_secs(30),
-            || async {
-                match env.count("SELECT count(*) FROM messages").await {
-                    n if n >= total / 3 => Ok(()),
-                    n => Err(n.to_string()),
-                }
-            },
-        )
-        .await;
-        failover.happen();
-    };
-    tokio::join!(publisher, failing_over);
+    publish(0..before).await;
+    eventually(
+        "the first third stored through the old host",
+        Duration::from_secs(30),
+        || async {
+            match env.count("SELECT count(*) FROM messages").await {
+                n if n == before => Ok(()),
+                n => Err(n.to_string()),
+            }
+        },
+    )
+    .await;
+    failover.happen();
+    publish(before..total).await;
 
     all_stored_once_and_nothing_dead_lettered(env, worker.ops_addr, total).await;
     match met {

@@ -114,10 +114,17 @@ pub struct ReceiverProcess {
 
 impl ReceiverProcess {
     pub async fn start(binary: &str, env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary);
+        command.arg("receiver");
+        Self::spawn(command, env, extra).await
+    }
+
+    /// Like [`ReceiverProcess::start`], with `command` (which runs
+    /// `wa-ingest receiver`, wrapped as the test needs) as the process.
+    pub async fn spawn(mut command: Command, env: &TestEnv, extra: &[(&str, &str)]) -> Self {
         let addr = free_addr();
         let ops_addr = free_addr();
-        let child = Command::new(binary)
-            .arg("receiver")
+        let child = command
             .env("WA_NAMESPACE", env.namespace.as_str())
             .env("AMQP_URL", &env.amqp_url)
             .env("WA_APP_SECRET", APP_SECRET)
