@@ -125,8 +125,33 @@ pub(crate) fn this_binary() -> anyhow::Result<PathBuf> {
 
 /// A port nothing listens on now.
 pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+    // Below the kernel's ephemeral range (32768 and up by default): a port
+    // the kernel hands out for `:0` can be taken by one of the bench's own
+    // thousands of outgoing connections before the process binds it.
+    const PORTS: std::ops::Range<u16> = 20000..32000;
+    // Each call starts one port further than the last, so that two calls
+    // before either port is bound do not give the same; where the first
+    // starts differs between runs side by side.
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
+    let next = NEXT.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        std::sync::atomic::AtomicU32::new(nanos ^ std::process::id())
+    });
+    let span = PORTS.end - PORTS.start;
+    let first = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % u32::from(span);
+    for step in 0..u32::from(span) {
+        let offset = u16::try_from((first + step) % u32::from(span)).unwrap_or_default();
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", PORTS.start + offset)) {
+            return Ok(listener.local_addr()?);
+        }
+    }
+    anyhow::bail!(
+        "no free port on 127.0.0.1 between {} and {}",
+        PORTS.start,
+        PORTS.end
+    )
 }
 
 /// The HTTP ceiling: answers 200 to every POST after reading the body, and
@@ -145,4 +170,19 @@ pub(crate) async fn serve_bare(addr: SocketAddr) -> anyhow::Result<()> {
         .with_graceful_shutdown(wa_core::shutdown::on_signal().cancelled_owned())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_addr;
+
+    #[test]
+    fn free_addresses_asked_back_to_back_differ_and_lie_below_the_ephemeral_range() {
+        let addresses: Vec<_> = (0..50).map(|_| free_addr().expect("a free port")).collect();
+        for address in &addresses {
+            assert!((20000..32000).contains(&address.port()), "{address}");
+        }
+        let distinct: std::collections::HashSet<_> = addresses.iter().collect();
+        assert_eq!(distinct.len(), addresses.len(), "{addresses:?}");
+    }
 }
