@@ -5,9 +5,9 @@
 //! Connections to the vanished host are given up within 30 s (TCP
 //! keepalive and `TCP_USER_TIMEOUT`: vendor/sqlx-core for PostgreSQL, the
 //! worker's Redis link for Redis; AMQP heartbeats for RabbitMQ), and the
-//! worker reconnects by name. Without that bound, a request sent just
-//! before the link went waits for the kernel to stop retransmitting, about
-//! 15 minutes, and its webhook with it.
+//! worker or receiver reconnects by name. Without that bound, a request
+//! sent just before the link went waits for the kernel to stop
+//! retransmitting, about 15 minutes, and its webhook with it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
