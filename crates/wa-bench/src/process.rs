@@ -130,17 +130,15 @@ pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     // thousands of outgoing connections before the process binds it.
     const PORTS: std::ops::Range<u16> = 20000..32000;
     // Each call starts one port further than the last, so that two calls
-    // before either port is bound do not give the same; where the first
-    // starts differs between runs side by side.
-    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU32> = std::sync::OnceLock::new();
-    let next = NEXT.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.subsec_nanos());
-        std::sync::atomic::AtomicU32::new(nanos ^ std::process::id())
-    });
+    // before either port is bound do not give the same; the process id
+    // (spread over the range) sets where runs side by side start.
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let span = PORTS.end - PORTS.start;
-    let first = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % u32::from(span);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let first = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(call)
+        % u32::from(span);
     for step in 0..u32::from(span) {
         let offset = u16::try_from((first + step) % u32::from(span)).unwrap_or_default();
         if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", PORTS.start + offset)) {
