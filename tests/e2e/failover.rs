@@ -18,7 +18,7 @@ use wa_e2e::env::TEST_RETRY_TIERS;
 use wa_e2e::network::{HostsFile, RemoteHost};
 use wa_e2e::payloads::{self, post_signed};
 use wa_e2e::relay::readdress;
-use wa_e2e::roles::{all_stored_once_and_nothing_dead_lettered, wait_ready};
+use wa_e2e::roles::{RelayedServer, all_stored_once_and_nothing_dead_lettered, wait_ready};
 use wa_e2e::servers::{Process, ServerDir, free_port};
 use wa_e2e::{TcpRelay, TestEnv, eventually, metric_sum};
 
@@ -28,9 +28,8 @@ const NAME: &str = "primary.wa-test";
 #[tokio::test]
 async fn a_postgresql_primary_that_vanishes_as_its_name_moves_is_given_up_and_nothing_is_lost() {
     let env = TestEnv::new().await;
-    let (server, url) = readdress(&env.database_url, &format!("{NAME}:5432"));
-    let failover = Failover::in_front_of(server, 5432);
-    let worker = failover.worker(&env, &[("DATABASE_URL", &url)]);
+    let failover = Failover::of(&env, RelayedServer::PostgreSql);
+    let worker = failover.worker(&env, &[]);
     stream_through(&env, &failover, &worker, Met::Pause("postgresql")).await;
 }
 
@@ -39,16 +38,12 @@ async fn a_postgresql_primary_that_vanishes_as_its_name_moves_is_given_up_and_no
 #[tokio::test]
 async fn a_redis_primary_that_vanishes_as_its_name_moves_is_given_up_and_nothing_is_lost() {
     let env = TestEnv::new().await;
-    let (server, url) = readdress(&env.redis_url, &format!("{NAME}:6379"));
-    let failover = Failover::in_front_of(server, 6379);
-    let worker = failover.worker(
-        &env,
-        &[
-            ("REDIS_URL", &url),
-            ("WA_CLAIM_FAIL_MODE", "closed"),
-            ("WA_REDIS_TIMEOUT", "500ms"),
-        ],
-    );
+    let failover = Failover::of(&env, RelayedServer::Redis);
+    let settings = [
+        ("WA_CLAIM_FAIL_MODE", "closed"),
+        ("WA_REDIS_TIMEOUT", "500ms"),
+    ];
+    let worker = failover.worker(&env, &settings);
     stream_through(&env, &failover, &worker, Met::Pause("redis")).await;
 }
 
@@ -57,9 +52,8 @@ async fn a_redis_primary_that_vanishes_as_its_name_moves_is_given_up_and_nothing
 #[tokio::test]
 async fn a_rabbitmq_node_that_vanishes_as_its_name_moves_is_given_up_and_nothing_is_lost() {
     let env = TestEnv::new().await;
-    let (server, url) = readdress(&env.amqp_url, &format!("{NAME}:5672"));
-    let failover = Failover::in_front_of(server, 5672);
-    let worker = failover.worker(&env, &[("AMQP_URL", &url)]);
+    let failover = Failover::of(&env, RelayedServer::RabbitMq);
+    let worker = failover.worker(&env, &[]);
     let reconnected = Met::Logged("lost the RabbitMQ connection; reconnecting");
     stream_through(&env, &failover, &worker, reconnected).await;
 }
@@ -71,12 +65,12 @@ async fn a_rabbitmq_node_that_vanishes_as_its_name_moves_is_given_up_and_nothing
 #[tokio::test]
 async fn the_receiver_answers_503_while_its_rabbitmq_node_is_silent_and_200_once_the_name_moved() {
     let env = TestEnv::new().await;
-    let (server, url) = readdress(&env.amqp_url, &format!("{NAME}:5672"));
-    let failover = Failover::in_front_of(server, 5672);
+    let failover = Failover::of(&env, RelayedServer::RabbitMq);
     let command = failover
         .hosts
         .command(&env, env!("CARGO_BIN_EXE_wa-ingest"), &["receiver"]);
-    let receiver = ReceiverProcess::spawn(command, &env, &[("AMQP_URL", &url)]).await;
+    let by_name = failover.by_name();
+    let receiver = ReceiverProcess::spawn(command, &env, &[by_name]).await;
     let client = reqwest::Client::new();
     let webhooks = receiver.url("/webhooks/whatsapp");
     let post = |i: usize| post_signed(&client, &webhooks, payloads::mixed(&format!("edge{i}"), 1));
@@ -109,23 +103,30 @@ async fn the_receiver_answers_503_while_its_rabbitmq_node_is_silent_and_200_once
     receiver.stop().await;
 }
 
-/// Two hosts of the test's own, each forwarding to the same server (a new
-/// primary serves the same data), and a hosts file in which [`NAME`]
-/// points at the first.
+/// Two hosts of the test's own, each forwarding to the same server of the
+/// test's (a new primary serves the same data), and a hosts file in which
+/// [`NAME`] points at the first.
 struct Failover {
     old: RemoteHost,
     new: RemoteHost,
     hosts: HostsFile,
     _relays: [TcpRelay; 2],
+    /// The variable that names the server, and its URL with [`NAME`] as
+    /// the host.
+    variable: &'static str,
+    url_by_name: String,
     dir: ServerDir,
 }
 
 impl Failover {
-    fn in_front_of(server: SocketAddr, port: u16) -> Self {
+    fn of(env: &TestEnv, server: RelayedServer) -> Self {
+        let url = server.url_in(env);
+        let (address, _) = readdress(url, "");
+        let (_, url_by_name) = readdress(url, &format!("{NAME}:{}", address.port()));
         let (old, new) = (RemoteHost::create(), RemoteHost::create());
         let relays = [
-            TcpRelay::serving(old.listen(port), server),
-            TcpRelay::serving(new.listen(port), server),
+            TcpRelay::serving(old.listen(address.port()), address),
+            TcpRelay::serving(new.listen(address.port()), address),
         ];
         let hosts = HostsFile::new();
         hosts.point(NAME, old.address);
@@ -134,13 +135,20 @@ impl Failover {
             new,
             hosts,
             _relays: relays,
+            variable: server.variable(),
+            url_by_name,
             dir: ServerDir::new("failover"),
         }
     }
 
+    /// The setting that has a role reach the server by [`NAME`].
+    fn by_name(&self) -> (&str, &str) {
+        (self.variable, &self.url_by_name)
+    }
+
     /// `wa-ingest worker` as a process that resolves names through the
-    /// test's hosts file, with `settings` over the test's servers; ready
-    /// when this returns.
+    /// test's hosts file and reaches the server by [`NAME`], with
+    /// `settings` over the test's servers.
     fn worker(&self, env: &TestEnv, settings: &[(&str, &str)]) -> Worker {
         let ops_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = self
@@ -150,7 +158,7 @@ impl Failover {
             .env("METRICS_ADDR", ops_addr.to_string())
             .env("WA_RETRY_TIERS", TEST_RETRY_TIERS)
             .env("WA_DB_ACQUIRE_TIMEOUT", "1s")
-            .envs(settings.iter().copied());
+            .envs(settings.iter().copied().chain([self.by_name()]));
         let log = self.dir.file("worker.log");
         let process = Process::spawn(command.as_std_mut(), &log);
         Worker {

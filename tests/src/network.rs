@@ -157,6 +157,9 @@ fn remove_left_behind() {
     }
 }
 
+/// The line every hosts file here starts with.
+const LOCALHOST: &str = "127.0.0.1 localhost\n";
+
 /// A hosts file that processes started with [`HostsFile::command`] read as
 /// their `/etc/hosts`, in a mount namespace of their own. A test moves a
 /// name to another address the way a managed database's failover moves its
@@ -166,20 +169,19 @@ pub struct HostsFile {
 }
 
 impl HostsFile {
+    /// A file in which only `localhost` resolves.
     pub fn new() -> Self {
-        let hosts = Self {
-            dir: ServerDir::new("hosts"),
-        };
-        hosts.point("localhost", Ipv4Addr::LOCALHOST);
-        hosts
+        let dir = ServerDir::new("hosts");
+        dir.write("hosts", LOCALHOST);
+        Self { dir }
     }
 
-    /// From now on `name` (and `localhost`) resolve, and `name` to
-    /// `address`. The file is rewritten in place: the bind mount follows
-    /// the file, not its name.
+    /// From now on `name` resolves to `address` (and `localhost` still
+    /// does). The file is rewritten in place: the bind mount follows the
+    /// file, not its name.
     pub fn point(&self, name: &str, address: Ipv4Addr) {
         self.dir
-            .write("hosts", &format!("127.0.0.1 localhost\n{address} {name}\n"));
+            .write("hosts", &format!("{LOCALHOST}{address} {name}\n"));
     }
 
     /// `program args` on this test's servers (as [`TestEnv::process`]),

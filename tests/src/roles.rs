@@ -224,6 +224,26 @@ pub enum RelayedServer {
     PostgreSql,
 }
 
+impl RelayedServer {
+    /// The URL of this server that `env`'s roles use.
+    pub fn url_in(self, env: &TestEnv) -> &str {
+        match self {
+            Self::RabbitMq => &env.amqp_url,
+            Self::Redis => &env.redis_url,
+            Self::PostgreSql => &env.database_url,
+        }
+    }
+
+    /// The environment variable that gives a role this server's URL.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Self::RabbitMq => "AMQP_URL",
+            Self::Redis => "REDIS_URL",
+            Self::PostgreSql => "DATABASE_URL",
+        }
+    }
+}
+
 impl Worker {
     pub async fn start(env: &TestEnv, extra: &[&str]) -> Self {
         Self::start_with(env, WorkerServers::of(env), extra).await
@@ -236,12 +256,7 @@ impl Worker {
         server: RelayedServer,
         extra: &[&str],
     ) -> (Self, TcpRelay) {
-        let url = match server {
-            RelayedServer::RabbitMq => &env.amqp_url,
-            RelayedServer::Redis => &env.redis_url,
-            RelayedServer::PostgreSql => &env.database_url,
-        };
-        let (relay, relayed) = TcpRelay::in_front_of(url);
+        let (relay, relayed) = TcpRelay::in_front_of(server.url_in(env));
         let mut servers = WorkerServers::of(env);
         match server {
             RelayedServer::RabbitMq => servers.amqp_url = &relayed,
