@@ -16,6 +16,7 @@ mod failure;
 mod groups;
 mod migration;
 mod operations;
+mod partition;
 mod pipeline;
 mod receiver;
 mod soak;

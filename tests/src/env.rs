@@ -39,22 +39,32 @@ impl TestEnv {
     /// A fresh namespace (exchanges, queues, Redis keys) and a fresh,
     /// migrated database. Panics, naming the server, if one is missing.
     pub async fn new() -> Self {
-        Self::create(true, None).await
+        Self::create(true, None, None).await
     }
 
     /// Like [`TestEnv::new`], with RabbitMQ at `amqp_url` (a node of a test
     /// cluster) instead of the shared broker.
     pub async fn on_broker(amqp_url: &str) -> Self {
-        Self::create(true, Some(amqp_url.to_owned())).await
+        Self::create(true, Some(amqp_url.to_owned()), None).await
+    }
+
+    /// Like [`TestEnv::new`], with the database on the PostgreSQL server at
+    /// `postgres_url` (a test's own) instead of the shared one.
+    pub async fn on_postgres(postgres_url: &str) -> Self {
+        Self::create(true, None, Some(postgres_url.to_owned())).await
     }
 
     /// Like [`TestEnv::new`], with an empty database: for tests that apply
     /// the migrations themselves.
     pub async fn unmigrated() -> Self {
-        Self::create(false, None).await
+        Self::create(false, None, None).await
     }
 
-    async fn create(migrated: bool, amqp_url: Option<String>) -> Self {
+    async fn create(
+        migrated: bool,
+        amqp_url: Option<String>,
+        postgres_url: Option<String>,
+    ) -> Self {
         // Quiet unless asked: WA_TEST_LOG=1 (with RUST_LOG to filter).
         if std::env::var_os("WA_TEST_LOG").is_some() {
             wa_core::telemetry::init_logging(wa_core::telemetry::LogFormat::Pretty);
@@ -63,11 +73,9 @@ impl TestEnv {
         let namespace: Namespace = format!("t_{}", &id[..12]).parse().expect("valid namespace");
         let amqp_url = amqp_url.unwrap_or_else(|| server("WA_TEST_AMQP_URL", AMQP_URL));
         let redis_url = server("WA_TEST_REDIS_URL", REDIS_URL);
-        let database_url = format!(
-            "{}/wa_{}",
-            server("WA_TEST_POSTGRES_URL", POSTGRES_URL),
-            namespace
-        );
+        let postgres_url =
+            postgres_url.unwrap_or_else(|| server("WA_TEST_POSTGRES_URL", POSTGRES_URL));
+        let database_url = format!("{postgres_url}/wa_{namespace}");
 
         let amqp = Connection::connect(&amqp_url, ConnectionProperties::default())
             .await

@@ -103,14 +103,31 @@ impl RemoteHost {
     /// Takes the host's link down: from here on, whatever is sent to it is
     /// dropped without an answer.
     pub fn pull_link(&self) {
+        self.set_link("down");
+    }
+
+    /// Puts the host's link back: the end of a partition.
+    pub fn restore_link(&self) {
+        self.set_link("up");
+    }
+
+    fn set_link(&self, state: &str) {
         run(Command::new("ip").args([
             "-n",
             &self.namespace,
             "link",
             "set",
             &self.inner_link,
-            "down",
+            state,
         ]));
+    }
+
+    /// `program` run on this host: in its namespace, where its address is
+    /// the only one.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.namespace, program]);
+        command
     }
 }
 

@@ -9,13 +9,14 @@
 //! shared servers are never touched. A program that is missing fails the
 //! test, naming it.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use std::os::unix::process::CommandExt;
 
+use crate::network::RemoteHost;
 use crate::tls::{Ca, Identity};
 
 /// A port nobody uses now, for a server process to bind. It is chosen
@@ -108,9 +109,15 @@ impl Process {
     /// Waits until the server accepts connections on `port`; panics with its
     /// log when it exits first or does not listen within `limit`.
     pub fn wait_listening(&mut self, what: &str, port: u16, limit: Duration) {
+        self.wait_listening_at(what, SocketAddr::from(([127, 0, 0, 1], port)), limit);
+    }
+
+    /// Waits until the server accepts connections at `address`; panics as
+    /// [`Process::wait_listening`] does.
+    pub fn wait_listening_at(&mut self, what: &str, address: SocketAddr, limit: Duration) {
         let mut exited = None;
         let done = poll_until(limit, || {
-            accepts(port) || {
+            accepts(address) || {
                 exited = self.child.try_wait().ok().flatten();
                 exited.is_some()
             }
@@ -125,7 +132,7 @@ impl Process {
             |status| format!("exited ({status})"),
         );
         panic!(
-            "{what} on port {port}: {state}; the end of its log:\n{}",
+            "{what} at {address}: {state}; the end of its log:\n{}",
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
@@ -188,8 +195,8 @@ fn poll_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
     true
 }
 
-fn accepts(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+fn accepts(address: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).is_ok()
 }
 
 // ---------------------------------------------------------------- RabbitMQ
@@ -683,6 +690,41 @@ fn pg_bin() -> String {
     format!("/usr/lib/postgresql/{version}/bin")
 }
 
+/// A new cluster's data folder in `dir`: `initdb` with trust
+/// authentication for `postgres`, owned by the `postgres` user when we are
+/// root (PostgreSQL refuses to run as root).
+fn init_postgres(dir: &ServerDir) -> PathBuf {
+    let data = dir.file("data");
+    let mut initdb = Command::new(format!("{}/initdb", pg_bin()));
+    initdb
+        .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+        .arg("-D")
+        .arg(&data);
+    as_postgres_user(&mut initdb, &dir.path);
+    run(&mut initdb);
+    data
+}
+
+/// The `postgres` arguments every test cluster runs with, then `settings`
+/// (`name=value`).
+fn postgres_args(data: &Path, port: u16, settings: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "-D".to_owned(),
+        data.to_string_lossy().into_owned(),
+        "-p".to_owned(),
+        port.to_string(),
+    ];
+    let common = [
+        "fsync=off",
+        "unix_socket_directories=",
+        "max_connections=100",
+    ];
+    for setting in common.iter().chain(settings) {
+        args.extend(["-c".to_owned(), (*setting).to_owned()]);
+    }
+    args
+}
+
 /// A PostgreSQL cluster of the test's own (`initdb` on a free port), with
 /// `ssl = on` and a certificate from `ca`; trust authentication for
 /// `postgres` over TCP from 127.0.0.1.
@@ -696,14 +738,7 @@ pub struct PostgresTls {
 impl PostgresTls {
     pub fn start(ca: &Ca) -> Self {
         let dir = ServerDir::new("postgres-tls");
-        let data = dir.file("data");
-        let mut initdb = Command::new(format!("{}/initdb", pg_bin()));
-        initdb
-            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
-            .arg("-D")
-            .arg(&data);
-        as_postgres_user(&mut initdb, &dir.path);
-        run(&mut initdb);
+        let data = init_postgres(&dir);
         let Identity { cert_pem, key_pem } = ca.server();
         let cert = data.join("server.crt");
         let key = data.join("server.key");
@@ -714,18 +749,16 @@ impl PostgresTls {
         let ca_file = dir.write("ca.crt", &ca.pem());
         let port = free_port();
         let mut postgres = Command::new(format!("{}/postgres", pg_bin()));
-        postgres
-            .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"])
-            .args(["-c", "ssl_key_file=server.key", "-c", "fsync=off"])
-            .args([
-                "-c",
-                "unix_socket_directories=",
-                "-c",
-                "max_connections=100",
-            ]);
+        postgres.args(postgres_args(
+            &data,
+            port,
+            &[
+                "listen_addresses=127.0.0.1",
+                "ssl=on",
+                "ssl_cert_file=server.crt",
+                "ssl_key_file=server.key",
+            ],
+        ));
         as_postgres_user(&mut postgres, &dir.path);
         let mut process = Process::spawn(&mut postgres, &dir.file("server.log"));
         process.wait_listening("PostgreSQL with TLS", port, Duration::from_secs(30));
@@ -747,6 +780,60 @@ impl PostgresTls {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.file("server.log")).unwrap_or_default()
+    }
+}
+
+/// A PostgreSQL cluster of the test's own on a [`RemoteHost`], listening on
+/// the host's address only, with trust authentication for `postgres` from
+/// this machine: a server that stays up while the link to it is pulled.
+/// Needs root, as the host does.
+pub struct PostgresOnHost {
+    pub address: SocketAddr,
+    _process: Process,
+    _dir: ServerDir,
+}
+
+impl PostgresOnHost {
+    pub fn start(host: &RemoteHost) -> Self {
+        let dir = ServerDir::new("postgres-remote");
+        let data = init_postgres(&dir);
+        let hba = data.join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        rules.push_str("host all postgres 0.0.0.0/0 trust\n");
+        std::fs::write(&hba, rules).expect("pg_hba.conf");
+        let port = free_port();
+        let address = SocketAddr::from((host.address, port));
+        // `ip netns exec` needs root; the server then drops to `postgres`.
+        let mut postgres = host.command("setpriv");
+        postgres
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg(format!("{}/postgres", pg_bin()))
+            .args(postgres_args(
+                &data,
+                port,
+                &[&format!("listen_addresses={}", host.address)],
+            ));
+        let mut process = Process::spawn(&mut postgres, &dir.file("server.log"));
+        process.wait_listening_at(
+            "PostgreSQL on its own host",
+            address,
+            Duration::from_secs(30),
+        );
+        Self {
+            address,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    /// `postgres://` URL of the server, without a database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@{}", self.address)
     }
 }
 

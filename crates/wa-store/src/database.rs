@@ -11,6 +11,22 @@ use wa_core::config::parse_duration;
 /// as alive without another.
 const RECENTLY_CHECKED: Duration = Duration::from_secs(1);
 
+/// Asks the server to give up a client that goes silent, as the client
+/// gives up a silent server (vendor/sqlx-core): a keepalive probe after
+/// 10 s idle, then every 5 s, and the connection ended after 4 unanswered
+/// probes. A partition that leaves the server up (a NAT gateway or a
+/// conntrack table losing its state) cuts a transaction that has reached
+/// the server; without this, its backend sits idle in transaction, holding
+/// the rows the client's retry needs, until the operating system's default
+/// keepalive notices, after 2 hours. Sent as `SET` after connecting, not as
+/// startup `options`, which PgBouncer refuses; ignored on a Unix socket.
+const GIVE_UP_ON_A_SILENT_CLIENT: &str =
+    "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 4";
+
+/// The same bound for data the server sent and the client never
+/// acknowledged (PostgreSQL 12 and later).
+const GIVE_UP_ON_UNACKNOWLEDGED_DATA: &str = "SET tcp_user_timeout = 30000";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
@@ -40,6 +56,7 @@ impl DatabaseArgs {
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)
             .acquire_timeout(self.db_acquire_timeout)
+            .after_connect(|connection, _meta| Box::pin(give_up_on_a_silent_client(connection)))
             // sqlx pings every connection it takes back (a Sync round trip)
             // and, by default, every one it hands out again: two extra round
             // trips per statement on a busy path. A connection back within
@@ -56,4 +73,21 @@ impl DatabaseArgs {
             })
             .connect_lazy_with(options))
     }
+}
+
+async fn give_up_on_a_silent_client(
+    connection: &mut sqlx::PgConnection,
+) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(GIVE_UP_ON_A_SILENT_CLIENT)
+        .execute(&mut *connection)
+        .await?;
+    if connection
+        .server_version_num()
+        .is_some_and(|version| version >= 120_000)
+    {
+        sqlx::raw_sql(GIVE_UP_ON_UNACKNOWLEDGED_DATA)
+            .execute(&mut *connection)
+            .await?;
+    }
+    Ok(())
 }

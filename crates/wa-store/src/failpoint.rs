@@ -1,6 +1,7 @@
-//! A test-only failpoint: makes writes fail with a database error that the
+//! Test-only failpoints: make writes fail with a database error that the
 //! classification table does not know, the way an unknown dependency failure
-//! would. It exists only with the `failpoints` feature, which only the
+//! would, or stop a write before its commit, with its transaction open on
+//! the server. They exist only with the `failpoints` feature, which only the
 //! end-to-end tests turn on: `cargo build -p wa-ingest` has none of it.
 
 use std::borrow::Cow;
@@ -19,6 +20,10 @@ pub enum Failpoint {
     /// Writes that hold an event whose key contains this text: a failure
     /// that follows one payload.
     EventKeyContains(String),
+    /// Writes that hold an event whose key contains this text wait before
+    /// their commit until disarmed: the rows stay locked by a transaction
+    /// that is open on the server.
+    HoldBeforeCommit(String),
 }
 
 static ARMED: Mutex<Option<Failpoint>> = Mutex::new(None);
@@ -35,20 +40,34 @@ pub fn disarm() {
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
 }
 
-pub(crate) fn check(events: &[&Event]) -> Result<(), sqlx::Error> {
-    let armed = ARMED
+fn armed() -> Option<Failpoint> {
+    ARMED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone();
-    let fails = match armed {
-        None => false,
+        .clone()
+}
+
+fn any_key_contains(events: &[&Event], text: &str) -> bool {
+    events.iter().any(|e| e.key().contains(text))
+}
+
+pub(crate) fn check(events: &[&Event]) -> Result<(), sqlx::Error> {
+    let fails = match armed() {
         Some(Failpoint::EveryWrite) => true,
-        Some(Failpoint::EventKeyContains(text)) => events.iter().any(|e| e.key().contains(&text)),
+        Some(Failpoint::EventKeyContains(text)) => any_key_contains(events, &text),
+        None | Some(Failpoint::HoldBeforeCommit(_)) => false,
     };
     if fails {
         Err(sqlx::Error::Database(Box::new(Injected)))
     } else {
         Ok(())
+    }
+}
+
+pub(crate) async fn hold_before_commit(events: &[&Event]) {
+    while matches!(armed(), Some(Failpoint::HoldBeforeCommit(text)) if any_key_contains(events, &text))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -49,6 +49,8 @@ impl Store {
         let persisted = async {
             let mut tx = connection.begin().await?;
             let persisted = write(&mut tx, events).await?;
+            #[cfg(feature = "failpoints")]
+            crate::failpoint::hold_before_commit(events).await;
             tx.commit().await?;
             Ok(persisted)
         }

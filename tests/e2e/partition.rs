@@ -1,0 +1,71 @@
+//! A partition that leaves PostgreSQL up, such as a NAT gateway or a
+//! node's conntrack table losing its state: it cuts a connection whose
+//! transaction has already reached the server.
+//!
+//! The worker gives up its end within 30 s (vendor/sqlx-core) and retries.
+//! The server must give up its end too: otherwise its backend sits "idle in
+//! transaction", holding the rows the retry needs, until the operating
+//! system's keepalive notices, after 2 hours. Every connection the roles
+//! open asks the server for the same 30-s bound (`wa_store::database`).
+
+use std::time::Duration;
+
+use wa_e2e::network::RemoteHost;
+use wa_e2e::payloads;
+use wa_e2e::roles::{Worker, all_stored_once_and_nothing_dead_lettered};
+use wa_e2e::servers::PostgresOnHost;
+use wa_e2e::{TestEnv, eventually, metric_sum};
+use wa_store::failpoint::{self, Failpoint};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_retry_stores_it() {
+    let host = RemoteHost::create();
+    let postgres = PostgresOnHost::start(&host);
+    let env = TestEnv::on_postgres(&postgres.url()).await;
+    failpoint::arm(Failpoint::HoldBeforeCommit("wamid.cut".into()));
+    let worker = Worker::start(&env, &[]).await;
+    worker.wait_ready().await;
+    env.publish_inbound(&payloads::mixed("cut", 1)).await;
+    eventually("the write waiting before its commit", LIMIT, || async {
+        match env.count(IDLE_IN_TRANSACTION).await {
+            1 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+
+    // The commit goes out into the partition and is never answered.
+    host.pull_link();
+    failpoint::disarm();
+    eventually(
+        "the worker giving up its end",
+        Duration::from_secs(90),
+        || async {
+            let metrics = worker.metrics().await;
+            match metric_sum(
+                &metrics,
+                "wa_worker_pauses_total",
+                &[("dependency", "postgresql")],
+            ) {
+                0.0 => Err("not paused".to_owned()),
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    host.restore_link();
+    worker.wait_ready().await;
+
+    // The retry, and everything after it, needs the rows the cut
+    // transaction locked (the same contact, at least).
+    env.publish_inbound_all(&payloads::mixed_each("after", 20))
+        .await;
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
+    assert_eq!(env.count(IDLE_IN_TRANSACTION).await, 0);
+    worker.stop().await;
+}
+
+const IDLE_IN_TRANSACTION: &str =
+    "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
