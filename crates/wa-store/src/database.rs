@@ -75,19 +75,38 @@ impl DatabaseArgs {
     }
 }
 
+/// Refused settings (a server on a system without `TCP_USER_TIMEOUT`
+/// accepts only 0, and a proxy may forbid them) are logged and the
+/// connection used without them: they bound a rare failure, and a role that
+/// could not connect at all would be worse.
 async fn give_up_on_a_silent_client(
     connection: &mut sqlx::PgConnection,
 ) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(GIVE_UP_ON_A_SILENT_CLIENT)
-        .execute(&mut *connection)
-        .await?;
+    ask_the_server(connection, GIVE_UP_ON_A_SILENT_CLIENT).await?;
     if connection
         .server_version_num()
         .is_some_and(|version| version >= 120_000)
     {
-        sqlx::raw_sql(GIVE_UP_ON_UNACKNOWLEDGED_DATA)
-            .execute(&mut *connection)
-            .await?;
+        ask_the_server(connection, GIVE_UP_ON_UNACKNOWLEDGED_DATA).await?;
     }
     Ok(())
+}
+
+async fn ask_the_server(
+    connection: &mut sqlx::PgConnection,
+    settings: &'static str,
+) -> Result<(), sqlx::Error> {
+    match sqlx::raw_sql(settings).execute(&mut *connection).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(refused)) => {
+            tracing::warn!(
+                settings,
+                error = %refused,
+                "the server refused a bound on silent clients: a partition may leave \
+                 a transaction holding rows until the server's own keepalive ends it"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
 }
