@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use wa_e2e::network::RemoteHost;
 use wa_e2e::payloads;
-use wa_e2e::roles::{Worker, all_stored_once_and_nothing_dead_lettered};
+use wa_e2e::roles::{Worker, all_stored_once_and_nothing_dead_lettered, parse};
 use wa_e2e::servers::PostgresOnHost;
 use wa_e2e::{TestEnv, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
@@ -65,6 +65,39 @@ async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_ret
     all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
     assert_eq!(env.count(IDLE_IN_TRANSACTION).await, 0);
     worker.stop().await;
+}
+
+/// The settings behind the test above, as a session of any role sees them.
+#[tokio::test]
+async fn every_session_of_the_roles_asks_the_server_to_give_up_a_silent_client() {
+    let env = TestEnv::new().await;
+    let database: wa_store::DatabaseArgs =
+        parse(vec!["--database-url".to_owned(), env.database_url.clone()]);
+    let pool = database.pool().expect("a pool");
+    let mut settings = Vec::new();
+    for name in [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+    ] {
+        let value: String = sqlx::query_scalar("SELECT current_setting($1)")
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .expect("the setting");
+        settings.push(format!("{name}={value}"));
+    }
+    assert_eq!(
+        settings,
+        [
+            "tcp_keepalives_idle=10",
+            "tcp_keepalives_interval=5",
+            "tcp_keepalives_count=4",
+            "tcp_user_timeout=30000"
+        ]
+    );
+    pool.close().await;
 }
 
 const IDLE_IN_TRANSACTION: &str =
