@@ -1,12 +1,17 @@
-//! A partition that leaves PostgreSQL up, such as a NAT gateway or a
-//! node's conntrack table losing its state: it cuts a connection whose
-//! transaction has already reached the server.
+//! Sessions the server has to end by itself, because their client will not.
 //!
-//! The worker gives up its end within 30 s (vendor/sqlx-core) and retries.
-//! The server must give up its end too: otherwise its backend sits "idle in
-//! transaction", holding the rows the retry needs, until the operating
-//! system's keepalive notices, after 2 hours. Every connection the roles
-//! open asks the server for the same 30-s bound (`wa_store::database`).
+//! A partition that leaves PostgreSQL up, such as a NAT gateway or a
+//! node's conntrack table losing its state, cuts a connection whose
+//! transaction has already reached the server. The worker gives up its end
+//! within 30 s (vendor/sqlx-core) and retries; the server must give up its
+//! end too, or its backend sits "idle in transaction", holding the rows the
+//! retry needs, until the operating system's keepalive notices, after 2
+//! hours. Every connection the roles open asks the server for the same
+//! 30-s bound (`wa_store::database`).
+//!
+//! A worker frozen mid-transaction (a debugger, `docker pause`, a hang)
+//! still has a kernel that answers keepalives: the worker's sessions also
+//! have the server end a transaction that sits idle for 30 s.
 
 use std::time::Duration;
 
@@ -67,38 +72,89 @@ async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_ret
     worker.stop().await;
 }
 
-/// The settings behind the test above, as a session of any role sees them.
 #[tokio::test]
-async fn every_session_of_the_roles_asks_the_server_to_give_up_a_silent_client() {
+async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_writes_behind_it_go_on()
+{
+    let env = TestEnv::new().await;
+    failpoint::arm(Failpoint::HoldBeforeCommit("wamid.frozen".into()));
+    let worker = Worker::start(&env, &[]).await;
+    worker.wait_ready().await;
+    env.publish_inbound(&payloads::mixed("frozen", 1)).await;
+    eventually("the write frozen before its commit", LIMIT, || async {
+        match env.count(IDLE_IN_TRANSACTION).await {
+            1 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+
+    // Twenty writes that need the frozen transaction's rows (the same
+    // contact): they go on once the server has ended it.
+    env.publish_inbound_all(&payloads::mixed_each("behind", 20))
+        .await;
+    eventually(
+        "the writes behind the frozen one stored",
+        Duration::from_secs(90),
+        || async {
+            match env
+                .count("SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.behind%'")
+                .await
+            {
+                20 => Ok(()),
+                n => Err(n.to_string()),
+            }
+        },
+    )
+    .await;
+    // The frozen write, thawed, finds its session ended and is retried.
+    failpoint::disarm();
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
+    assert_eq!(env.count(IDLE_IN_TRANSACTION).await, 0);
+    worker.stop().await;
+}
+
+/// The settings behind the tests above, as the roles' sessions see them.
+#[tokio::test]
+async fn the_roles_sessions_carry_the_bounds_and_only_the_workers_end_idle_transactions() {
     let env = TestEnv::new().await;
     let database: wa_store::DatabaseArgs =
         parse(vec!["--database-url".to_owned(), env.database_url.clone()]);
-    let pool = database.pool().expect("a pool");
+    let bounds = [
+        "tcp_keepalives_idle=10",
+        "tcp_keepalives_interval=5",
+        "tcp_keepalives_count=4",
+        "tcp_user_timeout=30000",
+    ];
+    let plain = database.pool().expect("a pool");
+    let mut expected = bounds.to_vec();
+    expected.push("idle_in_transaction_session_timeout=0");
+    assert_eq!(session_settings(&plain).await, expected);
+    let writer = database.writer_pool().expect("a pool");
+    expected.pop();
+    expected.push("idle_in_transaction_session_timeout=30s");
+    assert_eq!(session_settings(&writer).await, expected);
+    plain.close().await;
+    writer.close().await;
+}
+
+async fn session_settings(pool: &sqlx::PgPool) -> Vec<String> {
     let mut settings = Vec::new();
     for name in [
         "tcp_keepalives_idle",
         "tcp_keepalives_interval",
         "tcp_keepalives_count",
         "tcp_user_timeout",
+        "idle_in_transaction_session_timeout",
     ] {
         let value: String = sqlx::query_scalar("SELECT current_setting($1)")
             .bind(name)
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await
             .expect("the setting");
         settings.push(format!("{name}={value}"));
     }
-    assert_eq!(
-        settings,
-        [
-            "tcp_keepalives_idle=10",
-            "tcp_keepalives_interval=5",
-            "tcp_keepalives_count=4",
-            "tcp_user_timeout=30000"
-        ]
-    );
-    pool.close().await;
+    settings
 }
 
-const IDLE_IN_TRANSACTION: &str =
-    "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'";
+const IDLE_IN_TRANSACTION: &str = "SELECT count(*) FROM pg_stat_activity
+     WHERE state = 'idle in transaction' AND datname = current_database()";

@@ -27,6 +27,15 @@ const GIVE_UP_ON_A_SILENT_CLIENT: &str =
 /// acknowledged (PostgreSQL 12 and later).
 const GIVE_UP_ON_UNACKNOWLEDGED_DATA: &str = "SET tcp_user_timeout = 30000";
 
+/// The worker's bound on a client that is alive but stopped: a process
+/// frozen mid-transaction (a debugger, `docker pause`, a hang) still has a
+/// kernel answering keepalives, and its locks would stop every write on the
+/// same contacts until it went on. Its statements follow one another with
+/// nothing else awaited in between, so 30 s idle is never work in progress.
+/// Not for the relay: it holds its claim while it publishes, for as long as
+/// a slow broker takes.
+const END_TRANSACTIONS_IDLE_FOR_30S: &str = "SET idle_in_transaction_session_timeout = 30000";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
@@ -45,10 +54,30 @@ pub struct DatabaseArgs {
     pub db_acquire_timeout: Duration,
 }
 
+/// What a pool's sessions ask of the server beyond the bound on silent
+/// clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sessions {
+    /// Every role but the worker.
+    Plain,
+    /// The worker's: transactions idle for 30 s are ended.
+    Writing,
+}
+
 impl DatabaseArgs {
     /// A lazily connecting pool: a role starts (and reports not ready) while
     /// PostgreSQL is down, instead of failing at start.
     pub fn pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        self.pool_of(Sessions::Plain)
+    }
+
+    /// The worker's pool: as [`DatabaseArgs::pool`], and the server ends a
+    /// transaction of it that sits idle for 30 s, freeing its rows.
+    pub fn writer_pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
+        self.pool_of(Sessions::Writing)
+    }
+
+    fn pool_of(&self, sessions: Sessions) -> Result<sqlx::PgPool, sqlx::Error> {
         // TLS as the URL says (`sslmode`, `sslrootcert`; sqlx's default
         // `prefer` uses it when the server offers it). TCP_NODELAY is set
         // by the patched sqlx-core (vendor/sqlx-core), so TLS costs no stall.
@@ -56,7 +85,7 @@ impl DatabaseArgs {
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(self.db_pool_size)
             .acquire_timeout(self.db_acquire_timeout)
-            .after_connect(|connection, _meta| Box::pin(give_up_on_a_silent_client(connection)))
+            .after_connect(move |connection, _meta| Box::pin(bound(connection, sessions)))
             // sqlx pings every connection it takes back (a Sync round trip)
             // and, by default, every one it hands out again: two extra round
             // trips per statement on a busy path. A connection back within
@@ -79,15 +108,16 @@ impl DatabaseArgs {
 /// accepts only 0, and a proxy may forbid them) are logged and the
 /// connection used without them: they bound a rare failure, and a role that
 /// could not connect at all would be worse.
-async fn give_up_on_a_silent_client(
-    connection: &mut sqlx::PgConnection,
-) -> Result<(), sqlx::Error> {
+async fn bound(connection: &mut sqlx::PgConnection, sessions: Sessions) -> Result<(), sqlx::Error> {
     ask_the_server(connection, GIVE_UP_ON_A_SILENT_CLIENT).await?;
     if connection
         .server_version_num()
         .is_some_and(|version| version >= 120_000)
     {
         ask_the_server(connection, GIVE_UP_ON_UNACKNOWLEDGED_DATA).await?;
+    }
+    if sessions == Sessions::Writing {
+        ask_the_server(connection, END_TRANSACTIONS_IDLE_FOR_30S).await?;
     }
     Ok(())
 }
@@ -102,8 +132,8 @@ async fn ask_the_server(
             tracing::warn!(
                 settings,
                 error = %refused,
-                "the server refused a bound on silent clients: a partition may leave \
-                 a transaction holding rows until the server's own keepalive ends it"
+                "the server refused a bound on sessions: a partition or a frozen client \
+                 may leave a transaction holding rows for long"
             );
             Ok(())
         }

@@ -50,7 +50,7 @@ pub async fn run(
         topology.clone(),
         broker_stop.clone(),
     )?;
-    let pool = config.database.pool()?;
+    let pool = config.database.writer_pool()?;
     let claims = Claims::new(
         RedisTarget::from_args(&config.redis)?,
         namespace,
