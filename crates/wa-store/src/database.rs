@@ -1,6 +1,6 @@
 //! The PostgreSQL options of every role that reaches the database
-//! (`DATABASE_URL`, the pool size and its acquire timeout), and the pool
-//! they build.
+//! (`DATABASE_URL`, the pool size and its acquire timeout), the pool they
+//! build, and the bounds its sessions ask of the server.
 
 use std::time::Duration;
 
