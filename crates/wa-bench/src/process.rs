@@ -129,19 +129,21 @@ pub(crate) fn free_addr() -> anyhow::Result<SocketAddr> {
     // the kernel hands out for `:0` can be taken by one of the bench's own
     // thousands of outgoing connections before the process binds it.
     const PORTS: std::ops::Range<u16> = 20000..32000;
-    // Each call starts one port further than the last, so that two calls
-    // before either port is bound do not give the same; the process id
-    // (spread over the range) sets where runs side by side start.
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let span = PORTS.end - PORTS.start;
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let first = std::process::id()
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(call)
-        % u32::from(span);
-    for step in 0..u32::from(span) {
-        let offset = u16::try_from((first + step) % u32::from(span)).unwrap_or_default();
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", PORTS.start + offset)) {
+    // Each call starts after the port the last call gave, so that two
+    // calls before either port is bound do not give the same one (starting
+    // one further per call did, when a port in use lay between them); the
+    // process id (spread over the range) sets where runs side by side start.
+    static NEXT: std::sync::Mutex<Option<u32>> = std::sync::Mutex::new(None);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let mut next = NEXT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let first = next.unwrap_or_else(|| std::process::id().wrapping_mul(2_654_435_761) % span);
+    for step in 0..span {
+        let offset = (first + step) % span;
+        let port = PORTS.start + u16::try_from(offset).unwrap_or_default();
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            *next = Some((offset + 1) % span);
             return Ok(listener.local_addr()?);
         }
     }
@@ -182,5 +184,14 @@ mod tests {
         }
         let distinct: std::collections::HashSet<_> = addresses.iter().collect();
         assert_eq!(distinct.len(), addresses.len(), "{addresses:?}");
+    }
+
+    #[test]
+    fn a_port_in_use_after_the_last_one_given_does_not_make_the_next_two_the_same() {
+        let given = free_addr().expect("a free port");
+        // Taken here, or by someone else already: either way in use.
+        let _in_use = std::net::TcpListener::bind(("127.0.0.1", given.port() + 1));
+        let (next, after) = (free_addr().expect("a port"), free_addr().expect("a port"));
+        assert_ne!(next, after);
     }
 }
