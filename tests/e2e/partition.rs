@@ -29,17 +29,7 @@ async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_ret
     let host = RemoteHost::create();
     let postgres = PostgresOnHost::start(&host);
     let env = TestEnv::on_postgres(&postgres.url()).await;
-    failpoint::arm(Failpoint::HoldBeforeCommit("wamid.cut".into()));
-    let worker = Worker::start(&env, &[]).await;
-    worker.wait_ready().await;
-    env.publish_inbound(&payloads::mixed("cut", 1)).await;
-    eventually("the write waiting before its commit", LIMIT, || async {
-        match env.count(IDLE_IN_TRANSACTION).await {
-            1 => Ok(()),
-            n => Err(n.to_string()),
-        }
-    })
-    .await;
+    let worker = a_worker_holding_a_write_before_its_commit(&env, "cut").await;
 
     // The commit goes out into the partition and is never answered.
     host.pull_link();
@@ -76,17 +66,7 @@ async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_ret
 async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_writes_behind_it_go_on()
 {
     let env = TestEnv::new().await;
-    failpoint::arm(Failpoint::HoldBeforeCommit("wamid.frozen".into()));
-    let worker = Worker::start(&env, &[]).await;
-    worker.wait_ready().await;
-    env.publish_inbound(&payloads::mixed("frozen", 1)).await;
-    eventually("the write frozen before its commit", LIMIT, || async {
-        match env.count(IDLE_IN_TRANSACTION).await {
-            1 => Ok(()),
-            n => Err(n.to_string()),
-        }
-    })
-    .await;
+    let worker = a_worker_holding_a_write_before_its_commit(&env, "frozen").await;
 
     // Twenty writes that need the frozen transaction's rows (the same
     // contact): they go on once the server has ended it.
@@ -111,6 +91,24 @@ async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_write
     all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
     assert_eq!(env.count(IDLE_IN_TRANSACTION).await, 0);
     worker.stop().await;
+}
+
+/// A worker whose write of webhook `tag` (`payloads::mixed`) waits before
+/// its commit, its transaction open on the server, until
+/// `failpoint::disarm`.
+async fn a_worker_holding_a_write_before_its_commit(env: &TestEnv, tag: &str) -> Worker {
+    failpoint::arm(Failpoint::HoldBeforeCommit(format!("wamid.{tag}.")));
+    let worker = Worker::start(env, &[]).await;
+    worker.wait_ready().await;
+    env.publish_inbound(&payloads::mixed(tag, 1)).await;
+    eventually("the write waiting before its commit", LIMIT, || async {
+        match env.count(IDLE_IN_TRANSACTION).await {
+            1 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+    worker
 }
 
 /// The settings behind the tests above, as the roles' sessions see them.
