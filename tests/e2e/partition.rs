@@ -123,27 +123,23 @@ async fn the_roles_sessions_carry_the_bounds_and_only_the_workers_end_idle_trans
         "tcp_keepalives_count=4",
         "tcp_user_timeout=30000",
     ];
-    let plain = database.pool().expect("a pool");
-    let mut expected = bounds.to_vec();
-    expected.push("idle_in_transaction_session_timeout=0");
-    assert_eq!(session_settings(&plain).await, expected);
-    let writer = database.writer_pool().expect("a pool");
-    expected.pop();
-    expected.push("idle_in_transaction_session_timeout=30s");
-    assert_eq!(session_settings(&writer).await, expected);
-    plain.close().await;
-    writer.close().await;
+    let plain = [&bounds[..], &["idle_in_transaction_session_timeout=0"]].concat();
+    let writing = [&bounds[..], &["idle_in_transaction_session_timeout=30s"]].concat();
+    for (pool, expected) in [
+        (database.pool().expect("a pool"), plain),
+        (database.writer_pool().expect("a pool"), writing),
+    ] {
+        assert_eq!(session_settings(&pool, &expected).await, expected);
+        pool.close().await;
+    }
 }
 
-async fn session_settings(pool: &sqlx::PgPool) -> Vec<String> {
+/// `name=value` of each setting named in `expected` (`name=...`), as a
+/// session of `pool` sees it.
+async fn session_settings(pool: &sqlx::PgPool, expected: &[&str]) -> Vec<String> {
     let mut settings = Vec::new();
-    for name in [
-        "tcp_keepalives_idle",
-        "tcp_keepalives_interval",
-        "tcp_keepalives_count",
-        "tcp_user_timeout",
-        "idle_in_transaction_session_timeout",
-    ] {
+    for setting in expected {
+        let (name, _) = setting.split_once('=').expect("name=value");
         let value: String = sqlx::query_scalar("SELECT current_setting($1)")
             .bind(name)
             .fetch_one(pool)
