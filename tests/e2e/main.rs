@@ -7,6 +7,7 @@ mod backends_tls;
 mod clusters;
 mod console;
 mod contacts;
+mod contention;
 mod corpus;
 mod deliver;
 mod edge;

@@ -111,9 +111,10 @@ async fn a_worker_holding_a_write_before_its_commit(env: &TestEnv, tag: &str) ->
     worker
 }
 
-/// The settings behind the tests above, as the roles' sessions see them.
+/// The settings behind the tests above (and `contention.rs`), as the
+/// roles' sessions see them.
 #[tokio::test]
-async fn the_roles_sessions_carry_the_bounds_and_only_the_workers_end_idle_transactions() {
+async fn the_roles_sessions_carry_their_bounds_and_only_the_workers_bound_their_waits() {
     let env = TestEnv::new().await;
     let database: wa_store::DatabaseArgs =
         parse(vec!["--database-url".to_owned(), env.database_url.clone()]);
@@ -123,8 +124,16 @@ async fn the_roles_sessions_carry_the_bounds_and_only_the_workers_end_idle_trans
         "tcp_keepalives_count=4",
         "tcp_user_timeout=30000",
     ];
-    let plain = [&bounds[..], &["idle_in_transaction_session_timeout=0"]].concat();
-    let writing = [&bounds[..], &["idle_in_transaction_session_timeout=30s"]].concat();
+    let plain = [
+        &bounds[..],
+        &["idle_in_transaction_session_timeout=0", "lock_timeout=0"],
+    ]
+    .concat();
+    let writing = [
+        &bounds[..],
+        &["idle_in_transaction_session_timeout=30s", "lock_timeout=5s"],
+    ]
+    .concat();
     for (pool, expected) in [
         (database.pool().expect("a pool"), plain),
         (database.writer_pool().expect("a pool"), writing),

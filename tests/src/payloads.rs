@@ -204,11 +204,17 @@ pub fn mixed_each(tag: &str, count: usize) -> Vec<Vec<u8>> {
 /// A payload of `messages` text messages and a `sent`, `delivered` and `read`
 /// status for each: `messages * 4` unique events.
 pub fn mixed(tag: &str, messages: usize) -> Vec<u8> {
+    mixed_from(tag, messages, 15_550_000_000)
+}
+
+/// [`mixed`] with its senders numbered from `first_sender` up (`mixed`'s
+/// are 15550000000, 15550000001, ...).
+pub fn mixed_from(tag: &str, messages: usize, first_sender: u64) -> Vec<u8> {
     let mut items = Vec::new();
     let mut statuses = Vec::new();
     for i in 0..messages {
         let ts = 1_700_000_000 + i as i64;
-        let from = format!("1555{:07}", i);
+        let from = (first_sender + i as u64).to_string();
         items.push(text_message(&format!("wamid.{tag}.in.{i}"), &from, ts));
         for (offset, name) in ["sent", "delivered", "read"].iter().enumerate() {
             statuses.push(status(

@@ -36,6 +36,14 @@ const GIVE_UP_ON_UNACKNOWLEDGED_DATA: &str = "SET tcp_user_timeout = 30000";
 /// a slow broker takes.
 const END_TRANSACTIONS_IDLE_FOR_30S: &str = "SET idle_in_transaction_session_timeout = 30000";
 
+/// The worker's bound on waiting for a lock another session holds: an
+/// application updating its contacts, a transaction left open in `psql`, a
+/// migration's table lock. Unbounded, the batches that need the row fill
+/// the worker's slots and every other write waits behind them, with no
+/// error to say why. The worker's own transactions hold rows for
+/// milliseconds; 5 s is never one of them.
+const WAIT_FOR_A_LOCK_AT_MOST_5S: &str = "SET lock_timeout = 5000";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL.
@@ -60,7 +68,8 @@ pub struct DatabaseArgs {
 enum Sessions {
     /// Every role but the worker.
     Plain,
-    /// The worker's: transactions idle for 30 s are ended.
+    /// The worker's: transactions idle for 30 s are ended, and a lock is
+    /// waited for 5 s at most.
     Writing,
 }
 
@@ -72,7 +81,8 @@ impl DatabaseArgs {
     }
 
     /// The worker's pool: as [`DatabaseArgs::pool`], and the server ends a
-    /// transaction of it that sits idle for 30 s, freeing its rows.
+    /// transaction of it that sits idle for 30 s, freeing its rows, and
+    /// ends a wait of it for a lock after 5 s (`55P03`).
     pub fn writer_pool(&self) -> Result<sqlx::PgPool, sqlx::Error> {
         self.pool_of(Sessions::Writing)
     }
@@ -118,6 +128,7 @@ async fn bound(connection: &mut sqlx::PgConnection, sessions: Sessions) -> Resul
     }
     if sessions == Sessions::Writing {
         ask_the_server(connection, END_TRANSACTIONS_IDLE_FOR_30S).await?;
+        ask_the_server(connection, WAIT_FOR_A_LOCK_AT_MOST_5S).await?;
     }
     Ok(())
 }
@@ -132,8 +143,8 @@ async fn ask_the_server(
             tracing::warn!(
                 settings,
                 error = %refused,
-                "the server refused a bound on sessions: a partition or a frozen client \
-                 may leave a transaction holding rows for long"
+                "the server refused a bound on sessions: a partition, a frozen client \
+                 or another session's lock may hold writes back for long"
             );
             Ok(())
         }

@@ -250,6 +250,12 @@ impl StoreError {
         matches!(self.class(), ErrorClass::Systemic(_))
     }
 
+    /// A lock another session holds outlasted the session's `lock_timeout`
+    /// (`55P03`): the rows this write needs, not the database, are busy.
+    pub fn is_lock_wait(&self) -> bool {
+        self.sqlstate().as_deref() == Some("55P03")
+    }
+
     /// The SQLSTATE, when the database answered with one.
     pub fn sqlstate(&self) -> Option<String> {
         match &self.repr {

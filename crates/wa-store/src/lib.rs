@@ -32,7 +32,7 @@ pub mod seed;
 pub use database::DatabaseArgs;
 pub use error::{ErrorClass, StoreError, Systemic, sqlstate_class};
 pub use identity::ContactChanges;
-pub use persist::{Persisted, Store};
+pub use persist::{LockWait, Persisted, Store};
 
 /// The schema, embedded in the binary (`wa-ingest migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");

@@ -69,6 +69,8 @@ pub struct Failed {
     pub signature: String,
     /// Where it failed: the dependency a breaker trip pauses for.
     pub dependency: Dependency,
+    /// A lock another session holds outlasted the wait for it.
+    pub lock_held: bool,
 }
 
 /// The dependency a worker waits for while paused.
@@ -172,6 +174,7 @@ impl From<&StoreError> for StoreOutcome {
             },
             signature: error.signature(),
             dependency: Dependency::Postgresql,
+            lock_held: error.is_lock_wait(),
         };
         match error.class() {
             ErrorClass::Systemic(systemic) => StoreOutcome::Pause(Pause {

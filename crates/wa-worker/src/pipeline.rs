@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use wa_core::backoff::full_jitter;
 use wa_core::telemetry::error_chain;
 use wa_payload::{Event, parse_payload};
-use wa_store::{ErrorClass, Store, StoreError};
+use wa_store::{ErrorClass, LockWait, Store, StoreError};
 
 use crate::breaker::Breaker;
 use crate::claim::{Claim, Claims, ClaimsUnavailable};
@@ -95,6 +95,16 @@ struct Unique<'a> {
     owner: Vec<usize>,
     more_owners: Vec<(usize, usize)>,
     duplicates: Vec<&'a Event>,
+}
+
+/// How a set of deliveries is tried.
+#[derive(Debug, Clone, Copy)]
+struct Try {
+    /// A transient error is tried again at once, a few times: a deadlock
+    /// or a lost race settles in milliseconds. A lock held past the wait
+    /// for it does not.
+    quick_retries: bool,
+    lock_wait: LockWait,
 }
 
 /// How one try of a set of deliveries ended.
@@ -195,9 +205,17 @@ impl Processor {
             .filter(|&i| parsed[i].events.is_ok())
             .collect();
         let mut decisions: Vec<Option<Disposition>> = vec![None; parsed.len()];
+        let mut alone = Try {
+            quick_retries: pending.len() == 1,
+            lock_wait: LockWait::Session,
+        };
         if pending.len() > 1 {
+            let together = Try {
+                quick_retries: true,
+                lock_wait: LockWait::Session,
+            };
             match self
-                .store_when_open(parsed, &pending, true, hold_until)
+                .store_when_open(parsed, &pending, together, hold_until)
                 .await
             {
                 Attempt::Stored(deferred) => {
@@ -219,11 +237,16 @@ impl Processor {
                     return decisions;
                 }
                 // One delivery at a time: only the ones that fail alone are
-                // failed, and the breaker sees each of them.
-                Attempt::Failed(_) => {}
+                // failed, and the breaker sees each of them. Behind a lock
+                // that outlasted the batch's wait, those that need it fail
+                // in a moment each, and the others are stored.
+                Attempt::Failed(failed) => {
+                    if failed.lock_held {
+                        alone.lock_wait = LockWait::Brief;
+                    }
+                }
             }
         }
-        let alone = pending.len() == 1;
         for &i in &pending {
             decisions[i] = Some(self.store_alone(parsed, i, alone, hold_until).await);
         }
@@ -238,12 +261,12 @@ impl Processor {
         &self,
         parsed: &[Parsed],
         delivery: usize,
-        quick_retries: bool,
+        how: Try,
         hold_until: Instant,
     ) -> Disposition {
         loop {
             let attempt = self
-                .store_when_open(parsed, &[delivery], quick_retries, hold_until)
+                .store_when_open(parsed, &[delivery], how, hold_until)
                 .await;
             let failed = match attempt {
                 Attempt::Stored(deferred) if deferred.is_empty() => return Disposition::Ack,
@@ -281,7 +304,7 @@ impl Processor {
         &self,
         parsed: &[Parsed],
         deliveries: &[usize],
-        quick_retries: bool,
+        how: Try,
         hold_until: Instant,
     ) -> Attempt {
         loop {
@@ -295,7 +318,7 @@ impl Processor {
             if admitted == Admit::HoldLimit {
                 return Attempt::Stopped(Disposition::HandBack);
             }
-            match self.store_once(parsed, deliveries, quick_retries).await {
+            match self.store_once(parsed, deliveries, how).await {
                 Ok(deferred) => return Attempt::Stored(deferred),
                 Err(StoreOutcome::Pause(pause)) => self.pause(pause),
                 Err(StoreOutcome::Failed(failed)) => return Attempt::Failed(failed),
@@ -315,7 +338,7 @@ impl Processor {
         &self,
         parsed: &[Parsed],
         deliveries: &[usize],
-        quick_retries: bool,
+        how: Try,
     ) -> Result<Vec<usize>, StoreOutcome> {
         let events: Vec<(usize, &Event)> = deliveries
             .iter()
@@ -360,7 +383,7 @@ impl Processor {
         }
 
         let stage = std::time::Instant::now();
-        let persisted = self.persist(&to_store, quick_retries).await;
+        let persisted = self.persist(&to_store, how).await;
         record_stage("store", stage);
         let persisted = match persisted {
             Ok(persisted) => persisted,
@@ -404,12 +427,12 @@ impl Processor {
     async fn persist<'a>(
         &self,
         events: &[&'a Event],
-        quick_retries: bool,
+        how: Try,
     ) -> Result<wa_store::Persisted<'a>, StoreOutcome> {
         if events.is_empty() {
             return Ok(wa_store::Persisted::default());
         }
-        let retries = if quick_retries {
+        let retries = if how.quick_retries {
             self.settings.quick_retries
         } else {
             0
@@ -420,13 +443,14 @@ impl Processor {
             Some(retries),
         );
         loop {
-            let error = match self.store.persist(events).await {
+            let error = match self.store.persist(events, how.lock_wait).await {
                 Ok(persisted) => return Ok(persisted),
                 Err(error) => error,
             };
             let outcome = StoreOutcome::from(&error);
             if let StoreOutcome::Failed(failed) = &outcome {
                 if failed.failure.class == FailureClass::Transient
+                    && !failed.lock_held
                     && let Some(delay) = delays.next()
                 {
                     tracing::info!(
@@ -605,6 +629,7 @@ fn claims_outcome(error: &ClaimsUnavailable) -> StoreOutcome {
                 failure: Failure::transient(format!("Redis error: {detail}")),
                 signature: format!("redis {:?}", error.redis_error().kind()),
                 dependency: Dependency::Redis,
+                lock_held: false,
             })
         }
     }
