@@ -12,6 +12,10 @@
 //! A worker frozen mid-transaction (a debugger, `docker pause`, a hang)
 //! still has a kernel that answers keepalives: the worker's sessions also
 //! have the server end a transaction that sits idle for 30 s.
+//!
+//! The other way round, a server frozen (a VM paused, storage hung; here
+//! SIGSTOP) has a kernel that still acknowledges and answers keepalives:
+//! the worker must give up a write the server does not answer by itself.
 
 use std::time::Duration;
 
@@ -90,6 +94,48 @@ async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_write
     failpoint::disarm();
     all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
     assert_eq!(env.count(IDLE_IN_TRANSACTION).await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_frozen_server_pauses_the_worker_and_nothing_is_lost_when_it_thaws() {
+    let host = RemoteHost::create();
+    let postgres = PostgresOnHost::start(&host);
+    let env = TestEnv::on_postgres(&postgres.url()).await;
+    let worker = Worker::start(&env, &[]).await;
+    worker.wait_ready().await;
+    env.publish_inbound_all(&payloads::mixed_each("before", 10))
+        .await;
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 10).await;
+
+    // Nothing here may ask the frozen server (the test's pool included).
+    postgres.freeze();
+    let frozen = std::time::Instant::now();
+    env.publish_inbound_all(&payloads::mixed_each("during", 20))
+        .await;
+    eventually(
+        "the worker paused for PostgreSQL",
+        Duration::from_secs(90),
+        || async {
+            let metrics = worker.metrics().await;
+            match metric_sum(
+                &metrics,
+                "wa_worker_paused",
+                &[("dependency", "postgresql"), ("reason", "unreachable")],
+            ) {
+                1.0 => Ok(()),
+                n => Err(n.to_string()),
+            }
+        },
+    )
+    .await;
+    println!("paused {:?} after the server froze", frozen.elapsed());
+    // Its probes get no answer either: it stays paused.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(worker.readyz().await.0, 503, "not ready while frozen");
+
+    postgres.thaw();
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 30).await;
     worker.stop().await;
 }
 

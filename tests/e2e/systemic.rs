@@ -15,23 +15,13 @@ use wa_store::failpoint::{self, Failpoint};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-async fn readyz(worker: &Worker) -> (u16, String) {
-    match reqwest::get(format!("http://{}/readyz", worker.ops_addr)).await {
-        Ok(response) => (
-            response.status().as_u16(),
-            response.text().await.unwrap_or_default(),
-        ),
-        Err(error) => (0, error.to_string()),
-    }
-}
-
 /// Waits until `/readyz` answers 503 with `reason` in its text.
 async fn not_ready_because(worker: &Worker, reason: &str) -> String {
     eventually(
         &format!("/readyz to say 503 because {reason}"),
         Duration::from_secs(30),
         || async {
-            match readyz(worker).await {
+            match worker.readyz().await {
                 (503, text) if text.contains(reason) => Ok(text),
                 (status, text) => Err(format!("{status} {text}")),
             }
@@ -112,14 +102,14 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
             },
         )
         .await;
-        assert_eq!(readyz(&worker).await.0, 503, "still paused");
+        assert_eq!(worker.readyz().await.0, 503, "still paused");
         tokio::time::sleep_until(faulted + Duration::from_secs(20)).await;
         assert_eq!(
             env.stored_rows().await.0,
             stored_during_fault,
             "nothing is written while the database is read-only"
         );
-        assert_eq!(readyz(&worker).await.0, 503, "still not ready");
+        assert_eq!(worker.readyz().await.0, 503, "still not ready");
         // Back to read-write without touching the sessions: the worker's
         // own probe must see the change.
         set_read_only(&env, false).await;
@@ -149,7 +139,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
         ) >= 1.0
     );
     assert_eq!(outcome(&metrics, "wa_worker_paused", &[]), 0.0);
-    assert_eq!(readyz(&worker).await.0, 200);
+    assert_eq!(worker.readyz().await.0, 200);
     worker.stop().await;
 }
 
@@ -245,7 +235,7 @@ async fn a_burst_of_an_unknown_error_trips_the_breaker_and_spends_no_more_attemp
     assert!(reason.contains(failpoint::INJECTED_SQLSTATE), "{reason}");
     // The probe meets the same error: it stays paused.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(readyz(&worker).await.0, 503);
+    assert_eq!(worker.readyz().await.0, 503);
     assert_eq!(env.stored_rows().await, (0, 0));
 
     failpoint::disarm();
@@ -429,7 +419,7 @@ async fn the_worker_is_ready_only_once_it_has_reached_postgresql() {
     println!("/readyz before PostgreSQL was reached: {reason}");
     env.publish_inbound(&payloads::mixed("early", 1)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(readyz(&worker).await.0, 503);
+    assert_eq!(worker.readyz().await.0, 503);
     assert_eq!(env.stored_rows().await, (0, 0));
 
     relay.restore();
@@ -484,7 +474,7 @@ async fn with_claims_failing_closed_an_unreachable_redis_pauses_the_worker() {
 
     relay.restore();
     env.settled((2, 6)).await;
-    assert_eq!(readyz(&worker).await.0, 200);
+    assert_eq!(worker.readyz().await.0, 200);
     assert_eq!(env.queue_depth("dlq").await, 0);
     let metrics = worker.metrics().await;
     assert_eq!(

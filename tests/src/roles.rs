@@ -302,6 +302,18 @@ impl Worker {
         wait_ready(self.ops_addr).await;
     }
 
+    /// `/readyz`'s status and text; status 0 with the error when it cannot
+    /// be asked.
+    pub async fn readyz(&self) -> (u16, String) {
+        match reqwest::get(format!("http://{}/readyz", self.ops_addr)).await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            ),
+            Err(error) => (0, error.to_string()),
+        }
+    }
+
     pub async fn stop(self) {
         self.running.stop("worker").await;
     }

@@ -790,7 +790,7 @@ impl PostgresTls {
 pub struct PostgresOnHost {
     pub address: SocketAddr,
     _process: Process,
-    _dir: ServerDir,
+    dir: ServerDir,
 }
 
 impl PostgresOnHost {
@@ -827,13 +827,55 @@ impl PostgresOnHost {
         Self {
             address,
             _process: process,
-            _dir: dir,
+            dir,
         }
     }
 
     /// `postgres://` URL of the server, without a database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@{}", self.address)
+    }
+
+    /// Stops the server and every backend of it (SIGSTOP): it answers
+    /// nothing, while its kernel still accepts connections, acknowledges
+    /// what is sent and answers keepalives, as when its VM is paused or its
+    /// storage hangs. Backends are in process groups of their own, so each
+    /// is stopped by itself; the postmaster first, so that none is forked
+    /// meanwhile.
+    pub fn freeze(&self) {
+        let postmaster = self.postmaster().expect("the postmaster's pid");
+        run(Command::new("kill").args(["-STOP", &postmaster]));
+        let _ = Command::new("pkill")
+            .args(["-STOP", "-P", &postmaster])
+            .status();
+    }
+
+    /// Lets the server go on after [`PostgresOnHost::freeze`].
+    pub fn thaw(&self) {
+        let postmaster = self.postmaster().expect("the postmaster's pid");
+        let _ = Command::new("pkill")
+            .args(["-CONT", "-P", &postmaster])
+            .status();
+        run(Command::new("kill").args(["-CONT", &postmaster]));
+    }
+
+    /// The postmaster's process id, from its `postmaster.pid`.
+    fn postmaster(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.file("data").join("postmaster.pid")).ok()?;
+        text.lines().next().map(str::to_owned)
+    }
+}
+
+impl Drop for PostgresOnHost {
+    /// Backends left stopped by a test that failed while the server was
+    /// frozen would outlive it: the postmaster's death reaches a backend
+    /// only once it runs again.
+    fn drop(&mut self) {
+        if let Some(postmaster) = self.postmaster() {
+            let _ = Command::new("pkill")
+                .args(["-CONT", "-P", &postmaster])
+                .status();
+        }
     }
 }
 

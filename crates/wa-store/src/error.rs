@@ -170,6 +170,9 @@ enum Repr {
     },
     /// The probe found the server read-only before trying to write.
     ReadOnly { in_recovery: bool },
+    /// The server did not answer within this long: frozen or hung, its
+    /// connection still open.
+    NoAnswer { waited: std::time::Duration },
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -193,6 +196,10 @@ impl fmt::Display for StoreError {
             Repr::ReadOnly { in_recovery: false } => {
                 f.write_str("the database is read-only: transaction_read_only is on")
             }
+            Repr::NoAnswer { waited } => write!(
+                f,
+                "the database did not answer within {waited:?}: it is frozen or hung"
+            ),
         }
     }
 }
@@ -202,7 +209,7 @@ impl std::error::Error for StoreError {
         match &self.repr {
             // Transparent: the wrapped error's text is this one's already.
             Repr::Sqlx { source, .. } => source.source(),
-            Repr::ReadOnly { .. } => None,
+            Repr::ReadOnly { .. } | Repr::NoAnswer { .. } => None,
         }
     }
 }
@@ -225,11 +232,18 @@ impl StoreError {
         }
     }
 
+    pub(crate) fn no_answer(waited: std::time::Duration) -> Self {
+        Self {
+            repr: Repr::NoAnswer { waited },
+        }
+    }
+
     /// What the error is about: the message, the attempt or the dependency.
     pub fn class(&self) -> ErrorClass {
         let (source, connecting) = match &self.repr {
             Repr::Sqlx { source, connecting } => (source, *connecting),
             Repr::ReadOnly { .. } => return ErrorClass::Systemic(Systemic::ReadOnly),
+            Repr::NoAnswer { .. } => return ErrorClass::Systemic(Systemic::Unreachable),
         };
         let class = match source {
             sqlx::Error::Database(db) => db
@@ -264,7 +278,7 @@ impl StoreError {
                 ..
             } => db.code().map(|c| c.into_owned()),
             Repr::ReadOnly { .. } => Some("25006".to_owned()),
-            Repr::Sqlx { .. } => None,
+            Repr::Sqlx { .. } | Repr::NoAnswer { .. } => None,
         }
     }
 
@@ -275,6 +289,7 @@ impl StoreError {
             (_, Some(code)) => format!("sqlstate {code}"),
             (Repr::Sqlx { source, .. }, None) => format!("sqlx {}", sqlx_kind(source)),
             (Repr::ReadOnly { .. }, None) => "read-only".to_owned(),
+            (Repr::NoAnswer { .. }, None) => "no answer".to_owned(),
         }
     }
 }

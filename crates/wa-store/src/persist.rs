@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt, HashSet};
@@ -19,6 +20,13 @@ use crate::outbox::{self, OutboxRow, ParticipantView};
 pub struct Store {
     pool: PgPool,
 }
+
+/// How long the server may take to answer a write's statements, its
+/// commit, or a whole probe, before it is taken as unreachable. A server that is frozen (its VM paused, its storage hung)
+/// has a kernel that still acknowledges what is sent and answers
+/// keepalives, so neither keepalive nor `TCP_USER_TIMEOUT` notices it.
+/// A write waits 5 s at most for a lock; its statements take milliseconds.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long a write waits for a lock another session holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +71,15 @@ impl Store {
     ) -> Result<Persisted<'a>, StoreError> {
         let mut connection = self.acquire().await?;
         let persisted = async {
-            let mut tx = connection.begin().await?;
+            let mut tx = answered(connection.begin()).await?;
             if lock_wait == LockWait::Brief {
-                sqlx::raw_sql("SET LOCAL lock_timeout = 250")
-                    .execute(&mut *tx)
-                    .await?;
+                answered(sqlx::raw_sql("SET LOCAL lock_timeout = 250").execute(&mut *tx)).await?;
             }
-            let persisted = write(&mut tx, events).await?;
+            let persisted = answered(write(&mut tx, events)).await?;
+            // A frozen worker, not a frozen server: outside the bound.
             #[cfg(feature = "failpoints")]
             crate::failpoint::hold_before_commit(events).await;
-            tx.commit().await?;
+            answered(tx.commit()).await?;
             Ok(persisted)
         }
         .await;
@@ -87,7 +94,7 @@ impl Store {
     /// `SELECT 1` would pass on a standby.
     pub async fn probe(&self) -> Result<(), StoreError> {
         let mut connection = self.acquire().await?;
-        let probed = async {
+        let probed = answered(async {
             let (in_recovery, read_only): (bool, String) = sqlx::query_as(
                 "SELECT pg_is_in_recovery(), current_setting('transaction_read_only')",
             )
@@ -102,7 +109,7 @@ impl Store {
             write(&mut tx, &events).await?;
             tx.rollback().await?;
             Ok(())
-        }
+        })
         .await;
         discard_if_systemic(&mut connection, &probed);
         probed
@@ -110,6 +117,19 @@ impl Store {
 
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
         self.pool.acquire().await.map_err(StoreError::connecting)
+    }
+}
+
+/// `exchange`, or [`StoreError::no_answer`] when the server takes longer
+/// than [`ANSWER_WITHIN`]. A connection given up this way is in the middle
+/// of an exchange: it is systemic, so the connection is closed.
+async fn answered<T, E>(exchange: impl Future<Output = Result<T, E>>) -> Result<T, StoreError>
+where
+    StoreError: From<E>,
+{
+    match tokio::time::timeout(ANSWER_WITHIN, exchange).await {
+        Ok(result) => result.map_err(StoreError::from),
+        Err(_) => Err(StoreError::no_answer(ANSWER_WITHIN)),
     }
 }
 
