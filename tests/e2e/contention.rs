@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use sqlx::Connection;
+use wa_e2e::TestEnv;
 use wa_e2e::payloads;
 use wa_e2e::roles::{Worker, all_stored_once_and_nothing_dead_lettered};
-use wa_e2e::{TestEnv, eventually, metric_sum};
 
 #[tokio::test]
 async fn a_contact_held_by_another_session_holds_back_only_the_deliveries_that_need_it() {
@@ -38,18 +38,10 @@ async fn a_contact_held_by_another_session_holds_back_only_the_deliveries_that_n
         .collect();
     let published = std::time::Instant::now();
     env.publish_inbound_all(&bodies).await;
-    eventually(
+    env.wait_for_count(
         "the other contacts' webhooks stored",
-        Duration::from_secs(90),
-        || async {
-            match env
-                .count("SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.free%'")
-                .await
-            {
-                40 => Ok(()),
-                n => Err(n.to_string()),
-            }
-        },
+        "SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.free%'",
+        40,
     )
     .await;
     println!(
@@ -84,32 +76,18 @@ async fn a_table_held_by_another_session_pauses_the_worker_until_it_is_let_go() 
         .map(|i| payloads::mixed_from(&format!("w{i}"), 1, 16_660_000_000 + i))
         .collect();
     env.publish_inbound_all(&bodies).await;
-    let paused_by_the_breaker = || async {
-        let metrics = worker.metrics().await;
-        metric_sum(
-            &metrics,
-            "wa_worker_paused",
-            &[("dependency", "postgresql"), ("reason", "breaker")],
-        )
-    };
-    eventually(
-        "the worker paused by its breaker",
-        Duration::from_secs(60),
-        || async {
-            match paused_by_the_breaker().await {
-                1.0 => Ok(()),
-                n => Err(n.to_string()),
-            }
-        },
-    )
-    .await;
+    worker.wait_paused("postgresql", "breaker").await;
     // Its probes wait for the table too and fail: still paused.
     tokio::time::sleep(Duration::from_secs(12)).await;
-    assert_eq!(paused_by_the_breaker().await, 1.0, "still paused");
+    assert_eq!(
+        worker.paused("postgresql", "breaker").await,
+        1.0,
+        "still paused"
+    );
 
     let_go(holder).await;
     all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 40).await;
-    assert_eq!(paused_by_the_breaker().await, 0.0, "resumed");
+    assert_eq!(worker.paused("postgresql", "breaker").await, 0.0, "resumed");
     worker.stop().await;
 }
 

@@ -26,8 +26,6 @@ use wa_e2e::servers::PostgresOnHost;
 use wa_e2e::{TestEnv, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
 
-const LIMIT: Duration = Duration::from_secs(60);
-
 #[tokio::test]
 async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_retry_stores_it() {
     let host = RemoteHost::create();
@@ -76,18 +74,10 @@ async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_write
     // contact): they go on once the server has ended it.
     env.publish_inbound_all(&payloads::mixed_each("behind", 20))
         .await;
-    eventually(
+    env.wait_for_count(
         "the writes behind the frozen one stored",
-        Duration::from_secs(90),
-        || async {
-            match env
-                .count("SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.behind%'")
-                .await
-            {
-                20 => Ok(()),
-                n => Err(n.to_string()),
-            }
-        },
+        "SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.behind%'",
+        20,
     )
     .await;
     // The frozen write, thawed, finds its session ended and is retried.
@@ -102,40 +92,26 @@ async fn a_frozen_server_pauses_the_worker_and_nothing_is_lost_when_it_thaws() {
     let host = RemoteHost::create();
     let postgres = PostgresOnHost::start(&host);
     let env = TestEnv::on_postgres(&postgres.url()).await;
-    let worker = Worker::start(&env, &[]).await;
-    worker.wait_ready().await;
-    env.publish_inbound_all(&payloads::mixed_each("before", 10))
-        .await;
-    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 10).await;
+    let worker = a_worker_holding_a_write_before_its_commit(&env, "held").await;
 
-    // Nothing here may ask the frozen server (the test's pool included).
+    // The commit goes to a server whose kernel takes it in and which never
+    // answers. Nothing else is sent meanwhile: a new write would take a
+    // pooled connection, whose check on taking fails within 3 s.
+    // Nothing here may ask the frozen server either (the test's pool
+    // included).
     postgres.freeze();
+    failpoint::disarm();
     let frozen = std::time::Instant::now();
-    env.publish_inbound_all(&payloads::mixed_each("during", 20))
-        .await;
-    eventually(
-        "the worker paused for PostgreSQL",
-        Duration::from_secs(90),
-        || async {
-            let metrics = worker.metrics().await;
-            match metric_sum(
-                &metrics,
-                "wa_worker_paused",
-                &[("dependency", "postgresql"), ("reason", "unreachable")],
-            ) {
-                1.0 => Ok(()),
-                n => Err(n.to_string()),
-            }
-        },
-    )
-    .await;
+    worker.wait_paused("postgresql", "unreachable").await;
     println!("paused {:?} after the server froze", frozen.elapsed());
     // Its probes get no answer either: it stays paused.
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert_eq!(worker.readyz().await.0, 503, "not ready while frozen");
 
     postgres.thaw();
-    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 30).await;
+    env.publish_inbound_all(&payloads::mixed_each("after", 20))
+        .await;
+    all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
     worker.stop().await;
 }
 
@@ -147,12 +123,11 @@ async fn a_worker_holding_a_write_before_its_commit(env: &TestEnv, tag: &str) ->
     let worker = Worker::start(env, &[]).await;
     worker.wait_ready().await;
     env.publish_inbound(&payloads::mixed(tag, 1)).await;
-    eventually("the write waiting before its commit", LIMIT, || async {
-        match env.count(IDLE_IN_TRANSACTION).await {
-            1 => Ok(()),
-            n => Err(n.to_string()),
-        }
-    })
+    env.wait_for_count(
+        "the write waiting before its commit",
+        IDLE_IN_TRANSACTION,
+        1,
+    )
     .await;
     worker
 }

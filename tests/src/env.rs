@@ -337,6 +337,17 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// Waits (90 s at most) until `sql`, a `count(*)`, gives `expected`.
+    pub async fn wait_for_count(&self, what: &str, sql: &'static str, expected: i64) {
+        crate::eventually(what, Duration::from_secs(90), || async {
+            match self.count(sql).await {
+                n if n == expected => Ok(()),
+                n => Err(n.to_string()),
+            }
+        })
+        .await;
+    }
+
     /// Rows in `messages` and `message_statuses`.
     pub async fn stored_rows(&self) -> (i64, i64) {
         (

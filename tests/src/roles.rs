@@ -302,6 +302,28 @@ impl Worker {
         wait_ready(self.ops_addr).await;
     }
 
+    /// Waits (90 s at most) until the worker is paused for `dependency`
+    /// with `reason` (`wa_worker_paused`).
+    pub async fn wait_paused(&self, dependency: &str, reason: &str) {
+        let what = format!("the worker paused for {dependency} ({reason})");
+        crate::eventually(&what, Duration::from_secs(90), || async {
+            match self.paused(dependency, reason).await {
+                1.0 => Ok(()),
+                n => Err(n.to_string()),
+            }
+        })
+        .await;
+    }
+
+    /// `wa_worker_paused` for `dependency` and `reason`: 1 while paused so.
+    pub async fn paused(&self, dependency: &str, reason: &str) -> f64 {
+        crate::metric_sum(
+            &self.metrics().await,
+            "wa_worker_paused",
+            &[("dependency", dependency), ("reason", reason)],
+        )
+    }
+
     /// `/readyz`'s status and text; status 0 with the error when it cannot
     /// be asked.
     pub async fn readyz(&self) -> (u16, String) {
