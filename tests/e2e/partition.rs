@@ -96,9 +96,9 @@ async fn a_frozen_server_pauses_the_worker_and_nothing_is_lost_when_it_thaws() {
 
     // The commit goes to a server whose kernel takes it in and which never
     // answers. Nothing else is sent meanwhile: a new write would take a
-    // pooled connection, whose check on taking fails within 3 s.
-    // Nothing here may ask the frozen server either (the test's pool
-    // included).
+    // pooled connection, and the pool's check on taking it would pause the
+    // worker within 3 s, which is the pool's bound, not this one. Nor may
+    // the test ask the frozen server anything (its own pool included).
     postgres.freeze();
     failpoint::disarm();
     let frozen = std::time::Instant::now();

@@ -40,8 +40,9 @@ const END_TRANSACTIONS_IDLE_FOR_30S: &str = "SET idle_in_transaction_session_tim
 /// application updating its contacts, a transaction left open in `psql`, a
 /// migration's table lock. Unbounded, the batches that need the row fill
 /// the worker's slots and every other write waits behind them, with no
-/// error to say why. The worker's own transactions hold rows for
-/// milliseconds; 5 s is never one of them.
+/// error to say why. A healthy worker's transactions hold rows for
+/// milliseconds (a stuck one is ended within 30 s, above), so a wait of
+/// 5 s is never for one of them.
 const WAIT_FOR_A_LOCK_AT_MOST_5S: &str = "SET lock_timeout = 5000";
 
 #[derive(Debug, Clone, clap::Args)]
