@@ -24,13 +24,7 @@ fn message(wamid: &str, wa_id: Option<&str>, user_id: Option<&str>, ts: i64) -> 
 }
 
 async fn wait_count(env: &TestEnv, sql: &'static str, expected: i64) {
-    eventually(sql, LIMIT, || async {
-        match env.count(sql).await {
-            n if n == expected => Ok(()),
-            n => Err(n.to_string()),
-        }
-    })
-    .await;
+    env.wait_for_count(sql, sql, expected, LIMIT).await;
 }
 
 #[tokio::test]

@@ -42,6 +42,7 @@ async fn a_contact_held_by_another_session_holds_back_only_the_deliveries_that_n
         "the other contacts' webhooks stored",
         "SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.free%'",
         40,
+        Duration::from_secs(90),
     )
     .await;
     println!(

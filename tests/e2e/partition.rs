@@ -78,6 +78,7 @@ async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_write
         "the writes behind the frozen one stored",
         "SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.behind%'",
         20,
+        Duration::from_secs(90),
     )
     .await;
     // The frozen write, thawed, finds its session ended and is retried.
@@ -127,6 +128,7 @@ async fn a_worker_holding_a_write_before_its_commit(env: &TestEnv, tag: &str) ->
         "the write waiting before its commit",
         IDLE_IN_TRANSACTION,
         1,
+        Duration::from_secs(60),
     )
     .await;
     worker

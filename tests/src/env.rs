@@ -337,9 +337,15 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    /// Waits (90 s at most) until `sql`, a `count(*)`, gives `expected`.
-    pub async fn wait_for_count(&self, what: &str, sql: &'static str, expected: i64) {
-        crate::eventually(what, Duration::from_secs(90), || async {
+    /// Waits (`limit` at most) until `sql`, a `count(*)`, gives `expected`.
+    pub async fn wait_for_count(
+        &self,
+        what: &str,
+        sql: &'static str,
+        expected: i64,
+        limit: Duration,
+    ) {
+        crate::eventually(what, limit, || async {
             match self.count(sql).await {
                 n if n == expected => Ok(()),
                 n => Err(n.to_string()),

@@ -22,10 +22,11 @@ pub struct Store {
 }
 
 /// How long the server may take to answer a write's statements, its
-/// commit, or a whole probe, before it is taken as unreachable. A server that is frozen (its VM paused, its storage hung)
-/// has a kernel that still acknowledges what is sent and answers
-/// keepalives, so neither keepalive nor `TCP_USER_TIMEOUT` notices it.
-/// A write waits 5 s at most for a lock; its statements take milliseconds.
+/// commit, or a whole probe, before it is taken as unreachable. A server
+/// that is frozen (its VM paused, its storage hung) has a kernel that still
+/// acknowledges what is sent and answers keepalives, so neither keepalive
+/// nor `TCP_USER_TIMEOUT` notices it. A write waits 5 s at most for a lock;
+/// its statements take milliseconds.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long a write waits for a lock another session holds.
