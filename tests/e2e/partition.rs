@@ -15,15 +15,19 @@
 //!
 //! The other way round, a server frozen (a VM paused, storage hung; here
 //! SIGSTOP) has a kernel that still acknowledges and answers keepalives:
-//! the worker must give up a write the server does not answer by itself.
+//! the worker must give up a write the server does not answer by itself,
+//! and the relay, the deliverer and the console their work.
 
 use std::time::Duration;
 
+use wa_e2e::deliver::{
+    Deliverer, HookReceiver, add_endpoint, assert_in_order_per_conversation, events, release,
+};
 use wa_e2e::network::RemoteHost;
 use wa_e2e::payloads;
 use wa_e2e::roles::{Worker, all_stored_once_and_nothing_dead_lettered, parse};
 use wa_e2e::servers::PostgresOnHost;
-use wa_e2e::{TestEnv, eventually, metric_sum};
+use wa_e2e::{Console, Relay, TcpRelay, TestEnv, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
 
 #[tokio::test]
@@ -114,6 +118,142 @@ async fn a_frozen_server_pauses_the_worker_and_nothing_is_lost_when_it_thaws() {
         .await;
     all_stored_once_and_nothing_dead_lettered(&env, worker.ops_addr, 21).await;
     worker.stop().await;
+}
+
+/// A failover that leaves the old primary frozen, as the relay sees it:
+/// the connections it has go silent (their client ends open, acknowledged,
+/// never answered) and new ones reach the new primary. The relay gives up
+/// each exchange not answered within 30 s and claims again on new
+/// connections; unbounded, it waited on the old ones and released nothing
+/// more. The connections given up are closed, not kept in the pool.
+#[tokio::test]
+async fn a_relay_left_with_a_frozen_servers_connections_gives_them_up_and_releases_on_new_ones() {
+    let env = &TestEnv::new().await;
+    let (postgres, database_url) = TcpRelay::in_front_of(&env.database_url);
+    let worker = Worker::start(env, &[]).await;
+    let relay = Relay::start(
+        env,
+        &["--database-url", &database_url, "--reorder-window", "0s"],
+    )
+    .await;
+    let stored_and_released = |messages, limit| async move {
+        let stored = "SELECT count(*) FROM messages";
+        env.wait_for_count("the messages stored", stored, messages, limit)
+            .await;
+        let unpublished = "SELECT count(*) FROM outbox WHERE published_at IS NULL";
+        env.wait_for_count("their events released", unpublished, 0, limit)
+            .await;
+    };
+    env.publish_inbound_all(&payloads::mixed_each("before", 10))
+        .await;
+    stored_and_released(10, Duration::from_secs(30)).await;
+
+    postgres.strand();
+    let frozen = std::time::Instant::now();
+    env.publish_inbound_all(&payloads::mixed_each("after", 10))
+        .await;
+    stored_and_released(20, Duration::from_secs(90)).await;
+    println!(
+        "every event released {:?} after the server froze",
+        frozen.elapsed()
+    );
+    all_closed_by_their_client(&postgres).await;
+    relay.stop().await;
+    worker.stop().await;
+}
+
+/// The relay's case above, for the deliverer: it leases and records on
+/// new connections, and sends each event once and in order.
+#[tokio::test]
+async fn a_deliverer_left_with_a_frozen_servers_connections_gives_them_up_and_delivers_on_new_ones()
+{
+    let env = &TestEnv::new().await;
+    let (postgres, database_url) = TcpRelay::in_front_of(&env.database_url);
+    let receiver = &HookReceiver::ok().await;
+    add_endpoint(env, &receiver.url(), &[], &[]).await;
+    let deliverer = Deliverer::start(env, &["--database-url", &database_url]).await;
+    let all_delivered = |expected, limit| {
+        eventually("every event delivered", limit, move || async move {
+            match receiver.accepted_ids() {
+                n if n == expected => Ok(()),
+                n => Err(format!("{n} of {expected}")),
+            }
+        })
+    };
+    release(&env.db, &events("before", 4, 1, 5)).await;
+    all_delivered(20, Duration::from_secs(30)).await;
+
+    postgres.strand();
+    let frozen = std::time::Instant::now();
+    release(&env.db, &events("after", 4, 1, 5)).await;
+    all_delivered(40, Duration::from_secs(90)).await;
+    println!(
+        "every event delivered {:?} after the server froze",
+        frozen.elapsed()
+    );
+    let repeats = assert_in_order_per_conversation(&receiver.hooks(), "across the freeze");
+    println!("{repeats} sent again (delivered, not recorded before the freeze)");
+    all_closed_by_their_client(&postgres).await;
+    deliverer.stop().await;
+}
+
+/// The relay's case above, for the console: a page whose reads a frozen
+/// server does not answer says so within 30 s, and the next one reads on
+/// new connections. Unbounded, the page waited for good, and so did the
+/// task its reads run in, which goes on when the browser gives up.
+#[tokio::test]
+async fn a_console_left_with_a_frozen_servers_connections_says_so_and_reads_on_new_ones() {
+    let env = &TestEnv::new().await;
+    let (postgres, database_url) = TcpRelay::in_front_of(&env.database_url);
+    let console = Console::start(env, &["--database-url", &database_url]).await;
+    let (client, cookie, _) = console.signed_in().await;
+    let overview = || async {
+        let page = client
+            .get(console.url("/"))
+            .header("cookie", &cookie)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("the overview within 60 s");
+        page.text().await.expect("its body")
+    };
+    let unanswered = "PostgreSQL: the database did not answer within 30s";
+    assert!(overview().await.contains("count-messages"));
+
+    // At once, so that the page's reads take connections just used, which
+    // the pool does not check again.
+    postgres.strand();
+    let frozen = std::time::Instant::now();
+    let during = overview().await;
+    println!(
+        "the page answered {:?} after the server froze",
+        frozen.elapsed()
+    );
+    assert!(during.contains(unanswered), "{during}");
+    let after = overview().await;
+    assert!(
+        after.contains("count-messages") && !after.contains(unanswered),
+        "{after}"
+    );
+    all_closed_by_their_client(&postgres).await;
+    console.stop().await;
+}
+
+/// A role gives up the connections a frozen server left it with, and
+/// closes them once sqlx's check on their return to the pool goes
+/// unanswered too (vendor/sqlx-core), rather than keep them for good.
+async fn all_closed_by_their_client(postgres: &TcpRelay) {
+    eventually(
+        "the frozen server's connections closed",
+        Duration::from_secs(60),
+        || async {
+            match postgres.stranded_open() {
+                0 => Ok(()),
+                open => Err(format!("{open} open")),
+            }
+        },
+    )
+    .await;
 }
 
 /// A worker whose write of webhook `tag` (`payloads::mixed`) waits before

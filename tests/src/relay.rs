@@ -3,17 +3,30 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::io::copy_bidirectional;
+use tokio::io::{AsyncReadExt, copy_bidirectional};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub struct TcpRelay {
     addr: SocketAddr,
     open: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
+    /// What happens to the connections relayed so far, sent each time it
+    /// is decided.
+    ending: watch::Sender<Ending>,
+    strands: Strands,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What ends the connections relayed so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Both ends closed, as a reset would.
+    Cut,
+    /// The server's end closed, the client's left open and never answered.
+    Strand,
 }
 
 impl TcpRelay {
@@ -30,12 +43,23 @@ impl TcpRelay {
         let listener = TcpListener::from_std(listener).expect("a listener in the runtime");
         let addr = listener.local_addr().expect("relay address");
         let open = Arc::new(AtomicBool::new(true));
-        let (generation, _) = watch::channel(0u64);
-        let task = tokio::spawn(accept(listener, target, open.clone(), generation.clone()));
+        let (ending, _) = watch::channel(Ending::Cut);
+        let strands = Strands {
+            open: Arc::new(AtomicUsize::new(0)),
+            gone: CancellationToken::new(),
+        };
+        let task = tokio::spawn(accept(
+            listener,
+            target,
+            open.clone(),
+            ending.clone(),
+            strands.clone(),
+        ));
         Self {
             addr,
             open,
-            generation,
+            ending,
+            strands,
             task,
         }
     }
@@ -56,7 +80,26 @@ impl TcpRelay {
     /// Closes every relayed connection, and refuses new ones until `restore`.
     pub fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.end(Ending::Cut);
+    }
+
+    /// Leaves every relayed connection as a frozen server would (a VM
+    /// paused, storage hung), left behind by a failover: the client's end
+    /// stays open, its kernel acknowledging and answering keepalives, and
+    /// nothing ever comes back. The server's end is closed, so the server
+    /// frees what those sessions held, as the failover's new primary never
+    /// had it. New connections are relayed as before: the new primary.
+    pub fn strand(&self) {
+        self.end(Ending::Strand);
+    }
+
+    /// Stranded connections their client has not closed yet.
+    pub fn stranded_open(&self) -> usize {
+        self.strands.open.load(Ordering::SeqCst)
+    }
+
+    fn end(&self, ending: Ending) {
+        self.ending.send_replace(ending);
     }
 
     pub fn restore(&self) {
@@ -85,6 +128,7 @@ impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.cut();
         self.task.abort();
+        self.strands.gone.cancel();
     }
 }
 
@@ -92,7 +136,8 @@ async fn accept(
     listener: TcpListener,
     target: SocketAddr,
     open: Arc<AtomicBool>,
-    generation: watch::Sender<u64>,
+    ending: watch::Sender<Ending>,
+    strands: Strands,
 ) {
     loop {
         let Ok((mut inbound, _)) = listener.accept().await else {
@@ -102,16 +147,48 @@ async fn accept(
             drop(inbound);
             continue;
         }
-        let mut cut = generation.subscribe();
-        cut.mark_unchanged();
+        let mut ended = ending.subscribe();
+        ended.mark_unchanged();
+        let strands = strands.clone();
         tokio::spawn(async move {
             let Ok(mut outbound) = TcpStream::connect(target).await else {
                 return;
             };
-            tokio::select! {
-                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
-                _ = cut.changed() => {}
+            let ending = tokio::select! {
+                _ = copy_bidirectional(&mut inbound, &mut outbound) => Ending::Cut,
+                _ = ended.changed() => *ended.borrow(),
+            };
+            if ending == Ending::Strand {
+                drop(outbound);
+                strands.hold(inbound);
             }
+        });
+    }
+}
+
+/// What holds stranded connections.
+#[derive(Clone)]
+struct Strands {
+    /// Those whose client has not closed its end yet.
+    open: Arc<AtomicUsize>,
+    /// The relay's end, which ends them all.
+    gone: CancellationToken,
+}
+
+impl Strands {
+    /// Takes in whatever the client sends and never answers, until the
+    /// client closes its end or the relay goes.
+    fn hold(&self, mut client: TcpStream) {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        let strands = self.clone();
+        tokio::spawn(async move {
+            let mut taken_in = vec![0; 16 * 1024];
+            let closed = async { while client.read(&mut taken_in).await.is_ok_and(|n| n > 0) {} };
+            tokio::select! {
+                () = closed => {}
+                () = strands.gone.cancelled() => {}
+            }
+            strands.open.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }

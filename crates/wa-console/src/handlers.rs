@@ -16,6 +16,7 @@ use maud::Markup;
 use serde::Deserialize;
 use wa_core::telemetry::error_chain;
 use wa_dlq::{Filter, Pace, ReplayNote};
+use wa_store::{StoreError, answered};
 
 use crate::Console;
 use crate::auth::{LoginError, SESSION_COOKIE, Session, same, session_cookie};
@@ -327,15 +328,17 @@ async fn dlq_depth(console: &Console) -> Option<u32> {
 
 async fn overview_page(State(console): State<Shared>, operator: Operator) -> Html<String> {
     // In a task of its own: a transaction dropped halfway (the browser gone)
-    // could go back to the pool open.
+    // could go back to the pool open. Bounded, as every read of the
+    // console's: a frozen server would hold the task and its connection
+    // for good.
     let db = console.db.clone();
     let stored = tokio::spawn(async move {
-        let stored = overview::stored(&db).await;
-        (stored, subscribers::total_backlog(&db).await)
+        let stored = answered(overview::stored(&db)).await;
+        (stored, answered(subscribers::total_backlog(&db)).await)
     });
     let queues = overview::queue_depths(&console.broker).await;
     let (stored, delivery_backlog) = stored.await.unwrap_or_else(|e| {
-        let failed = || sqlx::Error::Protocol(format!("the count failed: {e}"));
+        let failed = || StoreError::from(sqlx::Error::Protocol(format!("the count failed: {e}")));
         (Err(failed()), Err(failed()))
     });
     let depth = queues
@@ -769,8 +772,8 @@ async fn show_conversation(
         return page(views::conversation(session, who, None, false, None));
     }
     let loaded = async {
-        match conversation::find(&console.db, who).await? {
-            Some(subject) => conversation::load(&console.db, subject, reveal)
+        match answered(conversation::find(&console.db, who)).await? {
+            Some(subject) => answered(conversation::load(&console.db, subject, reveal))
                 .await
                 .map(Some),
             None => Ok(None),
@@ -802,7 +805,7 @@ async fn show_conversation(
     }
 }
 
-fn database_error(error: sqlx::Error) -> Refusal {
+fn database_error(error: StoreError) -> Refusal {
     Refusal::Unavailable(format!("PostgreSQL: {}", error_chain(&error)))
 }
 
@@ -811,7 +814,7 @@ async fn subscribers_page(
     operator: Operator,
 ) -> Result<Html<String>, Refusal> {
     let db = console.db.clone();
-    let listed = tokio::spawn(async move { subscribers::list(&db).await })
+    let listed = tokio::spawn(async move { answered(subscribers::list(&db)).await })
         .await
         .map_err(|e| Refusal::Unavailable(format!("the read failed: {e}")))?
         .map_err(database_error)?;
@@ -823,7 +826,7 @@ async fn subscriber_page(
     operator: Operator,
     Path(id): Path<i64>,
 ) -> Result<Html<String>, Refusal> {
-    let subscriber = subscribers::one(&console.db, id)
+    let subscriber = answered(subscribers::one(&console.db, id))
         .await
         .map_err(database_error)?
         .ok_or_else(|| Refusal::NotFound(format!("no endpoint {id}")))?;
@@ -850,7 +853,7 @@ fn subscriber_outcome(
     ))
 }
 
-fn changed(id: i64, done: Result<bool, sqlx::Error>, what: &str) -> Result<String, String> {
+fn changed(id: i64, done: Result<bool, StoreError>, what: &str) -> Result<String, String> {
     match done {
         Ok(true) => Ok(format!("Endpoint {id} {what}.")),
         Ok(false) => Err(format!("No endpoint {id}.")),
@@ -881,7 +884,7 @@ async fn disable_subscriber(
         ),
         reason => reason.to_owned(),
     };
-    let done = wa_deliver::store::disable(&console.db, id, &reason).await;
+    let done = answered(wa_deliver::store::disable(&console.db, id, &reason)).await;
     let result = changed(
         id,
         done,
@@ -895,7 +898,7 @@ async fn enable_subscriber(
     Path(id): Path<i64>,
     action: Action<CsrfOnly>,
 ) -> Html<String> {
-    let done = wa_deliver::store::enable(&console.db, id).await;
+    let done = answered(wa_deliver::store::enable(&console.db, id)).await;
     let result = changed(id, done, "enabled; what waits for it is due now");
     subscriber_outcome(&action.operator, id, "subscribers.enable", result)
 }

@@ -3,7 +3,10 @@
 //! for each, sends its pending events one by one in sequence order, each
 //! recorded before the next goes. A failure leaves the conversation's head
 //! where it is until its next attempt; other conversations and endpoints
-//! go on.
+//! go on. Each exchange with the database is bounded
+//! ([`wa_store::ANSWER_WITHIN`]): a server that stops answering (frozen,
+//! or left behind paused by a failover) makes the deliverer not ready and
+//! its work go to new connections, not wait on it for good.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wa_core::telemetry::error_chain;
+use wa_store::{StoreError, answered};
 
 use crate::http::{Outcome, Sender, Signed};
 use crate::schedule::RetrySchedule;
@@ -136,8 +140,8 @@ async fn claim_round(
     running: &mut HashMap<i64, usize>,
     gates: &mut HashMap<i64, Arc<RateGate>>,
     shutdown: &CancellationToken,
-) -> Result<usize, sqlx::Error> {
-    let endpoints = store::active_endpoints(&deliverer.pool).await?;
+) -> Result<usize, StoreError> {
+    let endpoints = answered(store::active_endpoints(&deliverer.pool)).await?;
     let mut started = 0;
     for endpoint in endpoints {
         let busy = running.get(&endpoint.id).copied().unwrap_or(0);
@@ -155,13 +159,13 @@ async fn claim_round(
         if room == 0 {
             continue;
         }
-        let conversations = store::claim_lanes(
+        let conversations = answered(store::claim_lanes(
             &deliverer.pool,
             endpoint.id,
             deliverer.owner,
             deliverer.lease,
             i64::try_from(room).unwrap_or(1),
-        )
+        ))
         .await?;
         let gate = gates.entry(endpoint.id).or_default().clone();
         for conversation in conversations {
@@ -206,7 +210,7 @@ async fn drive_conversation(
         }
         let next = match known_next.take() {
             Some(head) => Ok(Some(head)),
-            None => store::head(&deliverer.pool, endpoint.id, &conversation).await,
+            None => answered(store::head(&deliverer.pool, endpoint.id, &conversation)).await,
         };
         let head = match next {
             Ok(Some(head)) => head,
@@ -232,13 +236,13 @@ async fn drive_conversation(
         };
         if outcome.succeeded() {
             metrics::counter!("wa_deliver_attempts_total", "endpoint" => label.clone(), "outcome" => "success").increment(1);
-            match store::record_success(
+            match answered(store::record_success(
                 &deliverer.pool,
                 &head,
                 &attempt,
                 deliverer.owner,
                 deliverer.lease,
-            )
+            ))
             .await
             {
                 Ok(Recorded::Held(next)) => {
@@ -263,13 +267,13 @@ async fn drive_conversation(
         fail(&deliverer, &head, &outcome, &attempt).await;
         return endpoint.id;
     }
-    if let Err(error) = store::release_lane(
+    if let Err(error) = answered(store::release_lane(
         &deliverer.pool,
         endpoint.id,
         &conversation,
         deliverer.owner,
         wait_before_next,
-    )
+    ))
     .await
     {
         tracing::warn!(endpoint = endpoint.id, error = %error_chain(&error), "cannot let a conversation go; its lease runs out");
@@ -330,7 +334,7 @@ async fn fail(deliverer: &Deliverer, head: &Head, outcome: &Outcome, attempt: &A
         _ => (deliverer.schedule.delay(failures), EndpointEffect::None),
     };
     let next = Utc::now() + delay;
-    match store::record_failure(
+    match answered(store::record_failure(
         &deliverer.pool,
         head,
         attempt,
@@ -338,7 +342,7 @@ async fn fail(deliverer: &Deliverer, head: &Head, outcome: &Outcome, attempt: &A
         next,
         &effect,
         deliverer.disable_after,
-    )
+    ))
     .await
     {
         Ok(EndpointState::Disabled(reason)) => {
@@ -359,7 +363,7 @@ async fn fail(deliverer: &Deliverer, head: &Head, outcome: &Outcome, attempt: &A
 }
 
 async fn update_gauges(pool: &sqlx::PgPool) {
-    match store::backlogs(pool).await {
+    match answered(store::backlogs(pool)).await {
         Ok(rows) => {
             for (endpoint, enabled, backlog) in rows {
                 let label = endpoint.to_string();

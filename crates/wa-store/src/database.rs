@@ -1,11 +1,14 @@
 //! The PostgreSQL options of every role that reaches the database
 //! (`DATABASE_URL`, the pool size and its acquire timeout), the pool they
-//! build, and the bounds its sessions ask of the server.
+//! build, the bounds its sessions ask of the server, and the bound on how
+//! long the server may take to answer.
 
 use std::time::Duration;
 
 use wa_core::SecretUrl;
 use wa_core::config::parse_duration;
+
+use crate::StoreError;
 
 /// How long after sqlx's check on release a pooled connection is taken
 /// as alive without another.
@@ -44,6 +47,33 @@ const END_TRANSACTIONS_IDLE_FOR_30S: &str = "SET idle_in_transaction_session_tim
 /// milliseconds (a stuck one is ended within 30 s, above), so a wait of
 /// 5 s is never for one of them.
 const WAIT_FOR_A_LOCK_AT_MOST_5S: &str = "SET lock_timeout = 5000";
+
+/// How long the server may take to answer one exchange of a role's work
+/// (the worker's writes and probes, the relay's releases, the deliverer's
+/// leases and records, the console's pages) before it is taken as
+/// unreachable. A server that is
+/// frozen (its VM paused, its storage hung, or left behind paused by a
+/// failover) has a kernel that still acknowledges what is sent and answers
+/// keepalives, so neither keepalive nor `TCP_USER_TIMEOUT` notices it, and
+/// the role would wait for good, still saying it is ready. Their
+/// statements take milliseconds; the worker waits 5 s at most for a lock,
+/// and the others skip what is locked.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// `exchange`, or an error that says the server is unreachable when it
+/// takes longer than [`ANSWER_WITHIN`] to answer. The connection given up
+/// this way is mid-exchange: the pool closes it when sqlx's check on its
+/// return goes unanswered too (vendor/sqlx-core, 5 s), and a caller
+/// holding it as a `PoolConnection` closes it at once.
+pub async fn answered<T, E>(exchange: impl Future<Output = Result<T, E>>) -> Result<T, StoreError>
+where
+    StoreError: From<E>,
+{
+    match tokio::time::timeout(ANSWER_WITHIN, exchange).await {
+        Ok(result) => result.map_err(StoreError::from),
+        Err(_) => Err(StoreError::no_answer(ANSWER_WITHIN)),
+    }
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {

@@ -29,7 +29,7 @@ pub mod outbox;
 mod persist;
 pub mod seed;
 
-pub use database::DatabaseArgs;
+pub use database::{ANSWER_WITHIN, DatabaseArgs, answered};
 pub use error::{ErrorClass, StoreError, Systemic, sqlstate_class};
 pub use identity::ContactChanges;
 pub use persist::{LockWait, Persisted, Store};

@@ -13,6 +13,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use wa_payload::{Contact, GroupEvent, MessageEvent, StatusEvent};
 
 use crate::StoreError;
+use crate::database::answered;
 
 pub const MESSAGE_CREATED: &str = "message.created";
 pub const MESSAGE_STATUS: &str = "message.status";
@@ -372,18 +373,20 @@ pub struct OutboxClaim {
 
 /// Locks up to `max_contacts` contacts that have an event older than
 /// `window` and no other relay holds, and reads their pending events (at
-/// most `max_events`).
+/// most `max_events`). Each exchange is bounded ([`crate::ANSWER_WITHIN`]):
+/// a relay left with a frozen server's connections gives them up and
+/// claims again on new ones.
 pub async fn claim(
     pool: &PgPool,
     window: Duration,
     max_contacts: i64,
     max_events: i64,
 ) -> Result<OutboxClaim, StoreError> {
-    let mut tx = pool.begin().await.map_err(StoreError::connecting)?;
+    let mut tx = answered(async { pool.begin().await.map_err(StoreError::connecting) }).await?;
     let window_seconds = window.as_secs_f64();
     // The contacts whose due events are oldest first: in key order, a
     // steady stream to the first keys kept the last ones waiting.
-    let contacts: Vec<ContactCursor> = sqlx::query_as(
+    let due_contacts = sqlx::query_as(
         "SELECT c.contact_key, c.last_sequence, c.last_timestamp, c.last_wamid
          FROM (SELECT o.contact_key, min(o.created_at) AS oldest
                FROM (SELECT contact_key, created_at FROM outbox
@@ -398,9 +401,8 @@ pub async fn claim(
          FOR UPDATE OF c SKIP LOCKED",
     )
     .bind(window_seconds)
-    .bind(max_contacts)
-    .fetch_all(&mut *tx)
-    .await?;
+    .bind(max_contacts);
+    let contacts: Vec<ContactCursor> = answered(due_contacts.fetch_all(&mut *tx)).await?;
     if contacts.is_empty() {
         return Ok(OutboxClaim {
             tx,
@@ -413,7 +415,7 @@ pub async fn claim(
     // presorted part of an incremental sort): only the first contacts'
     // events up to the limit are read and sorted, not every pending event
     // of every contact locked.
-    let events: Vec<PendingEvent> = sqlx::query_as(
+    let their_events = sqlx::query_as(
         "SELECT o.id, o.event_id, o.event_type, o.contact_key, o.wamid, o.meta_timestamp,
                 o.payload::text AS payload, o.created_at <= now() - make_interval(secs => $2) AS due,
                 EXTRACT(EPOCH FROM now() - o.created_at)::float8 AS age_seconds
@@ -424,9 +426,8 @@ pub async fn claim(
     )
     .bind(&keys)
     .bind(window_seconds)
-    .bind(max_events)
-    .fetch_all(&mut *tx)
-    .await?;
+    .bind(max_events);
+    let events: Vec<PendingEvent> = answered(their_events.fetch_all(&mut *tx)).await?;
     Ok(OutboxClaim {
         tx,
         contacts,
@@ -436,7 +437,9 @@ pub async fn claim(
 
 impl OutboxClaim {
     /// Marks `published` as published and moves each contact's cursor, then
-    /// releases the locks.
+    /// releases the locks; each exchange bounded as the claim's. Given up,
+    /// the commit may or may not have happened: either way the events are
+    /// published again with the same ids or not at all, at least once.
     pub async fn commit(
         mut self,
         published: &[PublishedEvent],
@@ -446,15 +449,17 @@ impl OutboxClaim {
             let ids: Vec<i64> = published.iter().map(|r| r.id).collect();
             let sequences: Vec<i64> = published.iter().map(|r| r.sequence).collect();
             let lates: Vec<bool> = published.iter().map(|r| r.late).collect();
-            sqlx::query(
-                "UPDATE outbox SET published_at = now(), sequence = u.sequence, late = u.late
+            answered(
+                sqlx::query(
+                    "UPDATE outbox SET published_at = now(), sequence = u.sequence, late = u.late
                  FROM UNNEST($1::int8[], $2::int8[], $3::bool[]) AS u(id, sequence, late)
                  WHERE outbox.id = u.id",
+                )
+                .bind(&ids)
+                .bind(&sequences)
+                .bind(&lates)
+                .execute(&mut *self.tx),
             )
-            .bind(&ids)
-            .bind(&sequences)
-            .bind(&lates)
-            .execute(&mut *self.tx)
             .await?;
         }
         if !cursors.is_empty() {
@@ -464,7 +469,7 @@ impl OutboxClaim {
                 cursors.iter().map(|c| c.last_timestamp).collect();
             let wamids: Vec<Option<&str>> =
                 cursors.iter().map(|c| c.last_wamid.as_deref()).collect();
-            sqlx::query(
+            answered(sqlx::query(
                 "UPDATE outbox_contacts c SET last_sequence = u.seq, last_timestamp = u.ts, last_wamid = u.wamid
                  FROM UNNEST($1::text[], $2::int8[], $3::timestamptz[], $4::text[]) AS u(key, seq, ts, wamid)
                  WHERE c.contact_key = u.key",
@@ -473,25 +478,27 @@ impl OutboxClaim {
             .bind(&sequences)
             .bind(&timestamps)
             .bind(&wamids)
-            .execute(&mut *self.tx)
+            .execute(&mut *self.tx))
             .await?;
         }
-        self.tx.commit().await?;
+        answered(self.tx.commit()).await?;
         Ok(())
     }
 }
 
 /// Deletes published events older than `retention`, at most `limit` at a time.
 pub async fn prune(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query(
-        "DELETE FROM outbox WHERE id IN (
+    let done = answered(
+        sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox
              WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
              LIMIT $2)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(limit)
+        .execute(pool),
     )
-    .bind(retention.as_secs_f64())
-    .bind(limit)
-    .execute(pool)
     .await?;
     Ok(done.rows_affected())
 }

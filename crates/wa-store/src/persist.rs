@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use foldhash::{HashMap, HashMapExt, HashSet};
@@ -13,6 +12,7 @@ use wa_payload::{
 };
 
 use crate::StoreError;
+use crate::database::answered;
 use crate::identity::{self, ContactChanges, Directory, Sighting};
 use crate::outbox::{self, OutboxRow, ParticipantView};
 
@@ -20,14 +20,6 @@ use crate::outbox::{self, OutboxRow, ParticipantView};
 pub struct Store {
     pool: PgPool,
 }
-
-/// How long the server may take to answer a write's statements, its
-/// commit, or a whole probe, before it is taken as unreachable. A server
-/// that is frozen (its VM paused, its storage hung) has a kernel that still
-/// acknowledges what is sent and answers keepalives, so neither keepalive
-/// nor `TCP_USER_TIMEOUT` notices it. A write waits 5 s at most for a lock;
-/// its statements take milliseconds.
-const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// How long a write waits for a lock another session holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,19 +110,6 @@ impl Store {
 
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
         self.pool.acquire().await.map_err(StoreError::connecting)
-    }
-}
-
-/// `exchange`, or [`StoreError::no_answer`] when the server takes longer
-/// than [`ANSWER_WITHIN`]. A connection given up this way is in the middle
-/// of an exchange: it is systemic, so the connection is closed.
-async fn answered<T, E>(exchange: impl Future<Output = Result<T, E>>) -> Result<T, StoreError>
-where
-    StoreError: From<E>,
-{
-    match tokio::time::timeout(ANSWER_WITHIN, exchange).await {
-        Ok(result) => result.map_err(StoreError::from),
-        Err(_) => Err(StoreError::no_answer(ANSWER_WITHIN)),
     }
 }
 

@@ -311,19 +311,37 @@ impl<DB: Database> Floating<DB, Live<DB>> {
         // returned to the pool; also of course, if it was dropped due to an error
         // this is simply a band-aid as SQLx-next connections should be able
         // to recover from cancellations
-        if let Err(error) = self.raw.ping().await {
-            tracing::warn!(
-                %error,
-                "error occurred while testing the connection on-release",
-            );
+        //
+        // wa-ingest patch: the test is bounded. A server that is frozen (its
+        // VM paused, its storage hung) never answers it while its kernel
+        // still acknowledges, and the connection would hold its place in
+        // the pool for good (upstream issue #4349).
+        match crate::rt::timeout(CLOSE_ON_DROP_TIMEOUT, self.raw.ping()).await {
+            Ok(Ok(())) => {
+                // if the connection is still viable, release it to the pool
+                self.release();
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    %error,
+                    "error occurred while testing the connection on-release",
+                );
 
-            // Connection is broken, don't try to gracefully close.
-            self.close_hard().await;
-            false
-        } else {
-            // if the connection is still viable, release it to the pool
-            self.release();
-            true
+                // Connection is broken, don't try to gracefully close.
+                self.close_hard().await;
+                false
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout = ?CLOSE_ON_DROP_TIMEOUT,
+                    "the connection was not answered while testing it on-release; closing it",
+                );
+                // Not answering: closed without waiting on it (dropped if
+                // even that waits).
+                let _ = crate::rt::timeout(CLOSE_ON_DROP_TIMEOUT, self.close_hard()).await;
+                false
+            }
         }
     }
 
