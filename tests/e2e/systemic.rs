@@ -9,8 +9,8 @@ use std::time::Duration;
 use wa_broker::INBOUND_DELIVERY_LIMIT;
 use wa_e2e::env::execute;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::{RelayedServer, WorkerServers};
-use wa_e2e::{TcpRelay, TestEnv, TestRole, Worker, eventually, metric_sum};
+use wa_e2e::roles::{RelayedServer, WorkerServers, readyz};
+use wa_e2e::{Relay, TcpRelay, TestEnv, TestRole, Worker, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -402,6 +402,39 @@ async fn a_database_error_is_logged_with_its_message_once() {
             "{error}"
         );
     }
+}
+
+/// The relay's `/readyz` said 200 while it released nothing for want of
+/// its database: it now says 503 until PostgreSQL answers its releases.
+#[tokio::test]
+async fn the_relay_is_ready_only_while_postgresql_answers_its_releases() {
+    let env = TestEnv::new().await;
+    let (postgres, database_url) = TcpRelay::in_front_of(&env.database_url);
+    postgres.cut();
+    let relay = Relay::start(&env, &["--database-url", &database_url]).await;
+    let ops_addr = relay.ops_addr;
+    let relay_says = |expected: u16, reason: &'static str| {
+        eventually(
+            "the relay's /readyz",
+            Duration::from_secs(30),
+            move || async move {
+                match readyz(ops_addr).await {
+                    (status, text) if status == expected && text.contains(reason) => Ok(text),
+                    (status, text) => Err(format!("{status} {text}")),
+                }
+            },
+        )
+    };
+    let reason = relay_says(503, "PostgreSQL").await;
+    println!("/readyz before PostgreSQL was reached: {reason}");
+
+    postgres.restore();
+    relay_says(200, "").await;
+    postgres.cut();
+    relay_says(503, "PostgreSQL").await;
+    postgres.restore();
+    relay_says(200, "").await;
+    relay.stop().await;
 }
 
 #[tokio::test]

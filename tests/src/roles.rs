@@ -324,16 +324,8 @@ impl Worker {
         )
     }
 
-    /// `/readyz`'s status and text; status 0 with the error when it cannot
-    /// be asked.
     pub async fn readyz(&self) -> (u16, String) {
-        match reqwest::get(format!("http://{}/readyz", self.ops_addr)).await {
-            Ok(response) => (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            ),
-            Err(error) => (0, error.to_string()),
-        }
+        readyz(self.ops_addr).await
     }
 
     pub async fn stop(self) {
@@ -406,6 +398,18 @@ impl Relay {
 
     pub async fn stop(self) {
         self.running.stop("relay").await;
+    }
+}
+
+/// `/readyz`'s status and text at a role's operations address; status 0
+/// with the error when it cannot be asked.
+pub async fn readyz(ops_addr: SocketAddr) -> (u16, String) {
+    match reqwest::get(format!("http://{ops_addr}/readyz")).await {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        ),
+        Err(error) => (0, error.to_string()),
     }
 }
 

@@ -13,6 +13,7 @@ mod release;
 pub mod tail;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -44,10 +45,20 @@ pub async fn run(
     // The ops server has its own stop: its metrics stay up while the
     // release in progress finishes after the shutdown signal.
     let ops_stop = CancellationToken::new();
-    let readiness = broker.clone();
+    // Ready while connected to RabbitMQ and PostgreSQL answered the last
+    // release: a relay that cannot read the outbox releases nothing.
+    let database_answered = Arc::new(AtomicBool::new(false));
+    let (readiness, answered) = (broker.clone(), database_answered.clone());
     let ops = tokio::spawn(wa_core::ops::serve(
         ops_listener,
-        Arc::new(move || readiness.check_connected()),
+        Arc::new(move || {
+            readiness.check_connected()?;
+            if answered.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("PostgreSQL did not answer the last release".to_owned())
+            }
+        }),
         ops_stop.clone(),
     ));
     let settings = ReleaseSettings {
@@ -69,6 +80,7 @@ pub async fn run(
             broker.clone(),
             settings.clone(),
             config.poll_interval,
+            database_answered.clone(),
             shutdown.clone(),
         ));
     }
@@ -83,12 +95,14 @@ pub async fn run(
 }
 
 /// One release after another until `shutdown`; several of these run at once
-/// and lock disjoint contacts.
+/// and lock disjoint contacts. Each says in `database_answered` whether
+/// PostgreSQL answered it.
 async fn release_until(
     pool: PgPool,
     broker: Broker,
     settings: ReleaseSettings,
     poll_interval: Duration,
+    database_answered: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut failures = failure_backoff();
@@ -97,7 +111,16 @@ async fn release_until(
         if broker.connected(&shutdown).await.is_none() {
             break;
         }
-        let pause = match release_due(&pool, &broker, &settings, contacts).await {
+        let released = release_due(&pool, &broker, &settings, contacts).await;
+        match &released {
+            Ok(_) => database_answered.store(true, Ordering::Relaxed),
+            Err(error) if error.downcast_ref::<wa_store::StoreError>().is_some() => {
+                database_answered.store(false, Ordering::Relaxed);
+            }
+            // The broker's failures: its link says whether it is connected.
+            Err(_) => {}
+        }
+        let pause = match released {
             Ok(released) if released.events == 0 => {
                 contacts = released.contacts_next(contacts, settings.max_contacts);
                 poll_interval
