@@ -14,6 +14,13 @@ use crate::StoreError;
 /// as alive without another.
 const RECENTLY_CHECKED: Duration = Duration::from_secs(1);
 
+/// How long the check of a pooled connection idle for longer may take. A
+/// healthy server answers it in milliseconds. One that a failover left
+/// frozen never does: past this the connection is closed and the pool
+/// opens a new one within the same acquire, instead of the check using up
+/// `WA_DB_ACQUIRE_TIMEOUT` and the acquire failing ("pool timed out").
+const CHECK_WITHIN: Duration = Duration::from_secs(1);
+
 /// Asks the server to give up a client that goes silent, as the client
 /// gives up a silent server (vendor/sqlx-core): a keepalive probe after
 /// 10 s idle, then every 5 s, and the connection ended after 4 unanswered
@@ -135,10 +142,18 @@ impl DatabaseArgs {
             .test_before_acquire(false)
             .before_acquire(|connection, meta| {
                 Box::pin(async move {
-                    if meta.idle_for > RECENTLY_CHECKED {
-                        sqlx::Connection::ping(connection).await?;
+                    if meta.idle_for <= RECENTLY_CHECKED {
+                        return Ok(true);
                     }
-                    Ok(true)
+                    match tokio::time::timeout(CHECK_WITHIN, sqlx::Connection::ping(connection))
+                        .await
+                    {
+                        Ok(checked) => checked.map(|()| true),
+                        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "a pooled connection's check was not answered within 1s",
+                        ))),
+                    }
                 })
             })
             .connect_lazy_with(options))

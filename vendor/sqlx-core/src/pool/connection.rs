@@ -15,6 +15,15 @@ use crate::pool::options::PoolConnectionMetadata;
 
 const CLOSE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// wa-ingest patch: how long closing a connection the pool lets go may wait
+/// on its server. Over TLS, closing waits to read from the server (rustls
+/// completing its I/O after `close_notify`), which a frozen server never
+/// lets happen: a check on an idle connection that failed then held the
+/// whole acquire until its timeout instead of opening a new connection.
+/// Past this the connection is dropped, which closes its socket all the
+/// same.
+const CLOSE_WAITS_AT_MOST: Duration = Duration::from_millis(250);
+
 /// A connection managed by a [`Pool`][crate::pool::Pool].
 ///
 /// Will be returned to the pool on-drop.
@@ -337,9 +346,8 @@ impl<DB: Database> Floating<DB, Live<DB>> {
                     timeout = ?CLOSE_ON_DROP_TIMEOUT,
                     "the connection was not answered while testing it on-release; closing it",
                 );
-                // Not answering: closed without waiting on it (dropped if
-                // even that waits).
-                let _ = crate::rt::timeout(CLOSE_ON_DROP_TIMEOUT, self.close_hard()).await;
+                // Not answering: closed without waiting on it.
+                self.close_hard().await;
                 false
             }
         }
@@ -347,13 +355,13 @@ impl<DB: Database> Floating<DB, Live<DB>> {
 
     pub async fn close(self) {
         // This isn't used anywhere that we care about the return value
-        let _ = self.inner.raw.close().await;
+        let _ = crate::rt::timeout(CLOSE_WAITS_AT_MOST, self.inner.raw.close()).await;
 
         // `guard` is dropped as intended
     }
 
     pub async fn close_hard(self) {
-        let _ = self.inner.raw.close_hard().await;
+        let _ = crate::rt::timeout(CLOSE_WAITS_AT_MOST, self.inner.raw.close_hard()).await;
     }
 
     pub fn detach(self) -> DB::Connection {
@@ -399,16 +407,18 @@ impl<DB: Database> Floating<DB, Idle<DB>> {
     }
 
     pub async fn close(self) -> DecrementSizeGuard<DB> {
-        if let Err(error) = self.inner.live.raw.close().await {
+        let Floating { inner, guard } = self;
+        if let Ok(Err(error)) = crate::rt::timeout(CLOSE_WAITS_AT_MOST, inner.live.raw.close()).await {
             tracing::debug!(%error, "error occurred while closing the pool connection");
         }
-        self.guard
+        guard
     }
 
     pub async fn close_hard(self) -> DecrementSizeGuard<DB> {
-        let _ = self.inner.live.raw.close_hard().await;
+        let Floating { inner, guard } = self;
+        let _ = crate::rt::timeout(CLOSE_WAITS_AT_MOST, inner.live.raw.close_hard()).await;
 
-        self.guard
+        guard
     }
 
     pub fn metadata(&self) -> PoolConnectionMetadata {
