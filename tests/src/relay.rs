@@ -1,5 +1,6 @@
 //! A TCP relay between a role and a server, to cut the connection the way a
-//! network failure would, without touching the server other tests share.
+//! network failure would, or strand it the way a frozen server would,
+//! without touching the server other tests share.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

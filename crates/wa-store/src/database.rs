@@ -58,13 +58,13 @@ const WAIT_FOR_A_LOCK_AT_MOST_5S: &str = "SET lock_timeout = 5000";
 /// How long the server may take to answer one exchange of a role's work
 /// (the worker's writes and probes, the relay's releases, the deliverer's
 /// leases and records, the console's pages) before it is taken as
-/// unreachable. A server that is
-/// frozen (its VM paused, its storage hung, or left behind paused by a
-/// failover) has a kernel that still acknowledges what is sent and answers
-/// keepalives, so neither keepalive nor `TCP_USER_TIMEOUT` notices it, and
-/// the role would wait for good, still saying it is ready. Their
-/// statements take milliseconds; the worker waits 5 s at most for a lock,
-/// and the others skip what is locked.
+/// unreachable. A server that is frozen (its VM paused, its storage hung,
+/// or left behind paused by a failover) has a kernel that still
+/// acknowledges what is sent and answers keepalives, so neither keepalive
+/// nor `TCP_USER_TIMEOUT` notices it, and the role would wait for good,
+/// still saying it is ready. Their statements take milliseconds; the
+/// worker waits 5 s at most for a lock, and the relay and the deliverer
+/// skip what is locked.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 /// `exchange`, or an error that says the server is unreachable when it
@@ -151,7 +151,7 @@ impl DatabaseArgs {
                         Ok(checked) => checked.map(|()| true),
                         Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            "a pooled connection's check was not answered within 1s",
+                            format!("a pooled connection's check was not answered within {CHECK_WITHIN:?}"),
                         ))),
                     }
                 })
