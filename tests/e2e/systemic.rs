@@ -4,24 +4,26 @@
 //! of walking good messages into the DLQ. A payload that fails alone still
 //! goes there, and errors are logged once.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use wa_broker::INBOUND_DELIVERY_LIMIT;
 use wa_e2e::env::execute;
 use wa_e2e::payloads::{self, envelope, text_message};
-use wa_e2e::roles::{RelayedServer, WorkerServers, readyz};
+use wa_e2e::roles::{RelayedServer, WorkerServers, readyz, wait_ready};
 use wa_e2e::{Relay, TcpRelay, TestEnv, TestRole, Worker, eventually, metric_sum};
 use wa_store::failpoint::{self, Failpoint};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Waits until `/readyz` answers 503 with `reason` in its text.
-async fn not_ready_because(worker: &Worker, reason: &str) -> String {
+/// Waits until the `/readyz` of the role at `ops_addr` answers 503 with
+/// `reason` in its text.
+async fn not_ready_because(ops_addr: SocketAddr, reason: &str) -> String {
     eventually(
         &format!("/readyz to say 503 because {reason}"),
         Duration::from_secs(30),
         || async {
-            match worker.readyz().await {
+            match readyz(ops_addr).await {
                 (503, text) if text.contains(reason) => Ok(text),
                 (status, text) => Err(format!("{status} {text}")),
             }
@@ -88,7 +90,7 @@ async fn a_database_read_only_for_twenty_seconds_mid_stream_dead_letters_only_th
         })
         .await;
         set_read_only(&env, true).await;
-        let reason = not_ready_because(&worker, "read-only").await;
+        let reason = not_ready_because(worker.ops_addr, "read-only").await;
         let stored_during_fault = env.stored_rows().await.0;
         let faulted = tokio::time::Instant::now();
         eventually(
@@ -168,7 +170,7 @@ async fn a_role_without_insert_privilege_pauses_until_the_grant_and_dead_letters
     let revoked = tokio::time::Instant::now();
     env.publish_inbound_all(&bodies[100..]).await;
     env.publish_inbound_all(&bodies).await;
-    let reason = not_ready_because(&worker, "privileges").await;
+    let reason = not_ready_because(worker.ops_addr, "privileges").await;
     println!("/readyz while INSERT is revoked: {reason}");
     tokio::time::sleep_until(revoked + Duration::from_secs(20)).await;
     assert_eq!(
@@ -230,7 +232,7 @@ async fn a_burst_of_an_unknown_error_trips_the_breaker_and_spends_no_more_attemp
     let bodies = payloads::mixed_each("burst", 40);
     env.publish_inbound_all(&bodies).await;
 
-    let reason = not_ready_because(&worker, "breaker").await;
+    let reason = not_ready_because(worker.ops_addr, "breaker").await;
     println!("/readyz with the breaker open: {reason}");
     assert!(reason.contains(failpoint::INJECTED_SQLSTATE), "{reason}");
     // The probe meets the same error: it stays paused.
@@ -412,28 +414,15 @@ async fn the_relay_is_ready_only_while_postgresql_answers_its_releases() {
     let (postgres, database_url) = TcpRelay::in_front_of(&env.database_url);
     postgres.cut();
     let relay = Relay::start(&env, &["--database-url", &database_url]).await;
-    let ops_addr = relay.ops_addr;
-    let relay_says = |expected: u16, reason: &'static str| {
-        eventually(
-            "the relay's /readyz",
-            Duration::from_secs(30),
-            move || async move {
-                match readyz(ops_addr).await {
-                    (status, text) if status == expected && text.contains(reason) => Ok(text),
-                    (status, text) => Err(format!("{status} {text}")),
-                }
-            },
-        )
-    };
-    let reason = relay_says(503, "PostgreSQL").await;
+    let reason = not_ready_because(relay.ops_addr, "PostgreSQL").await;
     println!("/readyz before PostgreSQL was reached: {reason}");
 
     postgres.restore();
-    relay_says(200, "").await;
+    wait_ready(relay.ops_addr).await;
     postgres.cut();
-    relay_says(503, "PostgreSQL").await;
+    not_ready_because(relay.ops_addr, "PostgreSQL").await;
     postgres.restore();
-    relay_says(200, "").await;
+    wait_ready(relay.ops_addr).await;
     relay.stop().await;
 }
 
@@ -448,7 +437,7 @@ async fn the_worker_is_ready_only_once_it_has_reached_postgresql() {
     };
     let worker = Worker::start_with(&env, servers, &[]).await;
     // Connected to RabbitMQ (its check comes first), not to PostgreSQL.
-    let reason = not_ready_because(&worker, "PostgreSQL").await;
+    let reason = not_ready_because(worker.ops_addr, "PostgreSQL").await;
     println!("/readyz before PostgreSQL was reached: {reason}");
     env.publish_inbound(&payloads::mixed("early", 1)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -501,7 +490,7 @@ async fn with_claims_failing_closed_an_unreachable_redis_pauses_the_worker() {
 
     relay.cut();
     env.publish_inbound(&payloads::mixed("during", 1)).await;
-    let reason = not_ready_because(&worker, "Redis").await;
+    let reason = not_ready_because(worker.ops_addr, "Redis").await;
     println!("/readyz while Redis is away: {reason}");
     assert_eq!(env.stored_rows().await, (1, 3), "nothing stored unclaimed");
 
