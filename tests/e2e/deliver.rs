@@ -412,6 +412,93 @@ async fn retry_after_pauses_one_endpoint_gone_disables_and_a_slow_one_holds_up_n
     deliverer.stop().await;
 }
 
+/// Deliverers scale out without multiplying what one endpoint gets: its
+/// `max_in_flight` and its `rate_limit` hold across all of them together.
+#[tokio::test]
+async fn three_deliverers_together_keep_an_endpoints_max_in_flight_and_rate_limit() {
+    const MAX_IN_FLIGHT: i32 = 3;
+    const RATE: i32 = 20;
+    let env = TestEnv::new().await;
+    // Slow answers, so that every place an endpoint has is taken.
+    let slow = HookReceiver::start(|_, _| Reply {
+        delay: Duration::from_millis(200),
+        ..Reply::OK
+    })
+    .await;
+    let paced = HookReceiver::ok().await;
+    let narrow = add_endpoint(&env, &slow.url(), &[], &[]).await;
+    let limited = add_endpoint(&env, &paced.url(), &[], &[]).await;
+    for (endpoint, changes) in [
+        (
+            &narrow,
+            wa_deliver::store::EndpointChanges {
+                max_in_flight: Some(MAX_IN_FLIGHT),
+                ..Default::default()
+            },
+        ),
+        (
+            &limited,
+            wa_deliver::store::EndpointChanges {
+                rate_limit: Some(Some(RATE)),
+                ..Default::default()
+            },
+        ),
+    ] {
+        wa_deliver::store::update(&env.db, endpoint.id, &changes)
+            .await
+            .expect("update");
+    }
+    let deliverers = [
+        Deliverer::start(&env, &[]).await,
+        Deliverer::start(&env, &[]).await,
+        Deliverer::start(&env, &[]).await,
+    ];
+    // 24 conversations of 4 events, to both endpoints.
+    let all = events("limits", 24, 1, 4);
+    release(&env.db, &all).await;
+    HookReceiver::both_accepted("96 events at each endpoint", &slow, &paced, (96, 96)).await;
+    for deliverer in deliverers {
+        deliverer.stop().await;
+    }
+
+    let peak = most_at_once(&slow.hooks());
+    let mut arrivals: Vec<Instant> = paced.hooks().iter().map(|h| h.arrived).collect();
+    arrivals.sort();
+    let span = arrivals[arrivals.len() - 1] - arrivals[0];
+    // 96 requests in slots 1/20 s apart span 4.75 s; a request sent late
+    // (a busy machine) can only shorten that by its own delay.
+    let least = Duration::from_secs_f64(95.0 / f64::from(RATE)) - Duration::from_millis(500);
+    println!(
+        "3 deliverers: at most {peak} requests at once to the endpoint allowing {MAX_IN_FLIGHT}; 96 requests to the one allowing {RATE}/s spanned {:.2} s",
+        span.as_secs_f64()
+    );
+    assert_eq!(
+        peak, MAX_IN_FLIGHT as usize,
+        "requests in flight at once across the deliverers"
+    );
+    assert!(
+        span >= least,
+        "96 requests at {RATE}/s took {span:?}, under {least:?}: the rate held per deliverer"
+    );
+}
+
+/// The most requests a receiver was answering at once.
+fn most_at_once(hooks: &[Hook]) -> usize {
+    let mut changes: Vec<(Instant, i32)> = hooks
+        .iter()
+        .flat_map(|h| [(h.arrived, 1), (h.answered, -1)])
+        .collect();
+    // An answer at the same instant as an arrival ends first.
+    changes.sort();
+    let mut now = 0;
+    let mut most = 0;
+    for (_, change) in changes {
+        now += change;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
 /// The real binary, as a deployment runs it.
 fn wa_ingest(env: &TestEnv) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"));
@@ -803,7 +890,7 @@ async fn recording_a_success_hands_over_the_next_delivery_while_the_lease_is_hel
     let conversation = first_three[0].conversation.clone();
     let owner = uuid::Uuid::new_v4();
     let lease = Duration::from_secs(60);
-    let claimed = store::claim_lanes(&env.db, endpoint.id, owner, lease, 10)
+    let claimed = store::claim_lanes(&env.db, endpoint.id, owner, lease, 10, 10)
         .await
         .expect("claim");
     assert_eq!(claimed, vec![conversation.clone()]);

@@ -90,10 +90,10 @@ pub struct AddArgs {
     /// Only events of these phone numbers (comma-separated or repeated); all when not given.
     #[arg(long = "phone-number-id", value_delimiter = ',')]
     pub phone_number_ids: Vec<String>,
-    /// Requests per second, per deliverer.
+    /// Requests per second, across all deliverers.
     #[arg(long)]
     pub rate_limit: Option<u32>,
-    /// Conversations sent to at once, per deliverer.
+    /// Conversations sent to at once, across all deliverers.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub max_in_flight: i32,
     #[arg(long, default_value = "")]
@@ -280,8 +280,7 @@ async fn command(pool: &PgPool, command: EndpointsCommand) -> anyhow::Result<()>
                 println!("phone numbers:    {}", all_or_listed(&e.phone_number_ids));
                 println!(
                     "rate limit:       {}",
-                    e.rate_limit
-                        .map_or("none".to_owned(), |r| format!("{r}/s per deliverer"))
+                    e.rate_limit.map_or("none".to_owned(), |r| format!("{r}/s"))
                 );
                 println!("max in flight:    {}", e.max_in_flight);
                 println!(

@@ -1,7 +1,8 @@
 //! The deliverer: leases due conversations per endpoint (as many as the
-//! endpoint's `max_in_flight` and the process's concurrency allow) and,
-//! for each, sends its pending events one by one in sequence order, each
-//! recorded before the next goes. A failure leaves the conversation's head
+//! endpoint's `max_in_flight` leaves beside what all deliverers hold, and
+//! the process's concurrency allows) and, for each, sends its pending
+//! events one by one in sequence order, each recorded before the next goes
+//! and each in a request slot of the endpoint's `rate_limit`. A failure leaves the conversation's head
 //! where it is until its next attempt; other conversations and endpoints
 //! go on. Each exchange with the database is bounded
 //! ([`wa_store::ANSWER_WITHIN`]): a server that stops answering (frozen,
@@ -14,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -42,29 +42,6 @@ pub struct Deliverer {
     pub healthy: Arc<AtomicBool>,
 }
 
-/// Requests per second to one endpoint, spaced evenly.
-#[derive(Default)]
-struct RateGate {
-    next: Mutex<Option<Instant>>,
-}
-
-impl RateGate {
-    async fn wait(&self, per_second: Option<i32>) {
-        let Some(rate) = per_second.filter(|r| *r > 0) else {
-            return;
-        };
-        let spacing = Duration::from_secs(1) / u32::try_from(rate).unwrap_or(1);
-        let at = {
-            let mut next = self.next.lock().await;
-            let now = Instant::now();
-            let at = next.map_or(now, |n| n.max(now));
-            *next = Some(at + spacing);
-            at
-        };
-        tokio::time::sleep_until(at).await;
-    }
-}
-
 /// Looks for work until `shutdown`, then lets the conversations in flight
 /// finish the request they are in and returns.
 pub(crate) async fn run_loop(
@@ -75,7 +52,6 @@ pub(crate) async fn run_loop(
 ) {
     let mut tasks: JoinSet<i64> = JoinSet::new();
     let mut running: HashMap<i64, usize> = HashMap::new();
-    let mut gates: HashMap<i64, Arc<RateGate>> = HashMap::new();
     let mut last_gauges = Instant::now() - Duration::from_secs(60);
     while !shutdown.is_cancelled() {
         while let Some(done) = tasks.try_join_next() {
@@ -90,7 +66,6 @@ pub(crate) async fn run_loop(
             concurrency,
             &mut tasks,
             &mut running,
-            &mut gates,
             &shutdown,
         )
         .await
@@ -138,7 +113,6 @@ async fn claim_round(
     concurrency: usize,
     tasks: &mut JoinSet<i64>,
     running: &mut HashMap<i64, usize>,
-    gates: &mut HashMap<i64, Arc<RateGate>>,
     shutdown: &CancellationToken,
 ) -> Result<usize, StoreError> {
     let endpoints = answered(store::active_endpoints(&deliverer.pool)).await?;
@@ -146,8 +120,9 @@ async fn claim_round(
     for endpoint in endpoints {
         let busy = running.get(&endpoint.id).copied().unwrap_or(0);
         // With a rate limit, no more conversations than requests per second:
-        // each then waits at most about a second for its turn, far inside
-        // its lease.
+        // each then waits at most about a second for its slot, far inside
+        // its lease. The database holds this across deliverers; what this
+        // one runs already only spares it a claim with no room.
         let lanes = match endpoint.rate_limit {
             Some(rate) => endpoint.max_in_flight.min(rate.max(1)),
             None => endpoint.max_in_flight,
@@ -164,10 +139,10 @@ async fn claim_round(
             endpoint.id,
             deliverer.owner,
             deliverer.lease,
+            i64::from(lanes),
             i64::try_from(room).unwrap_or(1),
         ))
         .await?;
-        let gate = gates.entry(endpoint.id).or_default().clone();
         for conversation in conversations {
             *running.entry(endpoint.id).or_default() += 1;
             started += 1;
@@ -175,7 +150,6 @@ async fn claim_round(
                 deliverer.clone(),
                 endpoint.clone(),
                 conversation,
-                gate.clone(),
                 shutdown.clone(),
             ));
         }
@@ -195,7 +169,6 @@ async fn drive_conversation(
     deliverer: Arc<Deliverer>,
     endpoint: ActiveEndpoint,
     conversation: String,
-    gate: Arc<RateGate>,
     shutdown: CancellationToken,
 ) -> i64 {
     let label = endpoint.id.to_string();
@@ -225,7 +198,15 @@ async fn drive_conversation(
                 break;
             }
         };
-        gate.wait(endpoint.rate_limit).await;
+        if let Some(rate) = endpoint.rate_limit {
+            match answered(store::take_rate_slot(&deliverer.pool, endpoint.id, rate)).await {
+                Ok(wait) => tokio::time::sleep(wait).await,
+                Err(error) => {
+                    tracing::warn!(endpoint = endpoint.id, error = %error_chain(&error), "cannot take a request slot");
+                    break;
+                }
+            }
+        }
         let outcome = send(&deliverer, &head).await;
         metrics::histogram!("wa_deliver_latency_seconds", "endpoint" => label.clone())
             .record(outcome.latency.as_secs_f64());

@@ -309,22 +309,36 @@ pub async fn active_endpoints(pool: &PgPool) -> Result<Vec<ActiveEndpoint>, sqlx
     .await
 }
 
-/// Leases up to `limit` due conversations of `endpoint` that no deliverer holds.
+/// Leases up to `room` due conversations of `endpoint` that no deliverer
+/// holds, and no more than all deliverers together leave of its `lanes`.
+///
+/// Claims of one endpoint take its row lock in turn (`NO KEY UPDATE`, so
+/// the relay's fan-out, whose foreign key checks take `KEY SHARE`, never
+/// waits on it) and only then count, in a statement of their own: its
+/// snapshot is taken after the lock, so it sees the claim that held the
+/// lock before, and two deliverers never both take the last free place.
 pub async fn claim_lanes(
     pool: &PgPool,
     endpoint: i64,
     owner: Uuid,
     lease: Duration,
-    limit: i64,
+    lanes: i64,
+    room: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM delivery_endpoints WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(endpoint)
+        .execute(&mut *tx)
+        .await?;
+    let claimed = sqlx::query_scalar(
         "UPDATE delivery_lanes l
          SET leased_until = now() + make_interval(secs => $3), lease_owner = $2
          FROM (SELECT conversation FROM delivery_lanes
                WHERE endpoint_id = $1 AND pending > 0 AND next_attempt_at <= now()
                  AND (leased_until IS NULL OR leased_until < now())
                ORDER BY next_attempt_at
-               LIMIT $4
+               LIMIT GREATEST(0, LEAST($5, $4 - (SELECT count(*) FROM delivery_lanes
+                                                  WHERE endpoint_id = $1 AND leased_until > now())))
                FOR UPDATE SKIP LOCKED) due
          WHERE l.endpoint_id = $1 AND l.conversation = due.conversation
          RETURNING l.conversation",
@@ -332,9 +346,40 @@ pub async fn claim_lanes(
     .bind(endpoint)
     .bind(owner.to_string())
     .bind(lease.as_secs_f64())
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    .bind(lanes)
+    .bind(room)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// Takes `endpoint`'s next request slot and says how long until it comes:
+/// the slot is now, or `1 / per_second` after the one taken last, by
+/// whichever deliverer. All of them take their slots from the same row, so
+/// the rate holds across them; the wait is reckoned by the database's
+/// clock alone, so the deliverers' clocks need not agree.
+pub async fn take_rate_slot(
+    pool: &PgPool,
+    endpoint: i64,
+    per_second: i32,
+) -> Result<Duration, sqlx::Error> {
+    let wait: Option<f64> = sqlx::query_scalar(
+        "UPDATE delivery_endpoints
+         SET rate_slot_at = GREATEST(rate_slot_at, clock_timestamp())
+                            + make_interval(secs => 1.0 / $2::float8)
+         WHERE id = $1
+         RETURNING extract(epoch FROM rate_slot_at - make_interval(secs => 1.0 / $2::float8)
+                                      - clock_timestamp())::float8",
+    )
+    .bind(endpoint)
+    .bind(per_second)
+    .fetch_optional(pool)
+    .await?;
+    // A removed endpoint has no slot: its next read finds nothing to send.
+    Ok(wait.map_or(Duration::ZERO, |w| {
+        Duration::try_from_secs_f64(w).unwrap_or_default()
+    }))
 }
 
 /// The next delivery of a conversation, with the endpoint as it is now.
