@@ -522,6 +522,47 @@ async fn the_console_refuses_requests_without_the_token_or_the_csrf_token() {
     console.stop().await;
 }
 
+/// Failed sign-ins throttle the client that fails, not the operator: ten
+/// wrong tokens from 127.0.0.2 make its next try wait (429, even with the
+/// right token), and the operator at 127.0.0.1 still signs in.
+#[tokio::test]
+async fn failed_sign_ins_throttle_the_failing_client_and_not_the_others() {
+    let env = TestEnv::new().await;
+    let console = Console::start(&env, &[]).await;
+    let from = |address: [u8; 4]| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .local_address(std::net::IpAddr::from(address))
+            .build()
+            .expect("client")
+    };
+    let guesser = from([127, 0, 0, 2]);
+    let sign_in = |client: &reqwest::Client, token: &str| {
+        client
+            .post(console.url("/login"))
+            .form(&[("token", token)])
+            .send()
+    };
+    for _ in 0..10 {
+        let refused = sign_in(&guesser, "not-the-token-not-the-token")
+            .await
+            .expect("POST");
+        assert_eq!(refused.status().as_u16(), 401);
+    }
+    let throttled = sign_in(&guesser, CONSOLE_TOKEN).await.expect("POST");
+    assert_eq!(
+        throttled.status().as_u16(),
+        429,
+        "the guessing client waits"
+    );
+    let operator = sign_in(&from([127, 0, 0, 1]), CONSOLE_TOKEN)
+        .await
+        .expect("POST");
+    assert_eq!(operator.status().as_u16(), 303, "another client signs in");
+    assert!(operator.headers().contains_key("set-cookie"));
+    console.stop().await;
+}
+
 /// Render times with 10,000 messages in the DLQ: printed, not asserted.
 #[tokio::test]
 async fn console_pages_with_ten_thousand_dead_letters() {

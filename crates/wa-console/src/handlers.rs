@@ -257,7 +257,7 @@ async fn login(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Form(form): Form<LoginForm>,
 ) -> Response {
-    match console.auth.login(&form.token) {
+    match console.auth.login(&form.token, client.ip()) {
         Ok((id, session)) => {
             let operator = Operator { session, client };
             audit(&operator, "login", "signed in");
