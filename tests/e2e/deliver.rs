@@ -499,6 +499,81 @@ fn most_at_once(hooks: &[Hook]) -> usize {
     usize::try_from(most).unwrap_or(0)
 }
 
+/// Deliveries delivered longer than WA_DELIVER_RETENTION ago are deleted
+/// with their attempts as soon as a deliverer starts (and every minute),
+/// batch after batch until none is left; they were kept for good. Recent
+/// ones stay, and so do pending ones however old.
+#[tokio::test]
+async fn delivered_events_past_their_retention_are_deleted_with_their_attempts() {
+    const OLD: i64 = 25_000;
+    let env = TestEnv::new().await;
+    // Disabled, so that its old pending deliveries stay pending.
+    let endpoint = add_endpoint(&env, "http://127.0.0.1:9/hook", &[], &[]).await;
+    wa_deliver::store::disable(&env.db, endpoint.id, "kept pending")
+        .await
+        .expect("disable");
+    sqlx::query(
+        "WITH seeded AS (
+             INSERT INTO deliveries (endpoint_id, event_id, event_type, conversation, sequence,
+                                     payload, state, created_at, delivered_at)
+             SELECT $1, era || n, 'message.created', 'c' || n % 100, n, '{}',
+                    CASE WHEN era = 'pending' THEN 'pending' ELSE 'delivered' END,
+                    now() - interval '30 days',
+                    CASE era WHEN 'old' THEN now() - interval '8 days'
+                             WHEN 'recent' THEN now() - interval '6 days' END
+             FROM (SELECT 'old' AS era, n FROM generate_series(1, $2) AS n
+                   UNION ALL SELECT 'recent', n FROM generate_series(1, 5) AS n
+                   UNION ALL SELECT 'pending', n FROM generate_series(1, 5) AS n) AS rows
+             RETURNING id, event_id
+         )
+         INSERT INTO delivery_attempts (delivery_id, endpoint_id, event_id, status_code, latency_ms)
+         SELECT id, $1, event_id, 200, 1.0 FROM seeded",
+    )
+    .bind(endpoint.id)
+    .bind(OLD)
+    .execute(&env.db)
+    .await
+    .expect("seed deliveries");
+    let deliverer = Deliverer::start(&env, &[]).await;
+    let rows = |table: &'static str, era: &'static str| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table} WHERE event_id LIKE $1"
+            )))
+            .bind(format!("{era}%"))
+            .fetch_one(&db)
+            .await
+            .expect("count")
+        }
+    };
+    eventually(
+        "every delivery past its retention deleted",
+        Duration::from_secs(30),
+        || async {
+            match rows("deliveries", "old").await {
+                0 => Ok(()),
+                left => Err(format!("{left} of {OLD} left")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        rows("delivery_attempts", "old").await,
+        0,
+        "their attempts too"
+    );
+    for era in ["recent", "pending"] {
+        assert_eq!(rows("deliveries", era).await, 5, "{era} deliveries stay");
+        assert_eq!(
+            rows("delivery_attempts", era).await,
+            5,
+            "{era} attempts stay"
+        );
+    }
+    deliverer.stop().await;
+}
+
 /// The real binary, as a deployment runs it.
 fn wa_ingest(env: &TestEnv) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"));

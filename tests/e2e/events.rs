@@ -207,3 +207,56 @@ async fn events_tail_prints_each_event_once_acks_it_and_stops_without_an_error()
     relay.stop().await;
     worker.stop().await;
 }
+
+/// Published events past WA_OUTBOX_RETENTION are deleted as soon as a
+/// relay starts and then every minute, batch after batch until none is
+/// left: one batch a minute (10,000 rows) fell behind any rate above about
+/// 170 events a second for good. Those within their retention stay.
+#[tokio::test]
+async fn a_relay_deletes_every_published_event_past_its_retention_batch_after_batch() {
+    const OLD: i64 = 25_000;
+    let env = TestEnv::new().await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, contact_key, wamid, payload, created_at, published_at, sequence)
+         SELECT 'msg:old' || n, 'message.created', 'c' || n % 100, 'old' || n, '{}'::jsonb, now() - interval '2 days',
+                now() - interval '2 days' + n * interval '1 ms', n
+         FROM generate_series(1, $1) AS n
+         UNION ALL
+         SELECT 'msg:recent' || n, 'message.created', 'c' || n, 'recent' || n, '{}'::jsonb, now(), now(), n
+         FROM generate_series(1, 5) AS n",
+    )
+    .bind(OLD)
+    .execute(&env.db)
+    .await
+    .expect("seed the outbox");
+    let relay = Relay::start(&env, &[]).await;
+    let published = |era: &'static str| {
+        let db = env.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND event_id LIKE $1",
+            )
+            .bind(format!("msg:{era}%"))
+            .fetch_one(&db)
+            .await
+            .expect("count")
+        }
+    };
+    eventually(
+        "every event past its retention deleted",
+        Duration::from_secs(30),
+        || async {
+            match published("old").await {
+                0 => Ok(()),
+                left => Err(format!("{left} of {OLD} left")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        published("recent").await,
+        5,
+        "events within their retention stay"
+    );
+    relay.stop().await;
+}

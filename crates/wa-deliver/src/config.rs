@@ -64,6 +64,11 @@ pub struct DeliverConfig {
     /// delivery. A deliverer that dies lets its conversations go after it.
     #[arg(long, env = "WA_DELIVER_LEASE", value_name = "WA_DELIVER_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,
+    /// How long a delivered event is kept (with its attempts) after its
+    /// delivery: `endpoints replay` and the attempts reach back this far.
+    /// Pending deliveries are kept however old.
+    #[arg(long, env = "WA_DELIVER_RETENTION", value_name = "WA_DELIVER_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
     /// Pause between looks for due conversations when there was nothing to do.
     #[arg(long, env = "WA_DELIVER_POLL", value_name = "WA_DELIVER_POLL", default_value = "200ms", value_parser = parse_duration)]
     pub poll_interval: Duration,

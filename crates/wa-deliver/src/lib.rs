@@ -77,6 +77,15 @@ pub async fn run(
         schedule = ?config.retry_schedule,
         "deliverer starting"
     );
+    let pruning = {
+        let (pool, retention, shutdown) = (pool.clone(), config.retention, shutdown.clone());
+        tokio::spawn(async move {
+            wa_store::retention::prune_until("delivered deliveries", &shutdown, || {
+                store::prune_delivered(&pool, retention, wa_store::retention::PRUNE_BATCH)
+            })
+            .await;
+        })
+    };
     deliver::run_loop(
         deliverer,
         usize::try_from(config.concurrency).unwrap_or(64),
@@ -84,6 +93,7 @@ pub async fn run(
         shutdown,
     )
     .await;
+    let _ = pruning.await;
     ops_stop.cancel();
     let _ = ops.await;
     pool.close().await;

@@ -84,7 +84,11 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    prune_until(&pool, config.outbox_retention, &shutdown).await;
+    let retention = config.outbox_retention;
+    wa_store::retention::prune_until("published outbox events", &shutdown, || {
+        wa_store::outbox::prune(&pool, retention, wa_store::retention::PRUNE_BATCH)
+    })
+    .await;
     while releases.join_next().await.is_some() {}
     broker_stop.cancel();
     ops_stop.cancel();
@@ -147,24 +151,4 @@ async fn release_until(
 
 fn failure_backoff() -> impl Iterator<Item = Duration> {
     full_jitter(Duration::from_millis(200), Duration::from_secs(5), None)
-}
-
-/// Deletes published events past their retention, every minute.
-async fn prune_until(pool: &PgPool, retention: Duration, shutdown: &CancellationToken) {
-    let minute = Duration::from_secs(60);
-    let mut every_minute = tokio::time::interval_at(tokio::time::Instant::now() + minute, minute);
-    every_minute.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = every_minute.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        match wa_store::outbox::prune(pool, retention, 10_000).await {
-            Ok(pruned) if pruned > 0 => tracing::info!(pruned, "pruned published outbox events"),
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(error = %error_chain(&error), "could not prune the outbox")
-            }
-        }
-    }
 }

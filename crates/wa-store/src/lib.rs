@@ -27,6 +27,7 @@ mod identity;
 pub mod lookup;
 pub mod outbox;
 mod persist;
+pub mod retention;
 pub mod seed;
 
 pub use database::{ANSWER_WITHIN, DatabaseArgs, answered};

@@ -486,14 +486,15 @@ impl OutboxClaim {
     }
 }
 
-/// Deletes published events older than `retention`, at most `limit` at a time.
+/// Deletes published events older than `retention`, at most `limit` at a
+/// time; rows another relay is deleting are left to it.
 pub async fn prune(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, StoreError> {
     let done = answered(
         sqlx::query(
             "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox
              WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
-             LIMIT $2)",
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
         .bind(retention.as_secs_f64())
         .bind(limit)
