@@ -81,7 +81,7 @@ pub async fn run(
         let (pool, retention, shutdown) = (pool.clone(), config.retention, shutdown.clone());
         tokio::spawn(async move {
             wa_store::retention::prune_until("delivered deliveries", &shutdown, || {
-                store::prune_delivered(&pool, retention, wa_store::retention::PRUNE_BATCH)
+                store::prune_delivered(&pool, retention)
             })
             .await;
         })

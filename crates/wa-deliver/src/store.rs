@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{FromRow, PgPool, Row};
 use uuid::Uuid;
-use wa_store::{StoreError, answered};
+use wa_store::StoreError;
 
 /// An endpoint as stored. Its secrets are never serialized.
 #[derive(Debug, Clone, sqlx::FromRow, Serialize)]
@@ -280,26 +280,19 @@ pub async fn replay(
 }
 
 /// Deletes deliveries delivered longer than `retention` ago, with their
-/// attempts, at most `limit` at a time; rows another deliverer is deleting
-/// are left to it. Pending ones stay, however old.
-pub async fn prune_delivered(
-    pool: &PgPool,
-    retention: Duration,
-    limit: i64,
-) -> Result<u64, StoreError> {
-    let done = answered(
-        sqlx::query(
-            "DELETE FROM deliveries WHERE id IN (
-             SELECT id FROM deliveries
-             WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
-             LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(limit)
-        .execute(pool),
+/// attempts, at most [`PRUNE_BATCH`](wa_store::retention::PRUNE_BATCH) at a
+/// time; rows another deliverer is deleting are left to it. Pending ones
+/// stay, however old.
+pub async fn prune_delivered(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
+    wa_store::retention::delete_batch(
+        pool,
+        "DELETE FROM deliveries WHERE id IN (
+         SELECT id FROM deliveries
+         WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        retention,
     )
-    .await?;
-    Ok(done.rows_affected())
+    .await
 }
 
 /// Per endpoint: whether it is enabled, and how many deliveries wait (the gauges).

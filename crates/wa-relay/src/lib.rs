@@ -86,7 +86,7 @@ pub async fn run(
     }
     let retention = config.outbox_retention;
     wa_store::retention::prune_until("published outbox events", &shutdown, || {
-        wa_store::outbox::prune(&pool, retention, wa_store::retention::PRUNE_BATCH)
+        wa_store::outbox::prune(&pool, retention)
     })
     .await;
     while releases.join_next().await.is_some() {}

@@ -486,22 +486,19 @@ impl OutboxClaim {
     }
 }
 
-/// Deletes published events older than `retention`, at most `limit` at a
-/// time; rows another relay is deleting are left to it.
-pub async fn prune(pool: &PgPool, retention: Duration, limit: i64) -> Result<u64, StoreError> {
-    let done = answered(
-        sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-             SELECT id FROM outbox
-             WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
-             LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(limit)
-        .execute(pool),
+/// Deletes published events older than `retention`, at most
+/// [`PRUNE_BATCH`](crate::retention::PRUNE_BATCH) at a time; rows another
+/// relay is deleting are left to it.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
+    crate::retention::delete_batch(
+        pool,
+        "DELETE FROM outbox WHERE id IN (
+         SELECT id FROM outbox
+         WHERE published_at IS NOT NULL AND published_at < now() - make_interval(secs => $1)
+         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        retention,
     )
-    .await?;
-    Ok(done.rows_affected())
+    .await
 }
 
 /// Events not yet published (the bench's progress).

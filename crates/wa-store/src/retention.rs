@@ -8,16 +8,35 @@
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::PgPool;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use wa_core::telemetry::error_chain;
 
 use crate::StoreError;
+use crate::database::answered;
 
 /// Rows one statement deletes at most.
 pub const PRUNE_BATCH: i64 = 10_000;
 
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs `delete`, a statement that deletes at most `$2` rows older than
+/// `$1` seconds, with `retention` and [`PRUNE_BATCH`]; says how many went.
+pub async fn delete_batch(
+    pool: &PgPool,
+    delete: &'static str,
+    retention: Duration,
+) -> Result<u64, StoreError> {
+    let done = answered(
+        sqlx::query(delete)
+            .bind(retention.as_secs_f64())
+            .bind(PRUNE_BATCH)
+            .execute(pool),
+    )
+    .await?;
+    Ok(done.rows_affected())
+}
 
 /// Calls `prune_batch` (which deletes at most [`PRUNE_BATCH`] rows and
 /// says how many) at once and then every minute until `shutdown`, each
