@@ -2,12 +2,13 @@
 //! endpoint's `max_in_flight` leaves beside what all deliverers hold, and
 //! the process's concurrency allows) and, for each, sends its pending
 //! events one by one in sequence order, each recorded before the next goes
-//! and each in a request slot of the endpoint's `rate_limit`. A failure leaves the conversation's head
-//! where it is until its next attempt; other conversations and endpoints
-//! go on. Each exchange with the database is bounded
-//! ([`wa_store::ANSWER_WITHIN`]): a server that stops answering (frozen,
-//! or left behind paused by a failover) makes the deliverer not ready and
-//! its work go to new connections, not wait on it for good.
+//! and each in a request slot of the endpoint's `rate_limit`. A failure
+//! leaves the conversation's head where it is until its next attempt;
+//! other conversations and endpoints go on. Each exchange with the
+//! database is bounded ([`wa_store::ANSWER_WITHIN`]): a server that stops
+//! answering (frozen, or left behind paused by a failover) makes the
+//! deliverer not ready and its work go to new connections, not wait on it
+//! for good.
 
 use std::collections::HashMap;
 use std::sync::Arc;
