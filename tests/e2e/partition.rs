@@ -23,6 +23,7 @@ use std::time::Duration;
 use wa_e2e::deliver::{
     Deliverer, HookReceiver, add_endpoint, assert_in_order_per_conversation, events, release,
 };
+use wa_e2e::env::PATIENT_RETRY_TIERS;
 use wa_e2e::network::RemoteHost;
 use wa_e2e::payloads;
 use wa_e2e::roles::{Worker, all_stored_once_and_nothing_dead_lettered, parse};
@@ -35,7 +36,7 @@ async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_ret
     let host = RemoteHost::create();
     let postgres = PostgresOnHost::start(&host);
     let env = TestEnv::on_postgres(&postgres.url()).await;
-    let worker = a_worker_holding_a_write_before_its_commit(&env, "cut").await;
+    let worker = a_worker_holding_a_write_before_its_commit(&env, "cut", &[]).await;
 
     // The commit goes out into the partition and is never answered.
     host.pull_link();
@@ -72,17 +73,36 @@ async fn a_transaction_cut_off_by_a_partition_is_ended_by_the_server_and_the_ret
 async fn a_worker_frozen_in_its_transaction_is_ended_by_the_server_and_the_writes_behind_it_go_on()
 {
     let env = TestEnv::new().await;
-    let worker = a_worker_holding_a_write_before_its_commit(&env, "frozen").await;
+    // Tiers that outlast the hold: with the short ones alone, a write
+    // behind it could spend its four attempts before the hold ended (a
+    // quiet run had 4 of 20 at their third; a loaded CI run had 2 of 20
+    // still missing after 90 s).
+    let worker = a_worker_holding_a_write_before_its_commit(
+        &env,
+        "frozen",
+        &["--retry-tiers", PATIENT_RETRY_TIERS],
+    )
+    .await;
 
     // Twenty writes that need the frozen transaction's rows (the same
     // contact): they go on once the server has ended it.
     env.publish_inbound_all(&payloads::mixed_each("behind", 20))
         .await;
-    env.wait_for_count(
+    eventually(
         "the writes behind the frozen one stored",
-        "SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.behind%'",
-        20,
         Duration::from_secs(90),
+        || async {
+            let stored = env
+                .count("SELECT count(*) FROM messages WHERE wamid LIKE 'wamid.behind%'")
+                .await;
+            match stored {
+                20 => Ok(()),
+                _ => Err(format!(
+                    "{stored} of 20 stored, {} dead-lettered",
+                    env.queue_depth("dlq").await
+                )),
+            }
+        },
     )
     .await;
     // The frozen write, thawed, finds its session ended and is retried.
@@ -97,7 +117,7 @@ async fn a_frozen_server_pauses_the_worker_and_nothing_is_lost_when_it_thaws() {
     let host = RemoteHost::create();
     let postgres = PostgresOnHost::start(&host);
     let env = TestEnv::on_postgres(&postgres.url()).await;
-    let worker = a_worker_holding_a_write_before_its_commit(&env, "held").await;
+    let worker = a_worker_holding_a_write_before_its_commit(&env, "held", &[]).await;
 
     // The commit goes to a server whose kernel takes it in and which never
     // answers. Nothing else is sent meanwhile: a new write would take a
@@ -263,9 +283,13 @@ async fn all_closed_by_their_client(postgres: &TcpRelay) {
 /// A worker whose write of webhook `tag` (`payloads::mixed`) waits before
 /// its commit, its transaction open on the server, until
 /// `failpoint::disarm`.
-async fn a_worker_holding_a_write_before_its_commit(env: &TestEnv, tag: &str) -> Worker {
+async fn a_worker_holding_a_write_before_its_commit(
+    env: &TestEnv,
+    tag: &str,
+    extra: &[&str],
+) -> Worker {
     failpoint::arm(Failpoint::HoldBeforeCommit(format!("wamid.{tag}.")));
-    let worker = Worker::start(env, &[]).await;
+    let worker = Worker::start(env, extra).await;
     worker.wait_ready().await;
     env.publish_inbound(&payloads::mixed(tag, 1)).await;
     env.wait_for_count(

@@ -18,6 +18,13 @@ pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432";
 /// The retry tiers of test workers: short, so that retries finish in a test.
 pub const TEST_RETRY_TIERS: &str = "100ms,200ms,300ms";
 
+/// Tiers a test worker takes after [`TEST_RETRY_TIERS`] when rows stay held
+/// for the server's 30-s bound on an idle transaction. Each attempt behind
+/// a held row waits 5 s for its lock, so the short tiers alone spend a
+/// delivery's four attempts in about 20 s and dead-letter it; with these
+/// its sixth attempt comes a minute after the first at the earliest.
+pub const PATIENT_RETRY_TIERS: &str = "5s,30s";
+
 /// Event shard queues of test relays.
 pub const TEST_EVENT_SHARDS: u16 = 4;
 
@@ -542,7 +549,12 @@ async fn cleanup(namespace: &Namespace, amqp_url: &str, redis_url: &str, databas
         && let Ok(channel) = connection.create_channel().await
     {
         let mut queues = vec!["inbound".to_owned(), "dlq".to_owned()];
-        queues.extend(TEST_RETRY_TIERS.split(',').map(|t| format!("retry.{t}")));
+        queues.extend(
+            TEST_RETRY_TIERS
+                .split(',')
+                .chain(PATIENT_RETRY_TIERS.split(','))
+                .map(|t| format!("retry.{t}")),
+        );
         queues.extend((0..TEST_EVENT_SHARDS).map(|i| format!("events.{i}")));
         for queue in queues {
             let _ = channel
