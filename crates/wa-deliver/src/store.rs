@@ -283,13 +283,33 @@ pub async fn replay(
 /// attempts, at most [`PRUNE_BATCH`](wa_store::retention::PRUNE_BATCH) at a
 /// time; rows another deliverer is deleting are left to it. Pending ones
 /// stay, however old.
+///
+/// The conversations of the deleted ones lose their lane too when nothing
+/// waits in it and no deliverer holds it: a lane is one row per endpoint and
+/// contact, so kept for good they grew with every contact ever seen. One
+/// whose deliveries are all gone has nothing to keep; a lane deleted while
+/// its conversation is still active is only made again by the next event.
+/// A lane locked by anyone (a release adding to it, a deliverer, another
+/// pruner whose batch shares its conversations) is passed over rather than
+/// waited for, since two pruners waiting on each other's lanes deadlocked;
+/// the prune of the conversation's next delivery, if any, takes it.
 pub async fn prune_delivered(pool: &PgPool, retention: Duration) -> Result<u64, StoreError> {
     wa_store::retention::delete_batch(
         pool,
-        "DELETE FROM deliveries WHERE id IN (
-         SELECT id FROM deliveries
-         WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
-         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        "WITH batch AS (
+             SELECT id, endpoint_id, conversation FROM deliveries
+             WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+             LIMIT $2 FOR UPDATE SKIP LOCKED
+         ), idle AS (
+             SELECT l.endpoint_id, l.conversation FROM delivery_lanes l
+             WHERE (l.endpoint_id, l.conversation) IN (SELECT endpoint_id, conversation FROM batch)
+               AND l.pending = 0 AND (l.leased_until IS NULL OR l.leased_until < now())
+             FOR UPDATE SKIP LOCKED
+         ), idle_lanes AS (
+             DELETE FROM delivery_lanes l USING idle
+             WHERE l.endpoint_id = idle.endpoint_id AND l.conversation = idle.conversation
+         )
+         DELETE FROM deliveries WHERE id IN (SELECT id FROM batch)",
         retention,
     )
     .await
