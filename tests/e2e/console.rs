@@ -631,3 +631,86 @@ async fn console_pages_with_ten_thousand_dead_letters() {
     }
     console.stop().await;
 }
+
+/// The value of the hidden field `name` of a page's form.
+fn hidden_field(page: &str, name: &str) -> String {
+    page.split(&format!("name=\"{name}\" value=\""))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no hidden field {name} in {page}"))
+        .to_owned()
+}
+
+/// A DLQ larger than WA_DLQ_SCAN_LIMIT: a dry run that stops at the limit
+/// says that at least that many match, and the confirmed action takes no
+/// more than the dry run counted (a purge confirmed for 10 of 25 deleted
+/// all 25 for good).
+#[tokio::test]
+async fn confirmed_dlq_actions_take_no_more_than_their_dry_run_counted() {
+    let env = TestEnv::new().await;
+    let bodies: Vec<Vec<u8>> = (0..25)
+        .map(|i| for_number(PHONE_NUMBER_ID, &format!("wamid.capped.{i}")))
+        .collect();
+    env.publish_all_with(
+        "",
+        &env.queue("dlq"),
+        &bodies,
+        dead_letter("capped", "transient", "injected"),
+    )
+    .await;
+    wait_for_depth(&env, "dlq", 25).await;
+    let console = Console::start(&env, &["--scan-limit", "10"]).await;
+    let (client, cookie, csrf) = console.signed_in().await;
+    let post = |path: &'static str, form: Vec<(&'static str, String)>| {
+        let request = client
+            .post(console.url(path))
+            .header("cookie", &cookie)
+            .form(&form);
+        async move {
+            let response = request.send().await.expect("POST");
+            assert_eq!(response.status().as_u16(), 200, "{path}");
+            response.text().await.expect("body")
+        }
+    };
+
+    let dry_purge = post(
+        "/dlq/purge",
+        vec![("csrf", csrf.clone()), ("older_than", "0s".into())],
+    )
+    .await;
+    assert!(
+        dry_purge.contains("at least 10 message(s) last failed before"),
+        "{dry_purge}"
+    );
+    let purged = post(
+        "/dlq/purge",
+        vec![
+            ("csrf", csrf.clone()),
+            ("confirm", "yes".into()),
+            ("cutoff", hidden_field(&dry_purge, "cutoff")),
+            ("expected", hidden_field(&dry_purge, "expected")),
+        ],
+    )
+    .await;
+    assert!(purged.contains("Purged 10 message(s)"), "{purged}");
+    wait_for_depth(&env, "dlq", 15).await;
+
+    let dry_replay = post("/dlq/replay", vec![("csrf", csrf.clone())]).await;
+    assert!(
+        dry_replay.contains("at least 10 message(s) match"),
+        "{dry_replay}"
+    );
+    let replayed = post(
+        "/dlq/replay",
+        vec![
+            ("csrf", csrf.clone()),
+            ("confirm", "yes".into()),
+            ("expected", hidden_field(&dry_replay, "expected")),
+        ],
+    )
+    .await;
+    assert!(replayed.contains("Replayed 10 message(s)"), "{replayed}");
+    wait_for_depth(&env, "dlq", 5).await;
+    wait_for_depth(&env, "inbound", 10).await;
+    console.stop().await;
+}

@@ -593,14 +593,17 @@ async fn replay_filtered(
             dry_run: true,
             ..Pace::default()
         };
+        let scan_limit = console.scan_limit;
         return match spawned(replay(console, filter, pace)).await {
             Ok(summary) => page(views::confirm(
                 session,
                 views::Confirm {
                     title: "Replay the filtered set",
                     message: format!(
-                        "Dry run: {} message(s) match ({described}) and would be replayed, of {} in the DLQ.",
-                        summary.matched, summary.remaining
+                        "Dry run: {} message(s) match ({described}) and would be replayed, of {} in the DLQ.{}",
+                        counted(summary.matched, summary.truncated),
+                        summary.remaining,
+                        stopped_at(summary.truncated, scan_limit),
                     ),
                     action: "/dlq/replay",
                     fields: form
@@ -636,6 +639,26 @@ async fn replay_filtered(
     page(views::outcome(session, "Replay", &message, ok))
 }
 
+/// A dry run's count: "at least" when it stopped at the scan limit.
+fn counted(count: usize, truncated: bool) -> String {
+    if truncated {
+        format!("at least {count}")
+    } else {
+        count.to_string()
+    }
+}
+
+/// What a dry run that stopped at the scan limit adds to its count.
+fn stopped_at(truncated: bool, scan_limit: usize) -> String {
+    if truncated {
+        format!(
+            " The look stopped after holding {scan_limit} messages (WA_DLQ_SCAN_LIMIT): confirming acts on the ones counted; run it again for the rest."
+        )
+    } else {
+        String::new()
+    }
+}
+
 fn describe(form: &FilterForm) -> String {
     let parts: Vec<String> = [
         ("class", form.class.as_str()),
@@ -664,6 +687,9 @@ struct PurgeForm {
     /// The cutoff the dry run counted with, so the purge deletes that set.
     #[serde(default)]
     cutoff: String,
+    /// The dry run's count: the confirmed purge deletes no more than that.
+    #[serde(default)]
+    expected: Option<usize>,
 }
 
 async fn purge(State(console): State<Shared>, action: Action<PurgeForm>) -> Html<String> {
@@ -684,12 +710,21 @@ async fn purge(State(console): State<Shared>, action: Action<PurgeForm>) -> Html
         Err(error) => return page(views::outcome(session, "Purge", &error, false)),
     };
     let dry_run = form.confirm != "yes";
+    // Without the dry run's count, a confirmed purge deletes nothing.
+    let limit = (!dry_run).then(|| form.expected.unwrap_or(0));
+    let scan_limit = console.scan_limit;
     let run = {
         let console = console.clone();
         async move {
-            let summary = wa_dlq::purge(&console.broker, Some(cutoff), dry_run, console.scan_limit)
-                .await
-                .map_err(|e| error_chain(e.as_ref()))?;
+            let summary = wa_dlq::purge(
+                &console.broker,
+                Some(cutoff),
+                dry_run,
+                limit,
+                console.scan_limit,
+            )
+            .await
+            .map_err(|e| error_chain(e.as_ref()))?;
             if !dry_run {
                 let _ = console.dlq.fresh().await;
             }
@@ -704,11 +739,16 @@ async fn purge(State(console): State<Shared>, action: Action<PurgeForm>) -> Html
             views::Confirm {
                 title: "Purge old messages",
                 message: format!(
-                    "Dry run: {} message(s) last failed before {cutoff_text} and would be deleted for good, of {} in the DLQ.",
-                    summary.purged, summary.remaining
+                    "Dry run: {} message(s) last failed before {cutoff_text} and would be deleted for good, of {} in the DLQ.{}",
+                    counted(summary.purged, summary.truncated),
+                    summary.remaining,
+                    stopped_at(summary.truncated, scan_limit),
                 ),
                 action: "/dlq/purge",
-                fields: vec![("cutoff", cutoff.to_rfc3339())],
+                fields: vec![
+                    ("cutoff", cutoff.to_rfc3339()),
+                    ("expected", summary.purged.to_string()),
+                ],
                 button: "Delete them for good",
                 danger: true,
             },

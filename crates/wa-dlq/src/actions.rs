@@ -122,6 +122,9 @@ pub struct ReplaySummary {
     pub failed: usize,
     /// Messages in the DLQ when the command ended.
     pub remaining: usize,
+    /// The run stopped because it held `scan_limit` messages it passed over
+    /// (or counted on a dry run), not at the end of the DLQ: more may match.
+    pub truncated: bool,
 }
 
 /// How a replay goes: at most `limit` messages, at most `rate` per second,
@@ -209,6 +212,7 @@ pub async fn replay(
         anyhow::Ok(drain.remaining().await?)
     }
     .await;
+    summary.truncated = drain.is_full();
     drain.finish().await;
     summary.remaining = outcome?;
     Ok(summary)
@@ -271,20 +275,28 @@ pub struct PurgeSummary {
     pub purged: usize,
     /// Messages in the DLQ when it ended.
     pub remaining: usize,
+    /// The run stopped because it held `scan_limit` messages it kept (or
+    /// counted on a dry run), not at the end of the DLQ: more may be old
+    /// enough.
+    pub truncated: bool,
 }
 
 /// Deletes every message (or those whose last failure is before `cutoff`)
-/// until the DLQ is empty; a dry run only counts them.
+/// until the DLQ is empty or `limit` are deleted; a dry run only counts
+/// them. A confirmed purge takes the dry run's count as its limit, so that
+/// it deletes no more than the operator was shown.
 pub async fn purge(
     broker: &Broker,
     cutoff: Option<DateTime<Utc>>,
     dry_run: bool,
+    limit: Option<usize>,
     scan_limit: usize,
 ) -> anyhow::Result<PurgeSummary> {
     let mut drain = Drain::new(channel(broker).await?, &broker.topology().dlq(), scan_limit);
+    let limit = limit.unwrap_or(usize::MAX);
     let mut purged = 0;
     let outcome = async {
-        while !drain.is_full() {
+        while purged < limit && !drain.is_full() {
             let Some(message) = drain.next().await? else {
                 break;
             };
@@ -301,9 +313,11 @@ pub async fn purge(
         anyhow::Ok(drain.remaining().await?)
     }
     .await;
+    let truncated = drain.is_full();
     drain.finish().await;
     Ok(PurgeSummary {
         purged,
         remaining: outcome?,
+        truncated,
     })
 }

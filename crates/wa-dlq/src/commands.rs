@@ -126,7 +126,7 @@ async fn execute(args: &DlqArgs, broker: &Broker) -> anyhow::Result<()> {
                 dry_run: *dry_run,
             };
             let summary = actions::replay(broker, filter, pace, scan_limit, print_note).await?;
-            report_replay(&summary, *dry_run)
+            report_replay(&summary, *dry_run, scan_limit)
         }
         DlqCommand::Purge { older_than, yes } => {
             if !yes {
@@ -134,11 +134,14 @@ async fn execute(args: &DlqArgs, broker: &Broker) -> anyhow::Result<()> {
             }
             let cutoff = older_than
                 .map(|age| Utc::now() - chrono::Duration::from_std(age).unwrap_or_default());
-            let summary = actions::purge(broker, cutoff, false, scan_limit).await?;
+            let summary = actions::purge(broker, cutoff, false, None, scan_limit).await?;
             println!(
                 "purged {} message(s); {} remain in the DLQ",
                 summary.purged, summary.remaining
             );
+            if summary.truncated {
+                note_stopped_at(scan_limit, "kept");
+            }
             Ok(())
         }
         DlqCommand::Show { id, payload } => {
@@ -241,18 +244,25 @@ fn print_note(note: ReplayNote<'_>) {
     }
 }
 
-fn report_replay(summary: &ReplaySummary, dry_run: bool) -> anyhow::Result<()> {
+fn report_replay(summary: &ReplaySummary, dry_run: bool, scan_limit: usize) -> anyhow::Result<()> {
     if dry_run {
+        let at_least = if summary.truncated { "at least " } else { "" };
         println!(
-            "would replay {} message(s); {} in the DLQ",
+            "would replay {at_least}{} message(s); {} in the DLQ",
             summary.matched, summary.remaining
         );
+        if summary.truncated {
+            note_stopped_at(scan_limit, "counted");
+        }
         return Ok(());
     }
     println!(
         "replayed {} message(s); {} remain in the DLQ",
         summary.replayed, summary.remaining
     );
+    if summary.truncated {
+        note_stopped_at(scan_limit, "passed over");
+    }
     if summary.failed > 0 {
         bail!(
             "{} message(s) could not be replayed and stay in the DLQ",
@@ -260,6 +270,13 @@ fn report_replay(summary: &ReplaySummary, dry_run: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says on stderr that a run ended at the scan limit, not at the DLQ's end.
+fn note_stopped_at(scan_limit: usize, held: &str) {
+    eprintln!(
+        "note: stopped after holding {scan_limit} messages it {held} (--scan-limit); more may match behind them: raise the limit to reach them"
+    );
 }
 
 /// The text on one line, cut to `max` characters.
