@@ -499,6 +499,27 @@ fn most_at_once(hooks: &[Hook]) -> usize {
     usize::try_from(most).unwrap_or(0)
 }
 
+/// A disabled endpoint: the deliverer leaves what is pending for it pending.
+async fn disabled_endpoint(env: &TestEnv) -> wa_e2e::deliver::TestEndpoint {
+    let endpoint = add_endpoint(env, "http://127.0.0.1:9/hook", &[], &[]).await;
+    wa_deliver::store::disable(&env.db, endpoint.id, "kept pending")
+        .await
+        .expect("disable");
+    endpoint
+}
+
+/// Waits until no delivery delivered more than the default retention (7
+/// days) ago is left.
+async fn wait_until_pruned(env: &TestEnv) {
+    env.wait_for_count(
+        "every delivery past its retention deleted",
+        "SELECT count(*) FROM deliveries WHERE delivered_at < now() - interval '7 days'",
+        0,
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
 /// Deliveries delivered longer than WA_DELIVER_RETENTION ago are deleted
 /// with their attempts as soon as a deliverer starts (and every minute),
 /// batch after batch until none is left; they were kept for good. Recent
@@ -507,11 +528,7 @@ fn most_at_once(hooks: &[Hook]) -> usize {
 async fn delivered_events_past_their_retention_are_deleted_with_their_attempts() {
     const OLD: i64 = 25_000;
     let env = TestEnv::new().await;
-    // Disabled, so that its old pending deliveries stay pending.
-    let endpoint = add_endpoint(&env, "http://127.0.0.1:9/hook", &[], &[]).await;
-    wa_deliver::store::disable(&env.db, endpoint.id, "kept pending")
-        .await
-        .expect("disable");
+    let endpoint = disabled_endpoint(&env).await;
     sqlx::query(
         "WITH seeded AS (
              INSERT INTO deliveries (endpoint_id, event_id, event_type, conversation, sequence,
@@ -547,17 +564,7 @@ async fn delivered_events_past_their_retention_are_deleted_with_their_attempts()
             .expect("count")
         }
     };
-    eventually(
-        "every delivery past its retention deleted",
-        Duration::from_secs(30),
-        || async {
-            match rows("deliveries", "old").await {
-                0 => Ok(()),
-                left => Err(format!("{left} of {OLD} left")),
-            }
-        },
-    )
-    .await;
+    wait_until_pruned(&env).await;
     assert_eq!(
         rows("delivery_attempts", "old").await,
         0,
@@ -581,11 +588,7 @@ async fn delivered_events_past_their_retention_are_deleted_with_their_attempts()
 #[tokio::test]
 async fn a_conversation_whose_deliveries_are_pruned_loses_its_idle_lane() {
     let env = TestEnv::new().await;
-    // Disabled, so that its pending delivery stays pending.
-    let endpoint = add_endpoint(&env, "http://127.0.0.1:9/hook", &[], &[]).await;
-    wa_deliver::store::disable(&env.db, endpoint.id, "kept pending")
-        .await
-        .expect("disable");
+    let endpoint = disabled_endpoint(&env).await;
     sqlx::query(
         "WITH deliveries AS (
              INSERT INTO deliveries (endpoint_id, event_id, event_type, conversation, sequence,
@@ -610,25 +613,7 @@ async fn a_conversation_whose_deliveries_are_pruned_loses_its_idle_lane() {
     .await
     .expect("seed deliveries and lanes");
     let deliverer = Deliverer::start(&env, &[]).await;
-    let old_left = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM deliveries WHERE delivered_at < now() - interval '7 days'",
-        )
-        .fetch_one(&env.db)
-        .await
-        .expect("count")
-    };
-    eventually(
-        "every delivery past its retention deleted",
-        Duration::from_secs(30),
-        || async {
-            match old_left().await {
-                0 => Ok(()),
-                left => Err(format!("{left} of 4 left")),
-            }
-        },
-    )
-    .await;
+    wait_until_pruned(&env).await;
     deliverer.stop().await;
     let lanes: Vec<String> = sqlx::query_scalar(
         "SELECT conversation FROM delivery_lanes WHERE endpoint_id = $1 ORDER BY conversation",
