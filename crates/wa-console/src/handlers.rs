@@ -652,7 +652,8 @@ fn counted(count: usize, truncated: bool) -> String {
 fn stopped_at(truncated: bool, scan_limit: usize) -> String {
     if truncated {
         format!(
-            " The look stopped after holding {scan_limit} messages (WA_DLQ_SCAN_LIMIT): confirming acts on the ones counted; run it again for the rest."
+            " The look stopped after holding {scan_limit} messages (WA_DLQ_SCAN_LIMIT) or {} MiB: confirming acts on the ones counted; run it again for the rest.",
+            wa_dlq::MAX_SCAN_BYTES >> 20
         )
     } else {
         String::new()

@@ -275,7 +275,8 @@ fn report_replay(summary: &ReplaySummary, dry_run: bool, scan_limit: usize) -> a
 /// Says on stderr that a run ended at the scan limit, not at the DLQ's end.
 fn note_stopped_at(scan_limit: usize, held: &str) {
     eprintln!(
-        "note: stopped after holding {scan_limit} messages it {held} (--scan-limit); more may match behind them: raise the limit to reach them"
+        "note: stopped after holding the messages it {held} ({scan_limit}, the --scan-limit, or {} MiB); more may match behind them: raise the limit to reach them",
+        crate::MAX_SCAN_BYTES >> 20
     );
 }
 

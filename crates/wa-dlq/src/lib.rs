@@ -17,3 +17,4 @@ pub use actions::{
 pub use commands::{DlqArgs, DlqCommand, Stats, one_line, run};
 pub use entry::{DlqEntry, EventSummary};
 pub use filter::{Filter, parse_since};
+pub use scan::MAX_SCAN_BYTES;

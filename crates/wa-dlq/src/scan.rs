@@ -16,7 +16,7 @@ use crate::entry::DlqEntry;
 const EMPTY_CHECKS: usize = 50;
 
 /// Held messages are in memory: stop reading past this many bytes.
-const MAX_SCAN_BYTES: usize = 256 * 1024 * 1024;
+pub const MAX_SCAN_BYTES: usize = 256 * 1024 * 1024;
 
 /// A scan ends when the broker has sent nothing for this long: it pushes
 /// every ready message at once, so a pause means the queue is read.
