@@ -142,6 +142,26 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
     dlq(&env, &["replay", "--dry-run"]).await.expect("dry run");
     wait_for_depth(&env, "dlq", 12).await;
     wait_for_depth(&env, "inbound", 0).await;
+    // A dry run holds what it counts: one that stops at the scan limit says so.
+    let capped = tokio::process::Command::new(env!("CARGO_BIN_EXE_wa-ingest"))
+        .args(["dlq", "--scan-limit", "5", "replay", "--dry-run"])
+        .env("AMQP_URL", &env.amqp_url)
+        .env("WA_NAMESPACE", env.namespace.to_string())
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run wa-ingest dlq");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&capped.stdout),
+        String::from_utf8_lossy(&capped.stderr),
+    );
+    assert!(capped.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("would replay at least 5 message(s)"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("more may match"), "{stderr}");
+    wait_for_depth(&env, "dlq", 12).await;
 
     dlq(&env, &["list", "--class", "permanent", "--json"])
         .await
