@@ -643,14 +643,14 @@ async fn lanes_pruned_while_their_conversations_get_new_events_lose_none_of_them
     add_endpoint(&env, &hooks.url(), &[], &[]).await;
     let deliverer = Deliverer::start(&env, &[]).await;
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(PRUNERS + 1));
-    let releasing = tokio_util::sync::CancellationToken::new();
+    let stop_pruning = tokio_util::sync::CancellationToken::new();
     let pruners: Vec<_> = (0..PRUNERS)
         .map(|_| {
-            let (db, start, releasing) = (env.db.clone(), start.clone(), releasing.clone());
+            let (db, start, stop) = (env.db.clone(), start.clone(), stop_pruning.clone());
             tokio::spawn(async move {
                 start.wait().await;
                 let mut pruned = 0;
-                while !releasing.is_cancelled() {
+                while !stop.is_cancelled() {
                     pruned += wa_deliver::store::prune_delivered(&db, Duration::from_millis(30))
                         .await
                         .expect("prune");
@@ -660,12 +660,6 @@ async fn lanes_pruned_while_their_conversations_get_new_events_lose_none_of_them
         })
         .collect();
     start.wait().await;
-    let lanes = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM delivery_lanes")
-            .fetch_one(&env.db)
-            .await
-            .expect("lanes")
-    };
     for round in 1..=ROUNDS {
         release(&env.db, &events("pruned", CONVERSATIONS, round, 1)).await;
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -673,7 +667,7 @@ async fn lanes_pruned_while_their_conversations_get_new_events_lose_none_of_them
             // However the races went so far, the rounds after this one
             // certainly come to conversations whose lanes were pruned.
             eventually("an idle lane pruned", Duration::from_secs(30), || async {
-                match lanes().await {
+                match env.count("SELECT count(*) FROM delivery_lanes").await {
                     left if left < CONVERSATIONS as i64 => Ok(()),
                     left => Err(format!("{left} lanes")),
                 }
@@ -689,7 +683,7 @@ async fn lanes_pruned_while_their_conversations_get_new_events_lose_none_of_them
         }
     })
     .await;
-    releasing.cancel();
+    stop_pruning.cancel();
     let mut pruned = 0;
     for pruner in pruners {
         pruned += pruner.await.expect("pruner");

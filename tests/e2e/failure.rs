@@ -148,6 +148,7 @@ async fn replay_dry_run_changes_nothing_and_limit_and_rate_hold() {
         .env("AMQP_URL", &env.amqp_url)
         .env("WA_NAMESPACE", env.namespace.to_string())
         .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
         .output()
         .await
         .expect("run wa-ingest dlq");
