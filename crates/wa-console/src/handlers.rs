@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use maud::Markup;
 use serde::Deserialize;
 use wa_core::telemetry::error_chain;
-use wa_dlq::{Filter, Pace, ReplayNote};
+use wa_dlq::{Filter, Pace, ReplayNote, counted};
 use wa_store::{StoreError, answered};
 
 use crate::Console;
@@ -637,15 +637,6 @@ async fn replay_filtered(
     };
     audit(&action.operator, "dlq.replay_filtered", &message);
     page(views::outcome(session, "Replay", &message, ok))
-}
-
-/// A dry run's count: "at least" when it stopped at the scan limit.
-fn counted(count: usize, truncated: bool) -> String {
-    if truncated {
-        format!("at least {count}")
-    } else {
-        count.to_string()
-    }
 }
 
 /// What a dry run that stopped at the scan limit adds to its count.

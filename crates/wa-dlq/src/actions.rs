@@ -269,6 +269,16 @@ fn replayed_properties(properties: &lapin::BasicProperties) -> lapin::BasicPrope
     properties.clone().with_headers(table)
 }
 
+/// A count as a run that may have stopped at the scan limit gives it: "at
+/// least N" when it did (`truncated`), else N.
+pub fn counted(count: usize, truncated: bool) -> String {
+    if truncated {
+        format!("at least {count}")
+    } else {
+        count.to_string()
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct PurgeSummary {
     /// Purged, or on a dry run, what would be.

@@ -246,10 +246,10 @@ fn print_note(note: ReplayNote<'_>) {
 
 fn report_replay(summary: &ReplaySummary, dry_run: bool, scan_limit: usize) -> anyhow::Result<()> {
     if dry_run {
-        let at_least = if summary.truncated { "at least " } else { "" };
         println!(
-            "would replay {at_least}{} message(s); {} in the DLQ",
-            summary.matched, summary.remaining
+            "would replay {} message(s); {} in the DLQ",
+            actions::counted(summary.matched, summary.truncated),
+            summary.remaining
         );
         if summary.truncated {
             note_stopped_at(scan_limit, "counted");

@@ -11,8 +11,8 @@ mod filter;
 mod scan;
 
 pub use actions::{
-    Inspection, Pace, PurgeSummary, ReplayNote, ReplaySummary, Snapshot, inspect, purge, replay,
-    snapshot,
+    Inspection, Pace, PurgeSummary, ReplayNote, ReplaySummary, Snapshot, counted, inspect, purge,
+    replay, snapshot,
 };
 pub use commands::{DlqArgs, DlqCommand, Stats, one_line, run};
 pub use entry::{DlqEntry, EventSummary};
